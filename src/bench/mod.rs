@@ -1,0 +1,62 @@
+//! `pichat bench …`: benchmarks that print the figures each issue asks for.
+//! They measure; tests never assert durations.
+
+mod history;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// The history store on a large database: import rate, search, list, context, size.
+    History(history::Args),
+}
+
+pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCmd::History(a) => history::run(a),
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+/// Percentiles of a set of durations.
+pub struct Percentiles {
+    sorted: Vec<Duration>,
+}
+
+impl Percentiles {
+    pub fn new(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        Percentiles { sorted: samples }
+    }
+
+    /// The `p`-th percentile (0..=100), nearest rank.
+    pub fn p(&self, p: f64) -> Duration {
+        if self.sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * self.sorted.len() as f64).ceil() as usize;
+        self.sorted[rank.clamp(1, self.sorted.len()) - 1]
+    }
+}
+
+/// Milliseconds with three decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let p = Percentiles::new((1..=100).map(Duration::from_millis).collect());
+        assert_eq!(p.p(50.0), Duration::from_millis(50));
+        assert_eq!(p.p(99.0), Duration::from_millis(99));
+        assert_eq!(p.p(100.0), Duration::from_millis(100));
+        assert_eq!(Percentiles::new(vec![]).p(50.0), Duration::ZERO);
+    }
+}

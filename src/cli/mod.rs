@@ -1,0 +1,68 @@
+//! The command line: clap definitions and dispatch to each command's module.
+//! Commands return `anyhow::Result<ExitCode>`; `main` prints errors and exits.
+
+mod config_cmd;
+mod history_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::config::{self, Loaded};
+
+/// A hands-free voice assistant for the Raspberry Pi, and its chat server.
+#[derive(Debug, Parser)]
+#[command(name = "pichat", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file [default: $PICHAT_CONFIG, else /etc/pichat/pichat.toml, else ~/.config/pichat/pichat.toml]
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCmd),
+    /// Browse, search, export and maintain the local conversation history.
+    History(history_cmd::HistoryArgs),
+    /// Measure performance and print the figures.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Loads the config for a command; errors carry every problem with its line.
+pub fn load_config(cli_path: Option<&std::path::Path>) -> anyhow::Result<Loaded> {
+    config::load(cli_path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
+        Command::History(args) => history_cmd::run(args, cli.config.as_deref()),
+        Command::Bench(cmd) => crate::bench::run(cmd),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pichat", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

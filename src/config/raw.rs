@@ -1,0 +1,307 @@
+//! The config file as written: serde mirrors of every TOML table, with the
+//! built-in defaults. Nothing here is validated; see `resolve.rs` for that.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    pub audio: RawAudio,
+    pub ptt: RawPtt,
+    pub stt: RawStt,
+    pub llm: RawLlm,
+    pub tts: RawTts,
+    pub engines: BTreeMap<String, RawEngine>,
+    pub history: RawHistory,
+    pub sync: RawSync,
+    pub server: RawServer,
+    pub log: RawLog,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            audio: RawAudio::default(),
+            ptt: RawPtt::default(),
+            stt: RawStt::default(),
+            llm: RawLlm::default(),
+            tts: RawTts::default(),
+            engines: default_engines(),
+            history: RawHistory::default(),
+            sync: RawSync::default(),
+            server: RawServer::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+/// The engines every install knows without configuring anything: the local
+/// engines that `scripts/setup-local-engines.sh` starts, and espeak-ng.
+pub fn default_engines() -> BTreeMap<String, RawEngine> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "whisper".into(),
+        RawEngine {
+            kind: "wyoming".into(),
+            url: Some("tcp://127.0.0.1:10300".into()),
+            ..RawEngine::default()
+        },
+    );
+    m.insert(
+        "home".into(),
+        RawEngine {
+            kind: "openai".into(),
+            url: Some("http://127.0.0.1:8081/v1".into()),
+            model: Some("smollm2".into()),
+            ..RawEngine::default()
+        },
+    );
+    m.insert(
+        "piper".into(),
+        RawEngine {
+            kind: "wyoming".into(),
+            url: Some("tcp://127.0.0.1:10200".into()),
+            ..RawEngine::default()
+        },
+    );
+    m.insert(
+        "espeak".into(),
+        RawEngine {
+            kind: "command".into(),
+            command: Some(vec![
+                "espeak-ng".into(),
+                "--stdout".into(),
+                "{text}".into(),
+            ]),
+            ..RawEngine::default()
+        },
+    );
+    m
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawAudio {
+    pub input: String,
+    pub output: String,
+    pub volume: f64,
+    pub earcon_listening: String,
+    pub earcon_done: String,
+    pub earcon_error: String,
+}
+
+impl Default for RawAudio {
+    fn default() -> Self {
+        RawAudio {
+            input: "default".into(),
+            output: "default".into(),
+            volume: 0.8,
+            earcon_listening: String::new(),
+            earcon_done: String::new(),
+            earcon_error: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawPtt {
+    pub source: String,
+    pub gpio_pin: i64,
+    pub pull: String,
+    pub active_low: bool,
+    pub debounce_ms: i64,
+    pub mode: String,
+    pub long_press_ms: i64,
+    pub new_conversation_after_min: i64,
+    pub socket: String,
+}
+
+impl Default for RawPtt {
+    fn default() -> Self {
+        RawPtt {
+            source: "gpio".into(),
+            gpio_pin: 17,
+            pull: "up".into(),
+            active_low: true,
+            debounce_ms: 20,
+            mode: "hold".into(),
+            long_press_ms: 2000,
+            new_conversation_after_min: 10,
+            socket: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawStt {
+    pub engines: Vec<String>,
+    pub language: String,
+    pub max_seconds: i64,
+}
+
+impl Default for RawStt {
+    fn default() -> Self {
+        RawStt {
+            engines: vec!["whisper".into()],
+            language: "en".into(),
+            max_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawLlm {
+    pub engines: Vec<String>,
+    pub system_prompt: String,
+    pub context_tokens: i64,
+}
+
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful voice assistant. Answer briefly.";
+
+impl Default for RawLlm {
+    fn default() -> Self {
+        RawLlm {
+            engines: vec!["home".into()],
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            context_tokens: 1500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawTts {
+    pub engines: Vec<String>,
+    pub max_chunk_chars: i64,
+}
+
+impl Default for RawTts {
+    fn default() -> Self {
+        RawTts {
+            engines: vec!["piper".into(), "espeak".into()],
+            max_chunk_chars: 200,
+        }
+    }
+}
+
+/// One `[engines.NAME]` table. Which keys apply depends on `kind`; the
+/// resolver reports keys that the kind does not use.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawEngine {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Never allowed: present only so that a secret written into the file is
+    /// caught and reported instead of silently ignored or used.
+    #[serde(skip_serializing)]
+    pub api_key: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawHistory {
+    pub path: String,
+    pub busy_timeout_ms: i64,
+}
+
+impl Default for RawHistory {
+    fn default() -> Self {
+        RawHistory {
+            path: String::new(),
+            busy_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawSync {
+    pub url: String,
+    pub token_env: String,
+    pub token_file: String,
+    pub ca_file: String,
+    pub keepalive_s: i64,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            url: String::new(),
+            token_env: "PICHAT_TOKEN".into(),
+            token_file: String::new(),
+            ca_file: String::new(),
+            keepalive_s: 25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawServer {
+    pub listen: String,
+    pub database: String,
+    pub llm_engines: Vec<String>,
+    pub stt_engines: Vec<String>,
+    pub tts_engines: Vec<String>,
+    pub rate_limit_per_min: i64,
+    pub max_connections: i64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            database: String::new(),
+            llm_engines: vec!["home".into()],
+            stt_engines: vec!["whisper".into()],
+            tts_engines: vec!["piper".into(), "espeak".into()],
+            rate_limit_per_min: 5,
+            max_connections: 10000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: "auto".into(),
+        }
+    }
+}

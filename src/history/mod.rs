@@ -1,0 +1,285 @@
+//! The local history: conversations and messages in SQLite, with full-text
+//! search, statistics, export/import and the LLM context builder.
+//!
+//! This is the only module that writes SQL. A [`Store`] owns one connection
+//! and is used from one thread: the CLI's main thread, or the dedicated
+//! thread behind [`actor::HistoryHandle`] in the daemon and the server (never
+//! an async worker thread).
+//!
+//! Durability: WAL with `synchronous = FULL`, so a turn whose write returned
+//! survives a power cut (see ARCHITECTURE.md).
+
+pub mod actor;
+mod conversations;
+pub mod error;
+pub mod export;
+mod messages;
+pub mod model;
+pub mod schema;
+mod search;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use error::{HistoryError, Result};
+pub use model::*;
+
+/// Longest conversation title, in characters (as in the protocol).
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Longest message, in characters (as in the protocol).
+pub const MAX_CONTENT_CHARS: usize = 32_000;
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub busy_timeout: Duration,
+    /// Create the file (and its directory) when missing.
+    pub create: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            busy_timeout: Duration::from_secs(5),
+            create: true,
+        }
+    }
+}
+
+/// An open history database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if asked) and migrates the database at `path`.
+    ///
+    /// The file is checked before anything is written to it: a file that is
+    /// not SQLite, or whose schema is newer than this binary's, is refused
+    /// unchanged.
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Store> {
+        let fix = |e: rusqlite::Error| HistoryError::from_sqlite(path, e);
+        if !path.exists() {
+            if !opts.create {
+                return Err(HistoryError::CantOpen {
+                    path: path.to_path_buf(),
+                    detail: "no such file".into(),
+                });
+            }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| HistoryError::CantOpen {
+                    path: path.to_path_buf(),
+                    detail: format!("cannot create directory {}: {e}", dir.display()),
+                })?;
+            }
+        } else if path.is_dir() {
+            return Err(HistoryError::CantOpen {
+                path: path.to_path_buf(),
+                detail: "it is a directory".into(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(fix)?;
+        conn.busy_timeout(opts.busy_timeout).map_err(fix)?;
+        // Reading the header first: fails on a non-SQLite file before any write.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(fix)?;
+        if version > schema::VERSION {
+            return Err(HistoryError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: schema::VERSION,
+            });
+        }
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.configure().map_err(|e| e.with_path(path))?;
+        store.migrate(version).map_err(|e| e.with_path(path))?;
+        Ok(store)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        let mut store = Store {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
+        store.configure()?;
+        store.migrate(0)?;
+        Ok(store)
+    }
+
+    fn configure(&self) -> Result<()> {
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if mode != "wal" && self.path != Path::new(":memory:") {
+            return Err(HistoryError::CantOpen {
+                path: self.path.clone(),
+                detail: format!("cannot switch to WAL journal (got {mode})"),
+            });
+        }
+        self.conn.execute_batch(
+            "PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY;",
+        )?;
+        self.conn.set_prepared_statement_cache_capacity(64);
+        Ok(())
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<()> {
+        if from == schema::VERSION {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for sql in &schema::MIGRATIONS[now as usize..] {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", schema::VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// `PRAGMA quick_check`: "ok" or the first problems found.
+    pub fn integrity_check(&self) -> Result<String> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows.join("; "))
+    }
+
+    /// The query plan of a statement, one line per step (for index tests).
+    pub fn explain(&self, sql: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(3))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Moves the WAL into the database file and truncates it.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Reads a value of the sync state table.
+    pub fn state_get(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM sync_state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Writes a value of the sync state table.
+    pub fn state_set(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )?;
+        Ok(())
+    }
+}
+
+/// Makes a new time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Checks that `id` is a UUID and returns it in canonical (lowercase, hyphenated) form.
+pub fn check_id(what: &str, id: &str) -> Result<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| HistoryError::Invalid(format!("{what} \"{id}\" is not a UUID")))
+}
+
+fn check_title(title: &str) -> Result<String> {
+    let t = title.trim();
+    let n = t.chars().count();
+    if n == 0 || n > MAX_TITLE_CHARS {
+        return Err(HistoryError::Invalid(format!(
+            "a title must have 1 to {MAX_TITLE_CHARS} characters (got {n})"
+        )));
+    }
+    Ok(t.to_string())
+}
+
+fn check_content(content: &str) -> Result<()> {
+    let n = content.chars().count();
+    if content.trim().is_empty() || n > MAX_CONTENT_CHARS {
+        return Err(HistoryError::Invalid(format!(
+            "a message must have 1 to {MAX_CONTENT_CHARS} characters (got {n})"
+        )));
+    }
+    Ok(())
+}
+
+fn meta_to_sql(v: &Option<serde_json::Value>) -> Option<String> {
+    match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(o)) if o.is_empty() => None,
+        Some(v) => Some(v.to_string()),
+    }
+}
+
+fn meta_from_sql(s: Option<String>) -> serde_json::Value {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Object(Default::default()))
+}
+
+/// A default title from the first words of a text.
+pub fn title_from(text: &str) -> String {
+    let mut t = String::new();
+    for w in text.split_whitespace() {
+        if t.chars().count() + w.chars().count() + 1 > 60 {
+            t.push('…');
+            break;
+        }
+        if !t.is_empty() {
+            t.push(' ');
+        }
+        t.push_str(w);
+    }
+    if t.is_empty() {
+        "New conversation".into()
+    } else {
+        t
+    }
+}

@@ -1,0 +1,110 @@
+//! The history schema and its migrations, versioned by `PRAGMA user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] takes the schema from version N to N+1. They
+//! run at open, all in one transaction; a database newer than the last entry
+//! is refused without being touched.
+
+/// `MIGRATIONS[i]` takes the database from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this binary writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Version 1: conversations, messages, their full-text index, and the state
+/// the sync needs (server revs, pending flags, tombstones, key/value state).
+///
+/// Times are INTEGER milliseconds since the Unix epoch, UTC.
+/// `activity_at` is the conversation's last message time, or its creation
+/// time when it has none: the order of the conversation list.
+/// `pending` marks rows changed locally and not yet acknowledged by the server.
+const V1: &str = r#"
+CREATE TABLE conversations (
+    id              TEXT PRIMARY KEY,
+    title           TEXT NOT NULL,
+    model_id        TEXT,
+    user_id         TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_message_at INTEGER,
+    activity_at     INTEGER NOT NULL,
+    message_count   INTEGER NOT NULL DEFAULT 0,
+    archived        INTEGER NOT NULL DEFAULT 0 CHECK (archived IN (0, 1)),
+    metadata        TEXT,
+    rev             INTEGER NOT NULL DEFAULT 0,
+    pending         INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX conversations_by_activity ON conversations (activity_at DESC, id DESC);
+CREATE INDEX conversations_by_archived_activity ON conversations (archived, activity_at DESC, id DESC);
+CREATE INDEX conversations_pending ON conversations (id) WHERE pending = 1;
+
+CREATE TABLE messages (
+    seq              INTEGER PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
+    conversation_id  TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    role             TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
+    content          TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    model_id         TEXT,
+    tokens_used      INTEGER,
+    response_time_ms INTEGER,
+    is_audio         INTEGER NOT NULL DEFAULT 0 CHECK (is_audio IN (0, 1)),
+    origin           TEXT NOT NULL CHECK (origin IN ('web', 'voice', 'api')),
+    reply_to         TEXT,
+    metadata         TEXT,
+    rev              INTEGER NOT NULL DEFAULT 0,
+    pending          INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX messages_by_conversation ON messages (conversation_id, created_at);
+CREATE INDEX messages_pending ON messages (seq) WHERE pending = 1;
+
+-- Counters and times of the conversation follow its messages.
+CREATE TRIGGER messages_count_insert AFTER INSERT ON messages BEGIN
+    UPDATE conversations SET
+        message_count = message_count + 1,
+        last_message_at = max(coalesce(last_message_at, new.created_at), new.created_at),
+        activity_at = max(activity_at, new.created_at),
+        updated_at = max(updated_at, new.created_at)
+    WHERE id = new.conversation_id;
+END;
+CREATE TRIGGER messages_count_delete AFTER DELETE ON messages BEGIN
+    UPDATE conversations SET
+        message_count = message_count - 1,
+        last_message_at = (SELECT max(created_at) FROM messages WHERE conversation_id = old.conversation_id),
+        activity_at = coalesce((SELECT max(created_at) FROM messages WHERE conversation_id = old.conversation_id), created_at)
+    WHERE id = old.conversation_id;
+END;
+
+-- Full-text index over message content, kept in step by triggers.
+CREATE VIRTUAL TABLE messages_fts USING fts5 (
+    content,
+    content = 'messages',
+    content_rowid = 'seq',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
+    INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+END;
+
+-- Local deletes the server has not acknowledged yet, and server deletes seen
+-- (so a late upsert from an old page cannot bring a row back).
+CREATE TABLE tombstones (
+    id         TEXT PRIMARY KEY,
+    entity     TEXT NOT NULL CHECK (entity IN ('conversation', 'message')),
+    deleted_at INTEGER NOT NULL,
+    rev        INTEGER NOT NULL DEFAULT 0,
+    pending    INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
+
+-- Sync cursor, last error, last success...
+CREATE TABLE sync_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"#;

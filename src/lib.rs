@@ -1,0 +1,9 @@
+//! pichat: a hands-free voice assistant for the Raspberry Pi, and the chat
+//! server it talks to. See ARCHITECTURE.md for the map.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod history;
+pub mod logging;
+pub mod time;
