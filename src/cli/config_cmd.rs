@@ -33,7 +33,10 @@ pub fn run(cmd: ConfigCmd, cli_path: Option<&Path>) -> anyhow::Result<ExitCode> 
                     if l.exists {
                         println!("{}: ok", path.display());
                     } else {
-                        println!("{}: not present; the built-in defaults are valid", path.display());
+                        println!(
+                            "{}: not present; the built-in defaults are valid",
+                            path.display()
+                        );
                     }
                     Ok(ExitCode::SUCCESS)
                 }

@@ -116,7 +116,8 @@ enum HistoryCmd {
     },
 }
 
-fn open(args: &HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<Store> {
+/// Opens the database; also says whether it was created just now.
+fn open(args: &HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<(Store, bool)> {
     let (path, busy) = match &args.db {
         Some(p) => {
             let busy = crate::config::load(cli_config)
@@ -137,7 +138,17 @@ fn open(args: &HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<Store> 
             path.display()
         );
     }
-    Ok(Store::open(&path, &OpenOptions { busy_timeout: busy, create })?)
+    let existed = path.exists();
+    Ok((
+        Store::open(
+            &path,
+            &OpenOptions {
+                busy_timeout: busy,
+                create,
+            },
+        )?,
+        !existed,
+    ))
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -160,7 +171,10 @@ fn who(role: Role) -> &'static str {
 }
 
 pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let mut store = open(&args, cli_config)?;
+    if let HistoryCmd::Import { file } = &args.cmd {
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    let (mut store, created) = open(&args, cli_config)?;
     let db = store.path().to_path_buf();
     let json = args.json;
     let fix = |e: crate::history::HistoryError| anyhow::Error::new(e.with_path(&db));
@@ -173,10 +187,9 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             before,
         } => {
             let before = match before {
-                Some(b) => Some(
-                    Cursor::decode(&b)
-                        .with_context(|| format!("--before {b}: not a cursor (use the `next` value a list printed)"))?,
-                ),
+                Some(b) => Some(Cursor::decode(&b).with_context(|| {
+                    format!("--before {b}: not a cursor (use the `next` value a list printed)")
+                })?),
                 None => None,
             };
             let filter = if all {
@@ -189,7 +202,11 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             let q = ListQuery {
                 filter,
                 limit: limit.max(1),
-                offset: if before.is_some() { 0 } else { (page.max(1) - 1) * limit.max(1) },
+                offset: if before.is_some() {
+                    0
+                } else {
+                    (page.max(1) - 1) * limit.max(1)
+                },
                 before,
             };
             let p = store.list_conversations(&q).map_err(fix)?;
@@ -223,7 +240,12 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             } else {
                 println!("{}  ({}, {} messages)", c.title, c.id, c.message_count);
                 for m in msgs {
-                    println!("[{}] {}: {}", time::short(m.created_at), who(m.role), m.content);
+                    println!(
+                        "[{}] {}: {}",
+                        time::short(m.created_at),
+                        who(m.role),
+                        m.content
+                    );
                 }
             }
         }
@@ -237,7 +259,11 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                 .transpose()
                 .map_err(fix)?;
             let color = !json && std::io::stdout().is_terminal();
-            let (s, e) = if color { ("\x1b[1m", "\x1b[0m") } else { ("[", "]") };
+            let (s, e) = if color {
+                ("\x1b[1m", "\x1b[0m")
+            } else {
+                ("[", "]")
+            };
             let hits = store
                 .search_marked(&query, conv.as_deref(), limit, s, e)
                 .map_err(fix)?;
@@ -259,7 +285,10 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             }
         }
         HistoryCmd::Export { id, format, out } => {
-            let id = id.map(|i| store.resolve_conversation_id(&i)).transpose().map_err(fix)?;
+            let id = id
+                .map(|i| store.resolve_conversation_id(&i))
+                .transpose()
+                .map_err(fix)?;
             let doc = store.export(id.as_deref()).map_err(fix)?;
             let fmt = match format {
                 Format::Json => ExportFormat::Json,
@@ -271,8 +300,10 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                 Some(path) => {
                     // Written next to the target, then renamed: never a half file.
                     let tmp = path.with_extension("partial");
-                    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
-                    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+                    std::fs::write(&tmp, &text)
+                        .with_context(|| format!("cannot write {}", tmp.display()))?;
+                    std::fs::rename(&tmp, &path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
                     let n: usize = doc.conversations.iter().map(|c| c.messages.len()).sum();
                     eprintln!(
                         "exported {} conversations, {n} messages to {}",
@@ -284,19 +315,42 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             }
         }
         HistoryCmd::Import { file } => {
-            let doc = export::read_export(&file)?;
-            let r = store.import(&doc).map_err(fix)?;
+            let r = match store.import_file(&file) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The import rolled back; a database it created is removed too.
+                    if created {
+                        drop(store);
+                        for suffix in ["", "-wal", "-shm"] {
+                            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+                        }
+                    }
+                    return Err(fix(e));
+                }
+            };
             if json {
                 print_json(&r)?;
             } else {
                 println!(
                     "imported {} conversations and {} messages ({} conversations and {} messages were already there)",
-                    r.conversations_added, r.messages_added, r.conversations_existing, r.messages_existing
+                    r.conversations_added,
+                    r.messages_added,
+                    r.conversations_existing,
+                    r.messages_existing
                 );
+                if r.messages_conflicting > 0 {
+                    println!(
+                        "{} messages exist here with other content; the stored versions were kept",
+                        r.messages_conflicting
+                    );
+                }
             }
         }
         HistoryCmd::Stats { id } => {
-            let id = id.map(|i| store.resolve_conversation_id(&i)).transpose().map_err(fix)?;
+            let id = id
+                .map(|i| store.resolve_conversation_id(&i))
+                .transpose()
+                .map_err(fix)?;
             let s = store.stats(id.as_deref()).map_err(fix)?;
             if json {
                 print_json(&s)?;
@@ -304,7 +358,10 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                 if let Some(id) = &s.conversation_id {
                     println!("conversation      {id}");
                 } else {
-                    println!("conversations     {} ({} archived)", s.conversations, s.archived_conversations);
+                    println!(
+                        "conversations     {} ({} archived)",
+                        s.conversations, s.archived_conversations
+                    );
                 }
                 println!(
                     "messages          {} ({} from you, {} replies)",
@@ -323,23 +380,38 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         HistoryCmd::Rename { id, title } => {
             let id = store.resolve_conversation_id(&id).map_err(fix)?;
             let c = store.rename_conversation(&id, &title).map_err(fix)?;
-            done(json, &c, &format!("renamed {} to \"{}\"", short_id(&c.id), c.title))?;
+            done(
+                json,
+                &c,
+                &format!("renamed {} to \"{}\"", short_id(&c.id), c.title),
+            )?;
         }
         HistoryCmd::Archive { id } => {
             let id = store.resolve_conversation_id(&id).map_err(fix)?;
             let c = store.set_archived(&id, true).map_err(fix)?;
-            done(json, &c, &format!("archived {} \"{}\"", short_id(&c.id), c.title))?;
+            done(
+                json,
+                &c,
+                &format!("archived {} \"{}\"", short_id(&c.id), c.title),
+            )?;
         }
         HistoryCmd::Unarchive { id } => {
             let id = store.resolve_conversation_id(&id).map_err(fix)?;
             let c = store.set_archived(&id, false).map_err(fix)?;
-            done(json, &c, &format!("unarchived {} \"{}\"", short_id(&c.id), c.title))?;
+            done(
+                json,
+                &c,
+                &format!("unarchived {} \"{}\"", short_id(&c.id), c.title),
+            )?;
         }
         HistoryCmd::Delete { id, yes } => {
             let id = store.resolve_conversation_id(&id).map_err(fix)?;
             let c = store.get_conversation(&id).map_err(fix)?;
             if !yes && std::io::stdin().is_terminal() {
-                eprint!("delete \"{}\" and its {} messages? [y/N] ", c.title, c.message_count);
+                eprint!(
+                    "delete \"{}\" and its {} messages? [y/N] ",
+                    c.title, c.message_count
+                );
                 let mut answer = String::new();
                 std::io::stdin().read_line(&mut answer)?;
                 if !answer.trim().eq_ignore_ascii_case("y") {
@@ -351,7 +423,12 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             done(
                 json,
                 &json!({"deleted": id}),
-                &format!("deleted {} \"{}\" ({} messages)", short_id(&id), c.title, c.message_count),
+                &format!(
+                    "deleted {} \"{}\" ({} messages)",
+                    short_id(&id),
+                    c.title,
+                    c.message_count
+                ),
             )?;
         }
         HistoryCmd::Cleanup {
@@ -371,7 +448,9 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                 (CleanupAction::Delete, false) => "deleted",
             };
             if json {
-                print_json(&json!({"dry_run": dry_run, "action": format!("{action:?}").to_lowercase(), "conversations": list}))?;
+                print_json(
+                    &json!({"dry_run": dry_run, "action": format!("{action:?}").to_lowercase(), "conversations": list}),
+                )?;
             } else {
                 for c in &list {
                     println!(
@@ -381,7 +460,10 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                         c.title
                     );
                 }
-                println!("{verb} {} conversations idle for more than {older_than_days} days", list.len());
+                println!(
+                    "{verb} {} conversations idle for more than {older_than_days} days",
+                    list.len()
+                );
             }
         }
     }

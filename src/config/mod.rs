@@ -144,7 +144,12 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Maps every dotted key path in the document to the line it is written on.
-fn key_lines(text: &str, table: &toml::de::DeTable<'_>, prefix: &str, out: &mut HashMap<String, usize>) {
+fn key_lines(
+    text: &str,
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    out: &mut HashMap<String, usize>,
+) {
     for (k, v) in table.iter() {
         let path = if prefix.is_empty() {
             k.get_ref().to_string()
@@ -172,7 +177,9 @@ fn find_line(lines: &HashMap<String, usize>, key: &str) -> Option<usize> {
 /// Removes the value at a dotted path (so deserialization can go on past it).
 fn remove_path(table: &mut toml::Table, path: &str) -> bool {
     let mut parts: Vec<&str> = path.split('.').collect();
-    let Some(last) = parts.pop() else { return false };
+    let Some(last) = parts.pop() else {
+        return false;
+    };
     let mut t = table;
     for p in parts {
         match t.get_mut(p) {
@@ -276,7 +283,11 @@ pub fn parse_str(text: &str, path: &Path) -> Result<(RawConfig, Config), ConfigE
             && let Some(toml::Value::Table(t)) = engines.get(name)
         {
             for k in t.keys() {
-                if k != "kind" && k != "api_key" && ALL_ENGINE_KEYS.contains(&k.as_str()) && !allowed.contains(&k.as_str()) {
+                if k != "kind"
+                    && k != "api_key"
+                    && ALL_ENGINE_KEYS.contains(&k.as_str())
+                    && !allowed.contains(&k.as_str())
+                {
                     let key = format!("engines.{name}.{k}");
                     problems.push(Located {
                         line: find_line(&lines, &key),
@@ -321,20 +332,29 @@ pub fn show(loaded: &Loaded) -> String {
     let mut out = format!(
         "# effective config, from {}{}\n",
         loaded.path.display(),
-        if loaded.exists { "" } else { " (not present: built-in defaults)" }
+        if loaded.exists {
+            ""
+        } else {
+            " (not present: built-in defaults)"
+        }
     );
     for (name, e) in &cfg.engines {
         if let EngineKind::OpenAi { api_key, .. } = &e.kind
             && *api_key != SecretSource::None
         {
-            out.push_str(&format!("# engines.{name} api key: {}\n", api_key.describe()));
+            out.push_str(&format!(
+                "# engines.{name} api key: {}\n",
+                api_key.describe()
+            ));
         }
     }
     if cfg.sync.url.is_some() {
         out.push_str(&format!("# sync token: {}\n", cfg.sync.token.describe()));
     }
     out.push('\n');
-    out.push_str(&toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n")));
+    out.push_str(
+        &toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n")),
+    );
     out
 }
 
@@ -366,10 +386,22 @@ mod tests {
         let err = check(text).unwrap_err().to_string();
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 4, "{err}");
-        assert!(lines[0].starts_with("t.toml:2: audio.volume: 2 is out of range"), "{err}");
-        assert!(lines[1].starts_with("t.toml:3: audio.volum: unknown key (known keys in [audio]: "), "{err}");
-        assert!(lines[2].starts_with("t.toml:6: ptt.gpio_pin: wrong type"), "{err}");
-        assert!(lines[3].starts_with("t.toml:7: ptt.mode: \"x\" is not valid (allowed: hold, toggle)"), "{err}");
+        assert!(
+            lines[0].starts_with("t.toml:2: audio.volume: 2 is out of range"),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with("t.toml:3: audio.volum: unknown key (known keys in [audio]: "),
+            "{err}"
+        );
+        assert!(
+            lines[2].starts_with("t.toml:6: ptt.gpio_pin: wrong type"),
+            "{err}"
+        );
+        assert!(
+            lines[3].starts_with("t.toml:7: ptt.mode: \"x\" is not valid (allowed: hold, toggle)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -383,7 +415,10 @@ mod tests {
         let err = check("[engines.cloud]\nkind = \"openai\"\nurl = \"https://api.openai.com/v1\"\napi_key = \"sk-123\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("t.toml:4: engines.cloud.api_key: secrets are not allowed"), "{err}");
+        assert!(
+            err.contains("t.toml:4: engines.cloud.api_key: secrets are not allowed"),
+            "{err}"
+        );
         assert!(!err.contains("sk-123"));
     }
 
@@ -392,7 +427,10 @@ mod tests {
         let err = check("[engines.espeak]\nkind = \"command\"\ncommand = [\"espeak-ng\"]\nurl = \"tcp://x:1\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("t.toml:4: engines.espeak.url: not used by kind \"command\""), "{err}");
+        assert!(
+            err.contains("t.toml:4: engines.espeak.url: not used by kind \"command\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -408,9 +446,17 @@ mod tests {
         unsafe { std::env::set_var("PICHAT_TEST_SHOW_KEY", "sk-very-secret") };
         let text = "[engines.cloud]\nkind = \"openai\"\nurl = \"https://api.openai.com/v1\"\napi_key_env = \"PICHAT_TEST_SHOW_KEY\"\n";
         let (raw, config) = check(text).unwrap();
-        let loaded = Loaded { path: "t.toml".into(), exists: true, raw, config };
+        let loaded = Loaded {
+            path: "t.toml".into(),
+            exists: true,
+            raw,
+            config,
+        };
         let shown = show(&loaded);
-        assert!(shown.contains("env PICHAT_TEST_SHOW_KEY (set, redacted)"), "{shown}");
+        assert!(
+            shown.contains("env PICHAT_TEST_SHOW_KEY (set, redacted)"),
+            "{shown}"
+        );
         assert!(!shown.contains("sk-very-secret"));
     }
 }

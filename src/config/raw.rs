@@ -71,11 +71,7 @@ pub fn default_engines() -> BTreeMap<String, RawEngine> {
         "espeak".into(),
         RawEngine {
             kind: "command".into(),
-            command: Some(vec![
-                "espeak-ng".into(),
-                "--stdout".into(),
-                "{text}".into(),
-            ]),
+            command: Some(vec!["espeak-ng".into(), "--stdout".into(), "{text}".into()]),
             ..RawEngine::default()
         },
     );

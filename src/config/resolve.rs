@@ -354,7 +354,12 @@ impl Checker {
     }
 }
 
-fn secret(c: &mut Checker, key_prefix: &str, env: &Option<String>, file: &Option<String>) -> SecretSource {
+fn secret(
+    c: &mut Checker,
+    key_prefix: &str,
+    env: &Option<String>,
+    file: &Option<String>,
+) -> SecretSource {
     match (env.as_deref(), file.as_deref()) {
         (Some(_), Some(_)) => {
             c.err(
@@ -464,9 +469,9 @@ fn resolve_engine(c: &mut Checker, name: &str, e: &RawEngine) -> Option<EngineCo
             }
         }
         "command" => match &e.command {
-            Some(argv) if !argv.is_empty() && !argv[0].trim().is_empty() => EngineKind::Command {
-                argv: argv.clone(),
-            },
+            Some(argv) if !argv.is_empty() && !argv[0].trim().is_empty() => {
+                EngineKind::Command { argv: argv.clone() }
+            }
             _ => {
                 c.err(
                     format!("{key}.command"),
@@ -565,7 +570,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             &[("hold", PttMode::Hold), ("toggle", PttMode::Toggle)],
         ),
         long_press: Duration::from_millis(
-            c.range("ptt.long_press_ms", p.long_press_ms, 0, 60_000) as u64,
+            c.range("ptt.long_press_ms", p.long_press_ms, 0, 60_000) as u64
         ),
         new_conversation_after: Duration::from_secs(
             60 * c.range(
@@ -580,17 +585,25 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             .unwrap_or_else(|| paths::runtime_dir().join("pichat.sock")),
     };
 
-    c.engine_list("stt.engines", &raw.stt.engines, raw, &["wyoming", "openai", "server"]);
+    c.engine_list(
+        "stt.engines",
+        &raw.stt.engines,
+        raw,
+        &["wyoming", "openai", "server"],
+    );
     let stt = SttConfig {
         engines: raw.stt.engines.clone(),
         language: raw.stt.language.clone(),
-        max_duration: Duration::from_secs(c.range("stt.max_seconds", raw.stt.max_seconds, 1, 600) as u64),
+        max_duration: Duration::from_secs(
+            c.range("stt.max_seconds", raw.stt.max_seconds, 1, 600) as u64
+        ),
     };
     c.engine_list("llm.engines", &raw.llm.engines, raw, &["openai", "server"]);
     let llm = LlmConfig {
         engines: raw.llm.engines.clone(),
         system_prompt: raw.llm.system_prompt.clone(),
-        context_tokens: c.range("llm.context_tokens", raw.llm.context_tokens, 64, 1_000_000) as usize,
+        context_tokens: c.range("llm.context_tokens", raw.llm.context_tokens, 64, 1_000_000)
+            as usize,
     };
     c.engine_list(
         "tts.engines",
@@ -620,9 +633,12 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         path: c
             .path_opt(&raw.history.path)
             .unwrap_or_else(|| paths::data_dir().join("history.db")),
-        busy_timeout: Duration::from_millis(
-            c.range("history.busy_timeout_ms", raw.history.busy_timeout_ms, 0, 600_000) as u64,
-        ),
+        busy_timeout: Duration::from_millis(c.range(
+            "history.busy_timeout_ms",
+            raw.history.busy_timeout_ms,
+            0,
+            600_000,
+        ) as u64),
     };
 
     let s = &raw.sync;
@@ -634,14 +650,20 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             Ok(u) => {
                 c.err(
                     "sync.url",
-                    format!("scheme \"{}\" is not supported (allowed: ws://, wss://)", u.scheme()),
+                    format!(
+                        "scheme \"{}\" is not supported (allowed: ws://, wss://)",
+                        u.scheme()
+                    ),
                 );
                 None
             }
             Err(e) => {
                 c.err(
                     "sync.url",
-                    format!("\"{}\" is not a URL ({e}; e.g. \"ws://chat.lan:8080/ws\")", s.url),
+                    format!(
+                        "\"{}\" is not a URL ({e}; e.g. \"ws://chat.lan:8080/ws\")",
+                        s.url
+                    ),
                 );
                 None
             }
@@ -665,12 +687,20 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let listen = sv.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
         c.err(
             "server.listen",
-            format!("\"{}\" is not an address ({e}; expected IP:PORT, e.g. \"127.0.0.1:8080\")", sv.listen),
+            format!(
+                "\"{}\" is not an address ({e}; expected IP:PORT, e.g. \"127.0.0.1:8080\")",
+                sv.listen
+            ),
         );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
     c.engine_list("server.llm_engines", &sv.llm_engines, raw, &["openai"]);
-    c.engine_list("server.stt_engines", &sv.stt_engines, raw, &["wyoming", "openai"]);
+    c.engine_list(
+        "server.stt_engines",
+        &sv.stt_engines,
+        raw,
+        &["wyoming", "openai"],
+    );
     c.engine_list(
         "server.tts_engines",
         &sv.tts_engines,
@@ -685,8 +715,14 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         llm_engines: sv.llm_engines.clone(),
         stt_engines: sv.stt_engines.clone(),
         tts_engines: sv.tts_engines.clone(),
-        rate_limit_per_min: c.range("server.rate_limit_per_min", sv.rate_limit_per_min, 1, 100_000) as u32,
-        max_connections: c.range("server.max_connections", sv.max_connections, 1, 1_000_000) as usize,
+        rate_limit_per_min: c.range(
+            "server.rate_limit_per_min",
+            sv.rate_limit_per_min,
+            1,
+            100_000,
+        ) as u32,
+        max_connections: c.range("server.max_connections", sv.max_connections, 1, 1_000_000)
+            as usize,
     };
 
     let level = raw.log.level.trim().to_ascii_lowercase();
@@ -740,7 +776,10 @@ mod tests {
     fn defaults_resolve() {
         let cfg = resolve(&RawConfig::default()).expect("defaults are valid");
         assert_eq!(cfg.stt.engines, vec!["whisper"]);
-        assert!(matches!(cfg.engines["whisper"].kind, EngineKind::Wyoming { port: 10300, .. }));
+        assert!(matches!(
+            cfg.engines["whisper"].kind,
+            EngineKind::Wyoming { port: 10300, .. }
+        ));
         assert_eq!(cfg.ptt.source, PttSource::Gpio);
         assert_eq!(cfg.audio.volume, 0.8);
     }
@@ -759,7 +798,10 @@ mod tests {
 
     #[test]
     fn tcp_urls() {
-        assert_eq!(parse_tcp_url("tcp://127.0.0.1:10300").unwrap(), ("127.0.0.1".into(), 10300));
+        assert_eq!(
+            parse_tcp_url("tcp://127.0.0.1:10300").unwrap(),
+            ("127.0.0.1".into(), 10300)
+        );
         assert!(parse_tcp_url("http://x:1").is_err());
         assert!(parse_tcp_url("tcp://x").is_err());
         assert!(parse_tcp_url("tcp://x:99999").is_err());
@@ -767,7 +809,10 @@ mod tests {
 
     #[test]
     fn wav_device_spec() {
-        assert_eq!(DeviceSpec::parse("wav:/a.wav").unwrap(), DeviceSpec::Wav("/a.wav".into()));
+        assert_eq!(
+            DeviceSpec::parse("wav:/a.wav").unwrap(),
+            DeviceSpec::Wav("/a.wav".into())
+        );
         assert_eq!(DeviceSpec::parse("default").unwrap(), DeviceSpec::Default);
         assert!(DeviceSpec::parse("wav:").is_err());
     }

@@ -67,7 +67,9 @@ impl HistoryHandle {
         match ready_rx.recv() {
             Ok(Ok(())) => Ok((HistoryHandle { tx }, StoreThread(join))),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(HistoryError::Invalid("the history thread died while opening".into())),
+            Err(_) => Err(HistoryError::Invalid(
+                "the history thread died while opening".into(),
+            )),
         }
     }
 
@@ -98,7 +100,8 @@ mod tests {
     #[tokio::test]
     async fn calls_run_on_the_store_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let (h, thread) = HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
         let c = h
             .call(|s| s.create_conversation(NewConversation::default()))
             .await

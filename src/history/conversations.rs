@@ -10,7 +10,7 @@ pub(super) const CONV_COLS: &str = "id, title, model_id, user_id, created_at, up
 
 pub(super) fn conv_from_row(r: &Row<'_>) -> rusqlite::Result<Conversation> {
     Ok(Conversation {
-        id: r.get(0)?,
+        id: id_at(r, 0)?,
         title: r.get(1)?,
         model_id: r.get(2)?,
         user_id: r.get(3)?,
@@ -37,7 +37,7 @@ impl Store {
         self.conn.execute(
             "INSERT INTO conversations (id, title, model_id, created_at, updated_at, activity_at, metadata)
              VALUES (?1, ?2, ?3, ?4, ?4, ?4, ?5) ON CONFLICT (id) DO NOTHING",
-            params![id, title, new.model_id, now, meta_to_sql(&new.metadata)],
+            params![key("conversation", &id)?, title, new.model_id, now, meta_to_sql(&new.metadata)],
         )?;
         self.get_conversation(&id)
     }
@@ -45,8 +45,10 @@ impl Store {
     /// The conversation with this exact id.
     pub fn get_conversation(&self, id: &str) -> Result<Conversation> {
         self.conn
-            .prepare_cached(&format!("SELECT {CONV_COLS} FROM conversations WHERE id = ?1"))?
-            .query_row([id], conv_from_row)
+            .prepare_cached(&format!(
+                "SELECT {CONV_COLS} FROM conversations WHERE id = ?1"
+            ))?
+            .query_row([key("conversation", id)?], conv_from_row)
             .optional()?
             .ok_or_else(|| HistoryError::NotFound {
                 what: "conversation",
@@ -64,12 +66,27 @@ impl Store {
                 id: id_or_prefix.to_string(),
             });
         }
-        // Range scan on the primary key: ids starting with `p`.
+        // Range scan on the primary key: the ids whose hex starts with `p`.
+        let hex: String = p.chars().filter(|c| *c != '-').take(32).collect();
+        let bound = |fill: char| {
+            let full: String = hex
+                .chars()
+                .chain(std::iter::repeat(fill))
+                .take(32)
+                .collect();
+            uuid::Uuid::parse_str(&full).ok()
+        };
+        let (Some(lo), Some(hi)) = (bound('0'), bound('f')) else {
+            return Err(HistoryError::NotFound {
+                what: "conversation",
+                id: id_or_prefix.to_string(),
+            });
+        };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id FROM conversations WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 2",
+            "SELECT id FROM conversations WHERE id BETWEEN ?1 AND ?2 ORDER BY id LIMIT 2",
         )?;
         let ids: Vec<String> = stmt
-            .query_map([&p], |r| r.get(0))?
+            .query_map([lo, hi], |r| id_at(r, 0))?
             .collect::<rusqlite::Result<_>>()?;
         match ids.len() {
             0 => Err(HistoryError::NotFound {
@@ -82,9 +99,10 @@ impl Store {
     }
 
     fn touch(&mut self, id: &str, sql: &str, value: &dyn rusqlite::ToSql) -> Result<Conversation> {
-        let n = self
-            .conn
-            .execute(sql, params![value, time::now_ms(), id])?;
+        let n = self.conn.execute(
+            sql,
+            params![value, time::now_ms(), key("conversation", id)?],
+        )?;
         if n == 0 {
             return Err(HistoryError::NotFound {
                 what: "conversation",
@@ -122,7 +140,8 @@ impl Store {
     /// Deletes a conversation and its messages, leaving a tombstone for sync.
     pub fn delete_conversation(&mut self, id: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute("DELETE FROM conversations WHERE id = ?1", [id])?;
+        let k = key("conversation", id)?;
+        let n = tx.execute("DELETE FROM conversations WHERE id = ?1", [k])?;
         if n == 0 {
             return Err(HistoryError::NotFound {
                 what: "conversation",
@@ -131,7 +150,7 @@ impl Store {
         }
         tx.execute(
             "INSERT OR REPLACE INTO tombstones (id, entity, deleted_at, pending) VALUES (?1, 'conversation', ?2, 1)",
-            params![id, time::now_ms()],
+            params![k, time::now_ms()],
         )?;
         tx.commit()?;
         Ok(())
@@ -153,7 +172,7 @@ impl Store {
         }
         sql.push_str(" ORDER BY activity_at DESC, id DESC LIMIT ?3 OFFSET ?4");
         let (a, i) = match &q.before {
-            Some(c) => (Some(c.activity_at), Some(c.id.clone())),
+            Some(c) => (Some(c.activity_at), Some(key("conversation", &c.id)?)),
             None => (None, None),
         };
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -162,7 +181,7 @@ impl Store {
             .query_map(params![a, i, limit as i64, q.offset as i64], |r| {
                 last = Some(Cursor {
                     activity_at: r.get(11)?,
-                    id: r.get(0)?,
+                    id: id_at(r, 0)?,
                 });
                 conv_from_row(r)
             })?
@@ -181,7 +200,12 @@ impl Store {
     /// Conversations whose last activity is more than `days` days old. With
     /// `dry_run`, only lists them; else archives or deletes them. Returns the
     /// conversations concerned (as they were before).
-    pub fn cleanup(&mut self, days: u32, action: CleanupAction, dry_run: bool) -> Result<Vec<Conversation>> {
+    pub fn cleanup(
+        &mut self,
+        days: u32,
+        action: CleanupAction,
+        dry_run: bool,
+    ) -> Result<Vec<Conversation>> {
         let cutoff = time::now_ms() - i64::from(days) * 86_400_000;
         let archived_clause = match action {
             CleanupAction::Archive => "AND archived = 0",
@@ -204,14 +228,15 @@ impl Store {
                 CleanupAction::Archive => {
                     tx.execute(
                         "UPDATE conversations SET archived = 1, updated_at = max(updated_at, ?1), pending = 1 WHERE id = ?2",
-                        params![now, c.id],
+                        params![now, key("conversation", &c.id)?],
                     )?;
                 }
                 CleanupAction::Delete => {
-                    tx.execute("DELETE FROM conversations WHERE id = ?1", [&c.id])?;
+                    let k = key("conversation", &c.id)?;
+                    tx.execute("DELETE FROM conversations WHERE id = ?1", [k])?;
                     tx.execute(
                         "INSERT OR REPLACE INTO tombstones (id, entity, deleted_at, pending) VALUES (?1, 'conversation', ?2, 1)",
-                        params![c.id, now],
+                        params![k, now],
                     )?;
                 }
             }
@@ -258,15 +283,30 @@ mod tests {
         assert_eq!(s.rename_conversation(&c.id, "  Hi  ").unwrap().title, "Hi");
         assert!(s.rename_conversation(&c.id, "").is_err());
         assert!(s.set_archived(&c.id, true).unwrap().archived);
-        let page = s.list_conversations(&ListQuery { limit: 10, ..Default::default() }).unwrap();
+        let page = s
+            .list_conversations(&ListQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
         assert!(page.conversations.is_empty());
         let page = s
-            .list_conversations(&ListQuery { limit: 10, filter: ArchivedFilter::Archived, ..Default::default() })
+            .list_conversations(&ListQuery {
+                limit: 10,
+                filter: ArchivedFilter::Archived,
+                ..Default::default()
+            })
             .unwrap();
         assert_eq!(page.conversations.len(), 1);
         s.delete_conversation(&c.id).unwrap();
-        assert!(matches!(s.get_conversation(&c.id), Err(HistoryError::NotFound { .. })));
-        assert!(matches!(s.delete_conversation(&c.id), Err(HistoryError::NotFound { .. })));
+        assert!(matches!(
+            s.get_conversation(&c.id),
+            Err(HistoryError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.delete_conversation(&c.id),
+            Err(HistoryError::NotFound { .. })
+        ));
     }
 
     #[test]
@@ -284,7 +324,11 @@ mod tests {
         let mut before = None;
         loop {
             let page = s
-                .list_conversations(&ListQuery { limit: 10, before: before.clone(), ..Default::default() })
+                .list_conversations(&ListQuery {
+                    limit: 10,
+                    before: before.clone(),
+                    ..Default::default()
+                })
                 .unwrap();
             titles.extend(page.conversations.iter().map(|c| c.title.clone()));
             match page.next {
@@ -294,7 +338,13 @@ mod tests {
         }
         let want: Vec<String> = (0..25).rev().map(|i| format!("c{i}")).collect();
         assert_eq!(titles, want);
-        let page3 = s.list_conversations(&ListQuery { limit: 10, offset: 20, ..Default::default() }).unwrap();
+        let page3 = s
+            .list_conversations(&ListQuery {
+                limit: 10,
+                offset: 20,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(page3.conversations.len(), 5);
         assert!(page3.next.is_none());
     }
@@ -308,19 +358,31 @@ mod tests {
         assert!(s.resolve_conversation_id("zzzz").is_err());
         s.create_conversation(NewConversation::default()).unwrap();
         // Two v7 ids made in the same millisecond share their first 8 hex digits.
-        assert!(matches!(s.resolve_conversation_id(&c.id[..4]), Err(HistoryError::Ambiguous(_))));
+        assert!(matches!(
+            s.resolve_conversation_id(&c.id[..4]),
+            Err(HistoryError::Ambiguous(_))
+        ));
     }
 
     #[test]
     fn cleanup_dry_run_then_archive() {
         let mut s = store();
         let old = s
-            .create_conversation(NewConversation { created_at: Some(time::now_ms() - 40 * 86_400_000), ..Default::default() })
+            .create_conversation(NewConversation {
+                created_at: Some(time::now_ms() - 40 * 86_400_000),
+                ..Default::default()
+            })
             .unwrap();
         let fresh = s.create_conversation(NewConversation::default()).unwrap();
         let listed = s.cleanup(30, CleanupAction::Delete, true).unwrap();
-        assert_eq!(listed.iter().map(|c| &c.id).collect::<Vec<_>>(), vec![&old.id]);
-        assert!(s.get_conversation(&old.id).is_ok(), "dry run changed nothing");
+        assert_eq!(
+            listed.iter().map(|c| &c.id).collect::<Vec<_>>(),
+            vec![&old.id]
+        );
+        assert!(
+            s.get_conversation(&old.id).is_ok(),
+            "dry run changed nothing"
+        );
         s.cleanup(30, CleanupAction::Archive, false).unwrap();
         assert!(s.get_conversation(&old.id).unwrap().archived);
         assert!(!s.get_conversation(&fresh.id).unwrap().archived);

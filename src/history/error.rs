@@ -56,8 +56,13 @@ pub enum HistoryError {
     #[error("{0}")]
     Invalid(String),
 
-    #[error("{}: {message}", path.display())]
-    Import { path: PathBuf, message: String },
+    #[error("{}:{}{message}", path.display(), at.map(|(l, c)| format!("{l}:{c}: ")).unwrap_or(" ".into()))]
+    Import {
+        path: PathBuf,
+        /// Line and column in the file, when the problem has one.
+        at: Option<(usize, usize)>,
+        message: String,
+    },
 
     #[error("{}: {source}", path.display())]
     Io {

@@ -49,6 +49,8 @@ pub struct ImportReport {
     pub conversations_existing: usize,
     pub messages_added: usize,
     pub messages_existing: usize,
+    /// Messages whose id exists here with other content (the stored one is kept).
+    pub messages_conflicting: usize,
 }
 
 impl Store {
@@ -70,7 +72,7 @@ impl Store {
         let mut out = Vec::with_capacity(convs.len());
         for c in convs {
             let messages = stmt
-                .query_map([&c.id], msg_from_row)?
+                .query_map([key("conversation", &c.id)?], msg_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
             out.push(ExportedConversation {
                 conversation: c,
@@ -88,117 +90,408 @@ impl Store {
     /// Imports an export document in one transaction. Conversations and
     /// messages whose ids exist already are left as they are.
     pub fn import(&mut self, doc: &Export) -> Result<ImportReport> {
-        let mut report = ImportReport::default();
-        let tx = self.conn.transaction()?;
-        {
-            let mut conv_stmt = tx.prepare(
-                "INSERT INTO conversations (id, title, model_id, created_at, updated_at, activity_at, archived, metadata)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-            )?;
-            let mut msg_stmt = tx.prepare(INSERT_MSG)?;
-            for ec in &doc.conversations {
-                let c = &ec.conversation;
-                let n = conv_stmt.execute(params![
-                    c.id,
-                    c.title,
-                    c.model_id,
-                    c.created_at,
-                    c.updated_at,
-                    c.archived,
-                    meta_to_sql(&Some(c.metadata.clone())),
-                ])?;
-                if n == 1 {
-                    report.conversations_added += 1;
-                } else {
-                    report.conversations_existing += 1;
+        check_header(&doc.format, doc.version).map_err(|e| HistoryError::Invalid(e.message))?;
+        for (i, ec) in doc.conversations.iter().enumerate() {
+            check_conversation(i, ec).map_err(|e| HistoryError::Invalid(e.message))?;
+        }
+        self.import_with(|sink| doc.conversations.iter().try_for_each(sink))
+    }
+
+    /// Imports an export file. The JSON is parsed on a second thread while
+    /// this one writes what it has parsed so far; everything happens in one
+    /// transaction that is rolled back on any error in the file, so a bad
+    /// file changes nothing.
+    pub fn import_file(&mut self, path: &Path) -> Result<ImportReport> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<ExportedConversation>(256);
+            let parser = scope.spawn(move || -> Result<()> {
+                let bytes = std::fs::read(path).map_err(|e| HistoryError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })?;
+                stream_export(&bytes, &tx).map_err(|e| HistoryError::Import {
+                    path: path.to_path_buf(),
+                    at: e.at,
+                    message: e.message,
+                })
+            });
+            self.import_with(move |sink| {
+                for ec in rx {
+                    sink(&ec)?;
                 }
-                for m in &ec.messages {
-                    let n = msg_stmt.execute(params![
-                        m.id,
-                        c.id,
-                        m.role.as_str(),
-                        m.content,
-                        m.created_at,
-                        m.model_id,
-                        m.tokens_used,
-                        m.response_time_ms,
-                        m.is_audio,
-                        m.origin.as_str(),
-                        m.reply_to,
-                        meta_to_sql(&Some(m.metadata.clone())),
+                parser.join().unwrap_or_else(|_| {
+                    Err(HistoryError::Invalid(
+                        "the import parser thread panicked".into(),
+                    ))
+                })
+            })
+        })
+    }
+
+    /// The import itself: `feed` calls the sink with each conversation; the
+    /// transaction commits only if `feed` returns `Ok`.
+    ///
+    /// Bulk path: the per-row triggers (full-text index, conversation
+    /// counters) are set aside inside the transaction and their work is done
+    /// once, set-wise, for the new rows. A failure rolls all of it back,
+    /// triggers included.
+    fn import_with<F>(&mut self, feed: F) -> Result<ImportReport>
+    where
+        F: FnOnce(&mut dyn FnMut(&ExportedConversation) -> Result<()>) -> Result<()>,
+    {
+        let old_cache: i64 = self.conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+        // A big page cache keeps dirty index pages of a large load in memory
+        // instead of spilling them to the WAL mid-transaction; SQLite only
+        // fills it as needed. Within a quarter of the RAM.
+        let cache_kib = (256 * 1024).min(ram_kib() / 4).max(16 * 1024);
+        self.conn
+            .pragma_update(None, "cache_size", -(cache_kib as i64))?;
+        let mut report = ImportReport::default();
+        let result = (|| -> Result<()> {
+            let tx = self.conn.transaction()?;
+            let triggers: Vec<(String, String)> = tx
+                .prepare(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'
+                     AND name IN ('messages_fts_insert', 'messages_count_insert')",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (name, _) in &triggers {
+                tx.execute_batch(&format!("DROP TRIGGER {name}"))?;
+            }
+            let first_new: i64 =
+                tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM messages", [], |r| {
+                    r.get(0)
+                })?;
+            {
+                let mut conv_stmt = tx.prepare(
+                    "INSERT INTO conversations (id, title, model_id, created_at, updated_at, activity_at, archived, metadata)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                )?;
+                let mut msg_stmt = tx.prepare(INSERT_MSG)?;
+                let mut same_stmt = tx.prepare(
+                    "SELECT content = ?2 AND conversation_id = ?3 FROM messages WHERE id = ?1",
+                )?;
+                let mut sink = |ec: &ExportedConversation| -> Result<()> {
+                    let c = &ec.conversation;
+                    let ck = key("conversation", &c.id)?;
+                    let n = conv_stmt.execute(params![
+                        ck,
+                        c.title,
+                        c.model_id,
+                        c.created_at,
+                        c.updated_at,
+                        c.archived,
+                        meta_to_sql(&Some(c.metadata.clone())),
                     ])?;
                     if n == 1 {
-                        report.messages_added += 1;
+                        report.conversations_added += 1;
                     } else {
-                        report.messages_existing += 1;
+                        report.conversations_existing += 1;
                     }
+                    for m in &ec.messages {
+                        let mk = key("message", &m.id)?;
+                        let n = msg_stmt.execute(params![
+                            mk,
+                            ck,
+                            m.role.as_str(),
+                            m.content,
+                            m.created_at,
+                            m.model_id,
+                            m.tokens_used,
+                            m.response_time_ms,
+                            m.is_audio,
+                            m.origin.as_str(),
+                            m.reply_to
+                                .as_deref()
+                                .map(|r| key("message", r))
+                                .transpose()?,
+                            meta_to_sql(&Some(m.metadata.clone())),
+                        ])?;
+                        if n == 1 {
+                            report.messages_added += 1;
+                        } else if same_stmt
+                            .query_row(params![mk, m.content, ck], |r| r.get::<_, bool>(0))?
+                        {
+                            report.messages_existing += 1;
+                        } else {
+                            report.messages_conflicting += 1;
+                        }
+                    }
+                    Ok(())
+                };
+                feed(&mut sink)?;
+            }
+            tx.execute(
+                "INSERT INTO messages_fts (rowid, content) SELECT seq, content FROM messages WHERE seq >= ?1",
+                [first_new],
+            )?;
+            tx.execute(
+                "UPDATE conversations SET
+                    message_count = s.n,
+                    last_message_at = s.last,
+                    activity_at = max(conversations.created_at, coalesce(s.last, 0)),
+                    updated_at = max(conversations.updated_at, coalesce(s.last, 0))
+                 FROM (SELECT conversation_id, count(*) AS n, max(created_at) AS last FROM messages
+                       WHERE conversation_id IN (SELECT DISTINCT conversation_id FROM messages WHERE seq >= ?1)
+                       GROUP BY conversation_id) AS s
+                 WHERE conversations.id = s.conversation_id",
+                [first_new],
+            )?;
+            for (_, sql) in &triggers {
+                tx.execute_batch(sql)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.conn.pragma_update(None, "cache_size", old_cache)?;
+        result.map(|()| report)
+    }
+}
+
+/// Physical memory in KiB (1 GiB when unknown).
+fn ram_kib() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && size > 0 {
+        pages as u64 * size as u64 / 1024
+    } else {
+        1024 * 1024
+    }
+}
+
+/// Why an export document was refused, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl From<String> for ParseError {
+    fn from(message: String) -> Self {
+        ParseError { at: None, message }
+    }
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((l, c)) = self.at {
+            write!(f, "{l}:{c}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Says what is wrong with a document the typed parser refused: a syntax
+/// error where it is, or, for valid JSON of the wrong shape, the path of the
+/// offending field (found by a slower second pass, only on failure).
+fn explain_json_error(text: &[u8], e: serde_json::Error) -> ParseError {
+    use serde_json::error::Category;
+    let at = Some((e.line(), e.column()));
+    match e.classify() {
+        Category::Eof => ParseError {
+            at,
+            message: format!("the file ends too early (truncated?): {e}"),
+        },
+        Category::Io => ParseError {
+            at: None,
+            message: e.to_string(),
+        },
+        Category::Syntax | Category::Data => {
+            match serde_json::from_slice::<serde_json::Value>(text) {
+                Err(e) => ParseError {
+                    at: Some((e.line(), e.column())),
+                    message: format!("not valid JSON: {e}"),
+                },
+                Ok(v) => match serde_path_to_error::deserialize::<_, Export>(v) {
+                    Err(pe) => ParseError {
+                        at: None,
+                        message: format!(
+                            "not a pichat history export: {}: {}",
+                            pe.path(),
+                            pe.inner()
+                        ),
+                    },
+                    Ok(_) => ParseError {
+                        at,
+                        message: format!("not a pichat history export: {e}"),
+                    },
+                },
+            }
+        }
+    }
+}
+
+/// Parses and validates export JSON held in memory.
+pub fn parse_export(text: &str) -> std::result::Result<Export, ParseError> {
+    let doc: Export = match serde_json::from_str(text) {
+        Ok(d) => d,
+        Err(e) => return Err(explain_json_error(text.as_bytes(), e)),
+    };
+    check_header(&doc.format, doc.version)?;
+    for (i, ec) in doc.conversations.iter().enumerate() {
+        check_conversation(i, ec)?;
+    }
+    Ok(doc)
+}
+
+fn check_header(format: &str, version: u32) -> std::result::Result<(), ParseError> {
+    if format != FORMAT_NAME {
+        return Err(format!(
+            "format is \"{format}\", expected \"{FORMAT_NAME}\" (make it with `pichat history export --format json`)"
+        )
+        .into());
+    }
+    if version > FORMAT_VERSION {
+        return Err(format!(
+            "export version {version} is newer than this pichat reads ({FORMAT_VERSION}); upgrade pichat"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn check_conversation(i: usize, ec: &ExportedConversation) -> std::result::Result<(), ParseError> {
+    let c = &ec.conversation;
+    let at = format!("conversations[{i}]");
+    check_id(&format!("{at}.id"), &c.id).map_err(|e| e.to_string())?;
+    let n = c.title.trim().chars().count();
+    if n == 0 || n > MAX_TITLE_CHARS {
+        return Err(format!("{at}.title must have 1 to {MAX_TITLE_CHARS} characters").into());
+    }
+    for (j, m) in ec.messages.iter().enumerate() {
+        let at = format!("{at}.messages[{j}]");
+        check_id(&format!("{at}.id"), &m.id).map_err(|e| e.to_string())?;
+        if m.conversation_id != c.id {
+            return Err(format!(
+                "{at}.conversation_id is {}, but the message is inside conversation {}",
+                m.conversation_id, c.id
+            )
+            .into());
+        }
+        check_content(&m.content).map_err(|e| format!("{at}.content: {e}"))?;
+        if let Some(r) = &m.reply_to {
+            check_id(&format!("{at}.reply_to"), r).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses export JSON conversation by conversation, checking each and
+/// handing it to `out` as soon as it is complete.
+fn stream_export(
+    bytes: &[u8],
+    out: &SyncSender<ExportedConversation>,
+) -> std::result::Result<(), ParseError> {
+    use serde::de::DeserializeSeed;
+    let mut failure = None;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let seed = DocSeed {
+        out,
+        failure: &mut failure,
+    };
+    let header = seed.deserialize(&mut de).and_then(|h| de.end().map(|()| h));
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let (format, version) = header.map_err(|e| explain_json_error(bytes, e))?;
+    check_header(
+        format.as_deref().unwrap_or("(missing)"),
+        version.unwrap_or(FORMAT_VERSION),
+    )
+}
+
+use std::sync::mpsc::SyncSender;
+
+/// The top-level object: header fields kept, conversations streamed out.
+struct DocSeed<'a> {
+    out: &'a SyncSender<ExportedConversation>,
+    failure: &'a mut Option<ParseError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DocSeed<'_> {
+    type Value = (Option<String>, Option<u32>);
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DocSeed<'_> {
+    type Value = (Option<String>, Option<u32>);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a pichat history export object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let (mut format, mut version) = (None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "format" => format = Some(map.next_value::<String>()?),
+                "version" => version = Some(map.next_value::<u32>()?),
+                "conversations" => map.next_value_seed(ConversationsSeed {
+                    out: self.out,
+                    failure: &mut *self.failure,
+                })?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
-        tx.commit()?;
-        Ok(report)
+        Ok((format, version))
     }
 }
 
-/// Reads and validates an export file completely, before anything is written.
-pub fn read_export(path: &Path) -> Result<Export> {
-    let text = std::fs::read_to_string(path).map_err(|e| HistoryError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    parse_export(&text).map_err(|message| HistoryError::Import {
-        path: path.to_path_buf(),
-        message,
-    })
+struct ConversationsSeed<'a> {
+    out: &'a SyncSender<ExportedConversation>,
+    failure: &'a mut Option<ParseError>,
 }
 
-/// Parses and validates export JSON. The error says where and what.
-pub fn parse_export(text: &str) -> std::result::Result<Export, String> {
-    let doc: Export = serde_json::from_str(text).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Eof => "the file ends too early (truncated?)",
-            serde_json::error::Category::Syntax => "not valid JSON",
-            _ => "not a pichat history export",
-        };
-        format!("{}:{}: {what}: {e}", e.line(), e.column())
-    })?;
-    if doc.format != FORMAT_NAME {
-        return Err(format!(
-            "format is \"{}\", expected \"{FORMAT_NAME}\" (make it with `pichat history export --format json`)",
-            doc.format
-        ));
+impl<'de> serde::de::DeserializeSeed<'de> for ConversationsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
     }
-    if doc.version > FORMAT_VERSION {
-        return Err(format!(
-            "export version {} is newer than this pichat reads ({FORMAT_VERSION}); upgrade pichat",
-            doc.version
-        ));
+}
+
+impl<'de> serde::de::Visitor<'de> for ConversationsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of conversations")
     }
-    let mut seen = std::collections::HashSet::new();
-    for (i, ec) in doc.conversations.iter().enumerate() {
-        let c = &ec.conversation;
-        let at = format!("conversations[{i}]");
-        check_id(&format!("{at}.id"), &c.id).map_err(|e| e.to_string())?;
-        let n = c.title.trim().chars().count();
-        if n == 0 || n > MAX_TITLE_CHARS {
-            return Err(format!("{at}.title must have 1 to {MAX_TITLE_CHARS} characters"));
-        }
-        for (j, m) in ec.messages.iter().enumerate() {
-            let at = format!("{at}.messages[{j}]");
-            check_id(&format!("{at}.id"), &m.id).map_err(|e| e.to_string())?;
-            if m.conversation_id != c.id {
-                return Err(format!(
-                    "{at}.conversation_id is {}, but the message is inside conversation {}",
-                    m.conversation_id, c.id
-                ));
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(ec) = seq.next_element::<ExportedConversation>()? {
+            if let Err(e) = check_conversation(i, &ec) {
+                *self.failure = Some(e);
+                return Err(serde::de::Error::custom("stopped"));
             }
-            check_content(&m.content).map_err(|e| format!("{at}.content: {e}"))?;
-            if !seen.insert(m.id.as_str()) {
-                return Err(format!("{at}.id {} appears twice in the file", m.id));
+            if self.out.send(ec).is_err() {
+                // The writer stopped (and reports why).
+                return Err(serde::de::Error::custom("stopped"));
             }
+            i += 1;
         }
+        Ok(())
     }
-    Ok(doc)
 }
 
 fn speaker(role: Role) -> &'static str {
@@ -227,7 +520,10 @@ pub fn render(doc: &Export, format: ExportFormat) -> String {
                     "*{} messages, started {}{}{}*\n",
                     ec.messages.len(),
                     time::format(c.created_at),
-                    c.model_id.as_deref().map(|m| format!(", model {m}")).unwrap_or_default(),
+                    c.model_id
+                        .as_deref()
+                        .map(|m| format!(", model {m}"))
+                        .unwrap_or_default(),
                     if c.archived { ", archived" } else { "" },
                 );
                 for m in &ec.messages {
@@ -249,7 +545,13 @@ pub fn render(doc: &Export, format: ExportFormat) -> String {
                 let c = &ec.conversation;
                 let _ = writeln!(s, "== {} ({}) ==", c.title, c.id);
                 for m in &ec.messages {
-                    let _ = writeln!(s, "[{}] {}: {}", time::short(m.created_at), speaker(m.role), m.content);
+                    let _ = writeln!(
+                        s,
+                        "[{}] {}: {}",
+                        time::short(m.created_at),
+                        speaker(m.role),
+                        m.content
+                    );
                 }
                 s.push('\n');
             }
@@ -265,9 +567,18 @@ mod tests {
     fn sample() -> Store {
         let mut s = Store::open_in_memory().unwrap();
         let c = s
-            .create_conversation(NewConversation { title: Some("Geography".into()), ..Default::default() })
+            .create_conversation(NewConversation {
+                title: Some("Geography".into()),
+                ..Default::default()
+            })
             .unwrap();
-        let q = s.append_message(NewMessage::new(&c.id, Role::User, "What is the capital of France?")).unwrap();
+        let q = s
+            .append_message(NewMessage::new(
+                &c.id,
+                Role::User,
+                "What is the capital of France?",
+            ))
+            .unwrap();
         let mut a = NewMessage::new(&c.id, Role::Assistant, "Paris.");
         a.reply_to = Some(q.id);
         a.model_id = Some("smollm2".into());
@@ -307,13 +618,29 @@ mod tests {
     fn bad_imports_say_where() {
         let s = sample();
         let text = render(&s.export(None).unwrap(), ExportFormat::Json);
-        let err = parse_export(&text[..text.len() / 2]).unwrap_err();
+        let err = parse_export(&text[..text.len() / 2])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
         let err = parse_export("{\"format\":\"x\"").unwrap_err();
-        assert!(err.starts_with("1:"), "{err}");
+        assert_eq!(err.at.map(|a| a.0), Some(1), "{err}");
         let bad = text.replace("\"role\": \"user\"", "\"role\": \"robot\"");
-        assert!(parse_export(&bad).unwrap_err().contains("not a pichat history export"));
+        assert!(
+            parse_export(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("not a pichat history export")
+        );
+        let mut s2 = sample();
+        let mut bad_doc = parse_export(&text).unwrap();
+        bad_doc.conversations[0].messages[0].content = "   ".into();
+        assert!(matches!(s2.import(&bad_doc), Err(HistoryError::Invalid(_))));
         let dup = r#"{"format":"pichat-history","version":1,"exported_at":"2026-01-01T00:00:00.000Z","conversations":[{"id":"not-a-uuid","title":"t","created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z","messages":[]}]}"#;
-        assert!(parse_export(dup).unwrap_err().contains("not a UUID"));
+        assert!(
+            parse_export(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("not a UUID")
+        );
     }
 }

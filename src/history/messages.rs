@@ -12,8 +12,8 @@ pub(super) fn msg_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     let role: String = r.get(2)?;
     let origin: String = r.get(9)?;
     Ok(Message {
-        id: r.get(0)?,
-        conversation_id: r.get(1)?,
+        id: id_at(r, 0)?,
+        conversation_id: id_at(r, 1)?,
         role: Role::parse(&role).unwrap_or(Role::User),
         content: r.get(3)?,
         created_at: r.get(4)?,
@@ -22,7 +22,7 @@ pub(super) fn msg_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         response_time_ms: r.get(7)?,
         is_audio: r.get(8)?,
         origin: Origin::parse(&origin).unwrap_or(Origin::Api),
-        reply_to: r.get(10)?,
+        reply_to: opt_id_at(r, 10)?,
         metadata: meta_from_sql(r.get(11)?),
         rev: r.get(12)?,
     })
@@ -45,15 +45,16 @@ impl Store {
         let reply_to = new
             .reply_to
             .as_deref()
-            .map(|r| check_id("reply_to", r))
+            .map(|r| check_id("reply_to", r).and_then(|r| key("message", &r)))
             .transpose()?;
+        let conv_key = key("conversation", &new.conversation_id)?;
         let created = new.created_at.unwrap_or_else(time::now_ms);
         let n = self
             .conn
             .prepare_cached(INSERT_MSG)?
             .execute(params![
-                id,
-                new.conversation_id,
+                key("message", &id)?,
+                conv_key,
                 new.role.as_str(),
                 new.content,
                 created,
@@ -73,7 +74,9 @@ impl Store {
                 _ => e.into(),
             })?;
         let stored = self.get_message(&id)?;
-        if n == 0 && (stored.content != new.content || stored.conversation_id != new.conversation_id) {
+        if n == 0
+            && (stored.content != new.content || stored.conversation_id != new.conversation_id)
+        {
             return Err(HistoryError::Invalid(format!(
                 "message {id} already exists with different content"
             )));
@@ -83,8 +86,10 @@ impl Store {
 
     pub fn get_message(&self, id: &str) -> Result<Message> {
         self.conn
-            .prepare_cached(&format!("SELECT {MSG_COLS} FROM messages m WHERE m.id = ?1"))?
-            .query_row([id], msg_from_row)
+            .prepare_cached(&format!(
+                "SELECT {MSG_COLS} FROM messages m WHERE m.id = ?1"
+            ))?
+            .query_row([key("message", id)?], msg_from_row)
             .optional()?
             .ok_or_else(|| HistoryError::NotFound {
                 what: "message",
@@ -94,8 +99,14 @@ impl Store {
 
     /// Up to `limit` messages of a conversation, oldest first: the newest
     /// ones, or those before the message `before`.
-    pub fn messages(&self, conversation_id: &str, limit: usize, before: Option<&str>) -> Result<Vec<Message>> {
+    pub fn messages(
+        &self,
+        conversation_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<Message>> {
         self.get_conversation(conversation_id)?;
+        let ck = key("conversation", conversation_id)?;
         let limit = limit.clamp(1, 100_000) as i64;
         let mut out: Vec<Message> = match before {
             None => self
@@ -104,14 +115,14 @@ impl Store {
                     "SELECT {MSG_COLS} FROM messages m WHERE m.conversation_id = ?1
                      ORDER BY m.created_at DESC, m.seq DESC LIMIT ?2"
                 ))?
-                .query_map(params![conversation_id, limit], msg_from_row)?
+                .query_map(params![ck, limit], msg_from_row)?
                 .collect::<rusqlite::Result<_>>()?,
             Some(b) => {
                 let (at, seq): (i64, i64) = self
                     .conn
                     .query_row(
                         "SELECT created_at, seq FROM messages WHERE id = ?1 AND conversation_id = ?2",
-                        [b, conversation_id],
+                        [key("message", b)?, ck],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?
@@ -125,7 +136,7 @@ impl Store {
                          AND (m.created_at, m.seq) < (?2, ?3)
                          ORDER BY m.created_at DESC, m.seq DESC LIMIT ?4"
                     ))?
-                    .query_map(params![conversation_id, at, seq, limit], msg_from_row)?
+                    .query_map(params![ck, at, seq, limit], msg_from_row)?
                     .collect::<rusqlite::Result<_>>()?
             }
         };
@@ -153,7 +164,7 @@ impl Store {
                 u.tokens_used,
                 u.response_time_ms,
                 meta_to_sql(&u.metadata),
-                id
+                key("message", id)?
             ],
         )?;
         if n == 0 {
@@ -167,7 +178,8 @@ impl Store {
 
     pub fn delete_message(&mut self, id: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+        let k = key("message", id)?;
+        let n = tx.execute("DELETE FROM messages WHERE id = ?1", [k])?;
         if n == 0 {
             return Err(HistoryError::NotFound {
                 what: "message",
@@ -176,7 +188,7 @@ impl Store {
         }
         tx.execute(
             "INSERT OR REPLACE INTO tombstones (id, entity, deleted_at, pending) VALUES (?1, 'message', ?2, 1)",
-            params![id, time::now_ms()],
+            params![k, time::now_ms()],
         )?;
         tx.commit()?;
         Ok(())
@@ -227,10 +239,27 @@ mod tests {
     #[test]
     fn append_rejects_unknown_conversation_and_empty_content() {
         let (mut s, c) = setup();
-        let err = s.append_message(NewMessage::new(&new_id(), Role::User, "x")).unwrap_err();
-        assert!(matches!(err, HistoryError::NotFound { what: "conversation", .. }), "{err}");
-        assert!(s.append_message(NewMessage::new(&c, Role::User, "   ")).is_err());
-        assert!(s.append_message(NewMessage::new(&c, Role::User, "x".repeat(32_001))).is_err());
+        let err = s
+            .append_message(NewMessage::new(&new_id(), Role::User, "x"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HistoryError::NotFound {
+                    what: "conversation",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            s.append_message(NewMessage::new(&c, Role::User, "   "))
+                .is_err()
+        );
+        assert!(
+            s.append_message(NewMessage::new(&c, Role::User, "x".repeat(32_001)))
+                .is_err()
+        );
     }
 
     #[test]
@@ -242,18 +271,36 @@ mod tests {
             m.created_at = Some(1000 + i);
             ids.push(s.append_message(m).unwrap().id);
         }
-        let last3: Vec<String> = s.messages(&c, 3, None).unwrap().into_iter().map(|m| m.content).collect();
+        let last3: Vec<String> = s
+            .messages(&c, 3, None)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
         assert_eq!(last3, vec!["m4", "m5", "m6"]);
-        let before: Vec<String> = s.messages(&c, 3, Some(&ids[4])).unwrap().into_iter().map(|m| m.content).collect();
+        let before: Vec<String> = s
+            .messages(&c, 3, Some(&ids[4]))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
         assert_eq!(before, vec!["m1", "m2", "m3"]);
     }
 
     #[test]
     fn update_keeps_fts_in_step() {
         let (mut s, c) = setup();
-        let m = s.append_message(NewMessage::new(&c, Role::Assistant, "the quick brown fox")).unwrap();
-        s.update_message(&m.id, MessageUpdate { content: Some("a lazy dog".into()), ..Default::default() })
+        let m = s
+            .append_message(NewMessage::new(&c, Role::Assistant, "the quick brown fox"))
             .unwrap();
+        s.update_message(
+            &m.id,
+            MessageUpdate {
+                content: Some("a lazy dog".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(s.search("fox", None, 10).unwrap().is_empty());
         assert_eq!(s.search("lazy", None, 10).unwrap().len(), 1);
     }
@@ -261,10 +308,14 @@ mod tests {
     #[test]
     fn deleting_conversation_cascades() {
         let (mut s, c) = setup();
-        s.append_message(NewMessage::new(&c, Role::User, "cascade me")).unwrap();
+        s.append_message(NewMessage::new(&c, Role::User, "cascade me"))
+            .unwrap();
         s.delete_conversation(&c).unwrap();
         assert!(s.search("cascade", None, 10).unwrap().is_empty());
-        let n: i64 = s.conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+        let n: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
     }
 }

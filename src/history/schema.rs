@@ -13,13 +13,17 @@ pub const VERSION: i64 = MIGRATIONS.len() as i64;
 /// Version 1: conversations, messages, their full-text index, and the state
 /// the sync needs (server revs, pending flags, tombstones, key/value state).
 ///
-/// Times are INTEGER milliseconds since the Unix epoch, UTC.
+/// Times are INTEGER milliseconds since the Unix epoch, UTC. Ids are UUIDs
+/// stored as 16-byte BLOBs.
 /// `activity_at` is the conversation's last message time, or its creation
 /// time when it has none: the order of the conversation list.
 /// `pending` marks rows changed locally and not yet acknowledged by the server.
+/// Messages are only ever appended, so the sync finds pending messages by a
+/// `seq` high-water mark in `sync_state` (no index on `pending` to maintain
+/// on every insert); conversations, few and mutable, have a partial index.
 const V1: &str = r#"
 CREATE TABLE conversations (
-    id              TEXT PRIMARY KEY,
+    id              BLOB PRIMARY KEY,
     title           TEXT NOT NULL,
     model_id        TEXT,
     user_id         TEXT,
@@ -39,8 +43,8 @@ CREATE INDEX conversations_pending ON conversations (id) WHERE pending = 1;
 
 CREATE TABLE messages (
     seq              INTEGER PRIMARY KEY,
-    id               TEXT NOT NULL UNIQUE,
-    conversation_id  TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    id               BLOB NOT NULL UNIQUE,
+    conversation_id  BLOB NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
     role             TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
     content          TEXT NOT NULL,
     created_at       INTEGER NOT NULL,
@@ -49,13 +53,12 @@ CREATE TABLE messages (
     response_time_ms INTEGER,
     is_audio         INTEGER NOT NULL DEFAULT 0 CHECK (is_audio IN (0, 1)),
     origin           TEXT NOT NULL CHECK (origin IN ('web', 'voice', 'api')),
-    reply_to         TEXT,
+    reply_to         BLOB,
     metadata         TEXT,
     rev              INTEGER NOT NULL DEFAULT 0,
     pending          INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX messages_by_conversation ON messages (conversation_id, created_at);
-CREATE INDEX messages_pending ON messages (seq) WHERE pending = 1;
 
 -- Counters and times of the conversation follow its messages.
 CREATE TRIGGER messages_count_insert AFTER INSERT ON messages BEGIN
@@ -81,6 +84,9 @@ CREATE VIRTUAL TABLE messages_fts USING fts5 (
     content_rowid = 'seq',
     tokenize = 'unicode61 remove_diacritics 2'
 );
+-- Buffer up to 32 MiB of index data per transaction before writing a
+-- segment: fewer, larger segments on bulk loads (small turns never get near).
+INSERT INTO messages_fts (messages_fts, rank) VALUES ('hashsize', 33554432);
 CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
     INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
 END;
@@ -95,7 +101,7 @@ END;
 -- Local deletes the server has not acknowledged yet, and server deletes seen
 -- (so a late upsert from an old page cannot bring a row back).
 CREATE TABLE tombstones (
-    id         TEXT PRIMARY KEY,
+    id         BLOB PRIMARY KEY,
     entity     TEXT NOT NULL CHECK (entity IN ('conversation', 'message')),
     deleted_at INTEGER NOT NULL,
     rev        INTEGER NOT NULL DEFAULT 0,

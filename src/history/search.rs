@@ -34,7 +34,12 @@ pub fn estimate_tokens(text: &str) -> usize {
 
 impl Store {
     /// Full-text search, best matches first, with highlighted snippets.
-    pub fn search(&self, query: &str, conversation_id: Option<&str>, limit: usize) -> Result<Vec<SearchHit>> {
+    pub fn search(
+        &self,
+        query: &str,
+        conversation_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
         self.search_marked(query, conversation_id, limit, MARK_START, MARK_END)
     }
 
@@ -51,6 +56,9 @@ impl Store {
         if let Some(c) = conversation_id {
             self.get_conversation(c)?;
         }
+        let ck = conversation_id
+            .map(|c| key("conversation", c))
+            .transpose()?;
         let sql = format!(
             "SELECT {MSG_COLS}, c.title, snippet(messages_fts, 0, ?3, ?4, '…', 12)
              FROM messages_fts
@@ -62,7 +70,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let hits = stmt
             .query_map(
-                params![q, conversation_id, start, end, limit.clamp(1, 1000) as i64],
+                params![q, ck, start, end, limit.clamp(1, 1000) as i64],
                 |r| {
                     Ok(SearchHit {
                         message: msg_from_row(r)?,
@@ -80,6 +88,9 @@ impl Store {
         if let Some(c) = conversation_id {
             self.get_conversation(c)?;
         }
+        let ck = conversation_id
+            .map(|c| key("conversation", c))
+            .transpose()?;
         let (conversations, archived): (i64, i64) = match conversation_id {
             Some(_) => (1, 0),
             None => self.conn.query_row(
@@ -101,7 +112,7 @@ impl Store {
                     min(created_at),
                     max(created_at)
              FROM messages WHERE ?1 IS NULL OR conversation_id = ?1",
-            [conversation_id],
+            [ck],
             |r| {
                 Ok(Stats {
                     conversation_id: conversation_id.map(str::to_string),
@@ -123,7 +134,12 @@ impl Store {
     /// The messages to send to the LLM: the system prompt, then the most
     /// recent messages of the conversation that fit in `budget_tokens`
     /// (oldest dropped first), oldest first.
-    pub fn context(&self, conversation_id: &str, system_prompt: &str, budget_tokens: usize) -> Result<Vec<ChatMessage>> {
+    pub fn context(
+        &self,
+        conversation_id: &str,
+        system_prompt: &str,
+        budget_tokens: usize,
+    ) -> Result<Vec<ChatMessage>> {
         let mut out = Vec::new();
         let mut used = 0;
         if !system_prompt.trim().is_empty() {
@@ -136,7 +152,7 @@ impl Store {
         let exists: Option<i64> = self
             .conn
             .prepare_cached("SELECT 1 FROM conversations WHERE id = ?1")?
-            .query_row([conversation_id], |r| r.get(0))
+            .query_row([key("conversation", conversation_id)?], |r| r.get(0))
             .optional()?;
         if exists.is_none() {
             return Err(HistoryError::NotFound {
@@ -148,7 +164,7 @@ impl Store {
             "SELECT role, content FROM messages WHERE conversation_id = ?1
              ORDER BY created_at DESC, seq DESC LIMIT 500",
         )?;
-        let mut rows = stmt.query([conversation_id])?;
+        let mut rows = stmt.query([key("conversation", conversation_id)?])?;
         let mut recent = Vec::new();
         while let Some(r) = rows.next()? {
             let content: String = r.get(1)?;
@@ -174,7 +190,10 @@ mod tests {
 
     #[test]
     fn query_building() {
-        assert_eq!(fts_query("capital France").unwrap(), "\"capital\" \"France\"");
+        assert_eq!(
+            fts_query("capital France").unwrap(),
+            "\"capital\" \"France\""
+        );
         assert_eq!(fts_query("a\"b OR c*").unwrap(), "\"a\" \"b\" \"OR\" \"c\"");
         assert!(fts_query("  ... ").is_err());
         assert!(fts_query("").is_err());
@@ -203,10 +222,14 @@ mod tests {
             ("Tell me a joke", Role::User),
         ]);
         let other = s.create_conversation(NewConversation::default()).unwrap();
-        s.append_message(NewMessage::new(&other.id, Role::User, "France again")).unwrap();
+        s.append_message(NewMessage::new(&other.id, Role::User, "France again"))
+            .unwrap();
         let hits = s.search("capital france", None, 20).unwrap();
         assert_eq!(hits.len(), 2);
-        assert!(hits.iter().all(|h| h.snippet.contains("[capital]") && h.snippet.contains("[France]")));
+        assert!(
+            hits.iter()
+                .all(|h| h.snippet.contains("[capital]") && h.snippet.contains("[France]"))
+        );
         assert_eq!(s.search("france", None, 20).unwrap().len(), 3);
         assert_eq!(s.search("france", Some(&c), 20).unwrap().len(), 2);
         assert_eq!(s.search("FRANCE", Some(&other.id), 20).unwrap().len(), 1);
@@ -215,9 +238,22 @@ mod tests {
 
     #[test]
     fn stats_per_conversation_and_overall() {
-        let (s, c) = store_with(&[("q1", Role::User), ("a1", Role::Assistant), ("q2", Role::User), ("a2", Role::Assistant)]);
+        let (s, c) = store_with(&[
+            ("q1", Role::User),
+            ("a1", Role::Assistant),
+            ("q2", Role::User),
+            ("a2", Role::Assistant),
+        ]);
         let st = s.stats(Some(&c)).unwrap();
-        assert_eq!((st.messages, st.user_messages, st.assistant_messages, st.tokens_used), (4, 2, 2, 20));
+        assert_eq!(
+            (
+                st.messages,
+                st.user_messages,
+                st.assistant_messages,
+                st.tokens_used
+            ),
+            (4, 2, 2, 20)
+        );
         assert_eq!(st.avg_response_time_ms, Some(300.0));
         let all = s.stats(None).unwrap();
         assert_eq!(all.conversations, 1);
@@ -227,7 +263,16 @@ mod tests {
     #[test]
     fn context_fits_budget_dropping_oldest() {
         let texts: Vec<(String, Role)> = (0..10)
-            .map(|i| (format!("message number {i} {}", "x".repeat(36)), if i % 2 == 0 { Role::User } else { Role::Assistant }))
+            .map(|i| {
+                (
+                    format!("message number {i} {}", "x".repeat(36)),
+                    if i % 2 == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                )
+            })
             .collect();
         let refs: Vec<(&str, Role)> = texts.iter().map(|(t, r)| (t.as_str(), *r)).collect();
         let (s, c) = store_with(&refs);

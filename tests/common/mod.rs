@@ -1,0 +1,100 @@
+//! Helpers shared by the integration tests: run the real `pichat` binary in
+//! an isolated environment (its own HOME, config and data directories).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("pichat-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("pichat.toml"), "").unwrap();
+        Env { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("pichat.toml")
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    /// The `pichat` command with this environment (not yet run).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pichat"));
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
+            .env("XDG_DATA_HOME", self.path("xdg-data"))
+            .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
+            .env("PICHAT_CONFIG", self.config());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run(self.cmd(args).output().unwrap())
+    }
+}
+
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout(), self.stderr()))
+    }
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> String {
+        assert_eq!(
+            self.code(),
+            0,
+            "stdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    /// Asserts exit code 1 with a one-line error on stderr containing `needle`.
+    pub fn fails_with(&self, needle: &str) {
+        let err = self.stderr();
+        assert_eq!(self.code(), 1, "stdout: {}\nstderr: {err}", self.stdout());
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    }
+}
+
+/// Bytes of a database and its WAL/SHM files, to prove a failure changed nothing.
+pub fn db_bytes(db: &Path) -> Vec<Option<Vec<u8>>> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| std::fs::read(format!("{}{s}", db.display())).ok())
+        .collect()
+}
+
+pub fn sample_history() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sample-history.json")
+}
