@@ -15,7 +15,9 @@ fi
 
 pkgs=(build-essential pkg-config libasound2-dev curl ca-certificates)
 if [[ "$mode" == "--test" ]]; then
-  pkgs+=(python3 sqlite3 util-linux)
+  # python3/sqlite3: lock and schema tests; pulseaudio + the ALSA pulse plugin:
+  # real-time virtual microphone and speaker for audio tests.
+  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils)
 fi
 
 missing=()

@@ -1,9 +1,12 @@
 //! pichat: a hands-free voice assistant for the Raspberry Pi, and the chat
 //! server it talks to. See ARCHITECTURE.md for the map.
 
+pub mod audio;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod history;
 pub mod logging;
+pub mod ptt;
+pub mod signals;
 pub mod time;

@@ -1,6 +1,7 @@
 //! `pichat bench …`: benchmarks that print the figures each issue asks for.
 //! They measure; tests never assert durations.
 
+mod audio;
 mod history;
 
 use std::process::ExitCode;
@@ -12,11 +13,14 @@ use clap::Subcommand;
 pub enum BenchCmd {
     /// The history store on a large database: import rate, search, list, context, size.
     History(history::Args),
+    /// Audio: resampler throughput, capture-to-frame latency, idle CPU and memory.
+    Audio(audio::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::History(a) => history::run(a),
+        BenchCmd::Audio(a) => audio::run(a),
     }
     .map(|()| ExitCode::SUCCESS)
 }

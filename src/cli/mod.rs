@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch to each command's module.
 //! Commands return `anyhow::Result<ExitCode>`; `main` prints errors and exits.
 
+mod audio_cmd;
 mod config_cmd;
 mod history_cmd;
 
@@ -30,6 +31,15 @@ pub enum Command {
     Config(config_cmd::ConfigCmd),
     /// Browse, search, export and maintain the local conversation history.
     History(history_cmd::HistoryArgs),
+    /// List audio devices and the configurations they support.
+    Devices(audio_cmd::DevicesArgs),
+    /// Record from the microphone into a WAV file (16 kHz mono, as the assistant hears it).
+    Record(audio_cmd::RecordArgs),
+    /// Play a WAV file on the speaker.
+    Play(audio_cmd::PlayArgs),
+    /// Push-to-talk by command (through the daemon's control socket), or watch the button.
+    #[command(subcommand)]
+    Ptt(audio_cmd::PttCmd),
     /// Measure performance and print the figures.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -47,9 +57,15 @@ pub fn load_config(cli_path: Option<&std::path::Path>) -> anyhow::Result<Loaded>
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // One-shot commands log warnings; the daemons set their own level.
+    crate::logging::init("warn", crate::config::LogFormat::Human);
     match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
         Command::History(args) => history_cmd::run(args, cli.config.as_deref()),
+        Command::Devices(a) => audio_cmd::devices(a),
+        Command::Record(a) => audio_cmd::record(a, cli.config.as_deref()),
+        Command::Play(a) => audio_cmd::play(a, cli.config.as_deref()),
+        Command::Ptt(c) => audio_cmd::ptt(c, cli.config.as_deref()),
         Command::Bench(cmd) => crate::bench::run(cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pichat", &mut std::io::stdout());

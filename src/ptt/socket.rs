@@ -1,0 +1,212 @@
+//! The control socket: a Unix socket (mode 0660) that is always on, so that
+//! `pichat ptt press|release|toggle`, scripts or a web page can push to talk.
+//! One line per command (`press`, `release`, `toggle`, `status`); the
+//! answer is one line, `ok ...` or `error: ...`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{PttError, PttHub};
+
+fn sock_err(path: &Path, cause: impl ToString, hint: &str) -> PttError {
+    PttError::Socket {
+        path: path.to_path_buf(),
+        cause: cause.to_string(),
+        hint: hint.to_string(),
+    }
+}
+
+/// Binds the socket: creates its directory, replaces a stale socket (one no
+/// process answers on), refuses to steal a live one, sets mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, PttError> {
+    let hint =
+        "set ptt.socket to a path in a directory this user can write (e.g. under $XDG_RUNTIME_DIR)";
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| sock_err(path, format!("cannot create {}: {e}", dir.display()), hint))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(sock_err(
+                path,
+                "another pichat is already listening here",
+                "stop it first, or set another ptt.socket",
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| sock_err(path, format!("cannot remove the stale socket: {e}"), hint))?;
+    }
+    let listener = {
+        let std_listener =
+            std::os::unix::net::UnixListener::bind(path).map_err(|e| sock_err(path, e, hint))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| sock_err(path, e, hint))?;
+        UnixListener::from_std(std_listener).map_err(|e| sock_err(path, e, hint))?
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| sock_err(path, e, hint))?;
+    Ok(listener)
+}
+
+/// Answers commands until shutdown; removes the socket file at the end.
+pub async fn serve(listener: UnixListener, hub: PttHub, shutdown: CancellationToken) {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    let hub = hub.clone();
+                    // Short-lived and bounded by the timeout inside.
+                    tokio::spawn(async move { handle(stream, hub).await });
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// What a command does; the reply line.
+pub fn apply(hub: &PttHub, command: &str) -> String {
+    let state = |h: &PttHub| {
+        if h.is_pressed() {
+            "pressed"
+        } else {
+            "released"
+        }
+    };
+    match command.trim() {
+        "press" => {
+            hub.press();
+            format!("ok {}", state(hub))
+        }
+        "release" => {
+            hub.release();
+            format!("ok {}", state(hub))
+        }
+        "toggle" => {
+            hub.toggle();
+            format!("ok {}", state(hub))
+        }
+        "status" => format!("ok {}", state(hub)),
+        other => format!("error: unknown command \"{other}\" (press, release, toggle, status)"),
+    }
+}
+
+async fn handle(stream: UnixStream, hub: PttHub) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    loop {
+        let line = match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+            Ok(Ok(Some(l))) => l,
+            _ => return,
+        };
+        let reply = apply(&hub, &line);
+        if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The client side, for `pichat ptt …`: sends one command, returns the reply.
+pub fn send_command(path: &PathBuf, command: &str) -> Result<String, PttError> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        sock_err(
+            path,
+            e,
+            "is `pichat run` running, and does ptt.socket match its config?",
+        )
+    })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| sock_err(path, e, "the daemon closed the connection"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| sock_err(path, e, "the daemon did not answer"))?;
+    Ok(line.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ptt::PttEvent;
+
+    #[tokio::test]
+    async fn commands_over_a_real_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/pichat.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let (hub, mut rx) = PttHub::new();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, hub.clone(), shutdown.clone()));
+        let p = path.clone();
+        let replies = tokio::task::spawn_blocking(move || {
+            ["press", "press", "status", "toggle", "toggle", "bogus"]
+                .map(|c| send_command(&p, c).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(replies[0], "ok pressed");
+        assert_eq!(replies[2], "ok pressed");
+        assert_eq!(replies[3], "ok released");
+        assert_eq!(replies[4], "ok pressed");
+        assert!(replies[5].starts_with("error: unknown command"));
+        let mut got = vec![];
+        while let Ok(e) = rx.try_recv() {
+            got.push(e);
+        }
+        // The repeated press is not a second event.
+        assert_eq!(
+            got,
+            vec![PttEvent::Pressed, PttEvent::Released, PttEvent::Pressed]
+        );
+        // A second daemon cannot steal a live socket.
+        assert!(
+            bind(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("already listening")
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!(!path.exists(), "socket removed at shutdown");
+        // A stale socket file (nobody listening) is replaced.
+        let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(stale);
+        assert!(bind(&path).is_ok());
+    }
+
+    #[test]
+    fn unwritable_place_is_explained() {
+        let err = bind(Path::new("/proc/pichat-test/pichat.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/proc/pichat-test/pichat.sock"), "{err}");
+        assert!(err.contains("ptt.socket"), "{err}");
+        let err = send_command(&PathBuf::from("/nonexistent/pichat.sock"), "press")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is `pichat run` running"), "{err}");
+    }
+}
