@@ -1,0 +1,177 @@
+//! Text-to-speech by a program that writes a WAV to stdout (espeak-ng,
+//! piper...). The arguments are a list with `{text}` substituted; no shell
+//! is involved, so the text cannot inject anything. Without `{text}` in the
+//! arguments, the text goes to the program's stdin.
+
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+
+use super::*;
+
+pub struct CommandTts {
+    name: String,
+    argv: Vec<String>,
+    timeout: Duration,
+}
+
+impl CommandTts {
+    pub fn new(e: &EngineConfig) -> Self {
+        let argv = match &e.kind {
+            EngineKind::Command { argv } => argv.clone(),
+            _ => Vec::new(),
+        };
+        CommandTts {
+            name: e.name.clone(),
+            argv,
+            timeout: e.timeout,
+        }
+    }
+
+    async fn run(&self, text: &str) -> Result<Vec<u8>> {
+        let fail = |message: String| EngineError::Failed {
+            engine: self.name.clone(),
+            message,
+        };
+        let Some((prog, args)) = self.argv.split_first() else {
+            return Err(EngineError::Config {
+                engine: self.name.clone(),
+                message: "empty command".into(),
+            });
+        };
+        let uses_arg = args.iter().any(|a| a.contains("{text}"));
+        let mut cmd = tokio::process::Command::new(prog);
+        cmd.args(args.iter().map(|a| a.replace("{text}", text)))
+            .stdin(if uses_arg {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| EngineError::Config {
+            engine: self.name.clone(),
+            message: format!("cannot run {prog}: {e} (is it installed and on PATH?)"),
+        })?;
+        if !uses_arg && let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(text.as_bytes())
+                .await
+                .map_err(|e| fail(format!("cannot write the text: {e}")))?;
+        }
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| EngineError::Timeout {
+                engine: self.name.clone(),
+                after: self.timeout,
+            })?
+            .map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: String = err
+                .trim()
+                .chars()
+                .rev()
+                .take(200)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(fail(format!("{prog} failed ({}): {tail}", out.status)));
+        }
+        Ok(out.stdout)
+    }
+}
+
+/// Fixes the header of a WAV written to a pipe (the writer could not seek
+/// back to fill in the sizes, so they are 0 or 0xFFFFFFFF).
+pub fn fix_streamed_wav(mut b: Vec<u8>) -> Vec<u8> {
+    if b.len() < 44 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
+        return b;
+    }
+    let total = (b.len() - 8) as u32;
+    b[4..8].copy_from_slice(&total.to_le_bytes());
+    // Walk the chunks to the "data" chunk and set its size to what is there.
+    let mut i = 12;
+    while i + 8 <= b.len() {
+        let id = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        let size = u32::from_le_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
+        if &id == b"data" {
+            let real = (b.len() - i - 8) as u32;
+            b[i + 4..i + 8].copy_from_slice(&real.to_le_bytes());
+            break;
+        }
+        i += 8 + size + (size & 1);
+    }
+    b
+}
+
+#[async_trait]
+impl TextToSpeech for CommandTts {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn synthesize(&self, text: &str) -> Result<EventStream<AudioChunk>> {
+        let bytes = fix_streamed_wav(self.run(text).await?);
+        let clip = crate::audio::wav::read_bytes(&bytes, std::path::Path::new(&self.name))
+            .map_err(|e| EngineError::Protocol {
+                engine: self.name.clone(),
+                message: format!("the program's output is not a WAV: {e}"),
+            })?;
+        Ok(EventStream::from_vec(vec![Ok(AudioChunk {
+            pcm: clip.mono_i16(),
+            rate: clip.rate,
+        })]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(argv: &[&str]) -> CommandTts {
+        CommandTts {
+            name: "t".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn text_is_an_argument_never_shell() {
+        // `sh -c 'printf %s "$1"' _ {text}`: the text arrives as one argument.
+        let e = engine(&["sh", "-c", "printf %s \"$1\"", "_", "{text}"]);
+        let out = e.run("a; rm -rf / `x` $(y)").await.unwrap();
+        assert_eq!(out, b"a; rm -rf / `x` $(y)");
+        let e = engine(&["cat"]);
+        assert_eq!(e.run("via stdin").await.unwrap(), b"via stdin");
+    }
+
+    #[tokio::test]
+    async fn failures_are_reported() {
+        let e = engine(&["pichat-no-such-program-xyz", "{text}"]);
+        assert!(matches!(e.run("x").await, Err(EngineError::Config { .. })));
+        let e = engine(&["sh", "-c", "echo boom >&2; exit 3"]);
+        let err = e.run("x").await.unwrap_err().to_string();
+        assert!(err.contains("boom"), "{err}");
+        let mut e = engine(&["sleep", "5"]);
+        e.timeout = Duration::from_millis(100);
+        assert!(matches!(e.run("x").await, Err(EngineError::Timeout { .. })));
+        let e = engine(&["echo", "not a wav"]);
+        assert!(e.synthesize("x").await.is_err());
+    }
+
+    #[test]
+    fn streamed_wav_headers_are_fixed() {
+        let mut w = crate::engines::openai::wav_bytes(&[1, 2, 3], 16_000);
+        // As a pipe writer leaves them: unknown sizes.
+        w[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        w[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        let fixed = fix_streamed_wav(w);
+        let clip = crate::audio::wav::read_bytes(&fixed, std::path::Path::new("x")).unwrap();
+        assert_eq!(clip.mono_i16(), vec![1, 2, 3]);
+    }
+}
