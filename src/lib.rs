@@ -11,3 +11,4 @@ pub mod logging;
 pub mod ptt;
 pub mod signals;
 pub mod time;
+pub mod voice;

@@ -4,6 +4,7 @@
 mod audio_cmd;
 mod config_cmd;
 mod history_cmd;
+mod voice_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the voice assistant (push-to-talk, speech, LLM, history) until stopped.
+    Run,
+    /// Ask one question, typed or from a WAV file, and hear (or save) the reply.
+    Ask(voice_cmd::AskArgs),
+    /// Speak a text with the configured text-to-speech engines.
+    Say(voice_cmd::SayArgs),
+    /// Turn the speech in a WAV file into text with the configured speech-to-text engines.
+    Transcribe(voice_cmd::TranscribeArgs),
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
@@ -58,8 +67,14 @@ pub fn load_config(cli_path: Option<&std::path::Path>) -> anyhow::Result<Loaded>
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // One-shot commands log warnings; the daemons set their own level.
-    crate::logging::init("warn", crate::config::LogFormat::Human);
+    if !matches!(cli.command, Command::Run) {
+        crate::logging::init("warn", crate::config::LogFormat::Human);
+    }
     match cli.command {
+        Command::Run => voice_cmd::run(cli.config.as_deref()),
+        Command::Ask(a) => voice_cmd::ask(a, cli.config.as_deref()),
+        Command::Say(a) => voice_cmd::say(a, cli.config.as_deref()),
+        Command::Transcribe(a) => voice_cmd::transcribe(a, cli.config.as_deref()),
         Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
         Command::History(args) => history_cmd::run(args, cli.config.as_deref()),
         Command::Devices(a) => audio_cmd::devices(a),

@@ -158,7 +158,8 @@ pub struct RawLlm {
     pub context_tokens: i64,
 }
 
-pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful voice assistant. Answer briefly.";
+pub const DEFAULT_SYSTEM_PROMPT: &str =
+    "You are a helpful voice assistant. Answer in one short sentence.";
 
 impl Default for RawLlm {
     fn default() -> Self {

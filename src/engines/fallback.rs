@@ -32,39 +32,29 @@ fn all_failed(stage: &str, errors: Vec<EngineError>) -> EngineError {
     }
 }
 
-/// Starts a stream with the first engine whose first event is not a
-/// retryable error. Returns the engine's index and the stream (with that
-/// first event put back in front).
-async fn first_working<E, T, F>(
-    stage: &str,
-    engines: &[E],
-    mut open: F,
-) -> Result<(usize, EventStream<T>)>
-where
-    T: Send + 'static,
-    F: AsyncFnMut(&E) -> Result<EventStream<T>>,
-{
-    let mut errors = Vec::new();
-    for (i, e) in engines.iter().enumerate() {
-        match open(e).await {
-            Ok(mut s) => match s.next().await {
-                Some(Err(err)) if err.is_retryable() => {
-                    tracing::warn!("{err}; trying the next {stage} engine");
-                    errors.push(err);
-                }
-                first => {
-                    s.front = first;
-                    return Ok((i, s));
-                }
-            },
-            Err(err) if err.is_retryable() => {
-                tracing::warn!("{err}; trying the next {stage} engine");
-                errors.push(err);
-            }
-            Err(err) => return Err(err),
+/// Looks at a fresh stream's first event: a retryable error there means
+/// the engine is not working, so the next one should be tried. Otherwise
+/// the event is put back in front of the stream.
+async fn check_first<T: Send + 'static>(
+    mut s: EventStream<T>,
+) -> std::result::Result<EventStream<T>, EngineError> {
+    match s.next().await {
+        Some(Err(err)) if err.is_retryable() => Err(err),
+        first => {
+            s.front = first;
+            Ok(s)
         }
     }
-    Err(all_failed(stage, errors))
+}
+
+/// Records a failed engine; `Err` when the error must not be retried.
+fn skip(stage: &str, err: EngineError, errors: &mut Vec<EngineError>) -> Result<()> {
+    if !err.is_retryable() {
+        return Err(err);
+    }
+    tracing::warn!("{err}; trying the next {stage} engine");
+    errors.push(err);
+    Ok(())
 }
 
 /// Asks the LLMs in order; returns the one that answered and its stream.
@@ -72,8 +62,17 @@ pub async fn chat(
     llms: &[Arc<dyn Llm>],
     req: &ChatRequest,
 ) -> Result<(Arc<dyn Llm>, EventStream<LlmEvent>)> {
-    let (i, s) = first_working("LLM", llms, async |l: &Arc<dyn Llm>| l.chat(req).await).await?;
-    Ok((llms[i].clone(), s))
+    let mut errors = Vec::new();
+    for l in llms {
+        match l.chat(req).await {
+            Ok(s) => match check_first(s).await {
+                Ok(s) => return Ok((l.clone(), s)),
+                Err(e) => skip("LLM", e, &mut errors)?,
+            },
+            Err(e) => skip("LLM", e, &mut errors)?,
+        }
+    }
+    Err(all_failed("LLM", errors))
 }
 
 /// Synthesizes with the TTS engines in order.
@@ -81,11 +80,17 @@ pub async fn synthesize(
     tts: &[Arc<dyn TextToSpeech>],
     text: &str,
 ) -> Result<(Arc<dyn TextToSpeech>, EventStream<AudioChunk>)> {
-    let (i, s) = first_working("TTS", tts, async |t: &Arc<dyn TextToSpeech>| {
-        t.synthesize(text).await
-    })
-    .await?;
-    Ok((tts[i].clone(), s))
+    let mut errors = Vec::new();
+    for t in tts {
+        match t.synthesize(text).await {
+            Ok(s) => match check_first(s).await {
+                Ok(s) => return Ok((t.clone(), s)),
+                Err(e) => skip("TTS", e, &mut errors)?,
+            },
+            Err(e) => skip("TTS", e, &mut errors)?,
+        }
+    }
+    Err(all_failed("TTS", errors))
 }
 
 /// Speech-to-text over several engines: streams to the first that accepts

@@ -98,3 +98,12 @@ pub fn db_bytes(db: &Path) -> Vec<Option<Vec<u8>>> {
 pub fn sample_history() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sample-history.json")
 }
+
+pub mod fakes;
+
+/// Runs a command off the async runtime (the fakes keep serving meanwhile).
+pub async fn run_async(mut cmd: Command) -> Run {
+    tokio::task::spawn_blocking(move || Run(cmd.output().unwrap()))
+        .await
+        .unwrap()
+}

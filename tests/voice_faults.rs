@@ -1,0 +1,305 @@
+//! The voice turn through the real `pichat ask`, against fake engines that
+//! speak the real protocols (SSE over HTTP, Wyoming over TCP) and misbehave
+//! on cue: refused connections, 5xx and 4xx answers, stalls mid-stream,
+//! garbage, empty transcripts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fakes::{self, LlmMode, SttMode, TtsMode};
+use common::{Env, run_async};
+
+fn tokens(s: &[&str]) -> LlmMode {
+    LlmMode::Tokens {
+        tokens: s.iter().map(|x| x.to_string()).collect(),
+        gap: Duration::from_millis(5),
+    }
+}
+
+/// A config with the given engine tables; `[llm]`, `[stt]`, `[tts]` name them.
+fn config(env: &Env, engines: &[(&str, String)], stt: &[&str], llm: &[&str], tts: &[&str]) {
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut c = format!(
+        "[history]\npath = \"{}\"\n[ptt]\nsource = \"none\"\nsocket = \"{}\"\n[stt]\nengines = [{}]\n[llm]\nengines = [{}]\n[tts]\nengines = [{}]\n",
+        env.path("h.db").display(),
+        env.path("ctl.sock").display(),
+        list(stt),
+        list(llm),
+        list(tts)
+    );
+    for (name, body) in engines {
+        c.push_str(&format!("[engines.{name}]\n{body}\n"));
+    }
+    env.write_config(&c);
+}
+
+fn openai(url: &str, timeout_ms: u64) -> String {
+    format!("kind = \"openai\"\nurl = \"{url}\"\nmodel = \"fake-model\"\ntimeout_ms = {timeout_ms}")
+}
+
+fn wyoming(url: &str, timeout_ms: u64) -> String {
+    format!("kind = \"wyoming\"\nurl = \"{url}\"\ntimeout_ms = {timeout_ms}")
+}
+
+fn history(env: &Env) -> serde_json::Value {
+    let db = env.path("h.db");
+    let list = env
+        .run(&["history", "--db", db.to_str().unwrap(), "list", "--json"])
+        .json();
+    let id = list["conversations"][0]["id"]
+        .as_str()
+        .expect("a conversation")
+        .to_string();
+    env.run(&[
+        "history",
+        "--db",
+        db.to_str().unwrap(),
+        "show",
+        &id,
+        "--json",
+    ])
+    .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_falls_back_past_refused_and_5xx() {
+    let env = Env::new();
+    let dead = fakes::dead_port().await;
+    let five = fakes::llm(LlmMode::Status(503)).await;
+    let good = fakes::llm(tokens(&["Paris", " is", " the", " capital."])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 300 }).await;
+    config(
+        &env,
+        &[
+            ("dead", openai(&format!("http://127.0.0.1:{dead}/v1"), 2000)),
+            ("five", openai(&five.url(), 2000)),
+            ("good", openai(&good.url(), 2000)),
+            ("voice", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["whisper"],
+        &["dead", "five", "good"],
+        &["voice"],
+    );
+    let out = env.path("reply.wav");
+    let r = run_async(env.cmd(&[
+        "ask",
+        "What is the capital?",
+        "--out",
+        out.to_str().unwrap(),
+    ]))
+    .await;
+    let stdout = r.ok();
+    assert!(
+        stdout.contains("assistant: Paris is the capital."),
+        "{stdout}"
+    );
+    assert_eq!((five.count(), good.count()), (1, 1));
+    let h = history(&env);
+    let m = h["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0]["role"], "user");
+    assert_eq!(m[0]["content"], "What is the capital?");
+    assert!(m[0].get("is_audio").is_none(), "typed, not spoken");
+    assert_eq!(m[1]["content"], "Paris is the capital.");
+    assert_eq!(m[1]["model_id"], "fake-model");
+    assert_eq!(m[1]["tokens_used"], 4);
+    assert_eq!(m[1]["reply_to"], m[0]["id"]);
+    assert!(m[1]["response_time_ms"].as_i64().unwrap() >= 0);
+    // The spoken reply is in the file: 300 ms of tone at least.
+    let reader = hound::WavReader::open(&out).unwrap();
+    assert!(reader.duration() as f64 / reader.spec().sample_rate as f64 >= 0.29);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_is_reported_not_retried() {
+    let env = Env::new();
+    let bad = fakes::llm(LlmMode::Status(400)).await;
+    let good = fakes::llm(tokens(&["never"])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("bad", openai(&bad.url(), 2000)),
+            ("good", openai(&good.url(), 2000)),
+            ("voice", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["whisper"],
+        &["bad", "good"],
+        &["voice"],
+    );
+    let r =
+        run_async(env.cmd(&["ask", "hello", "--out", env.path("o.wav").to_str().unwrap()])).await;
+    assert_eq!(r.code(), 1);
+    assert!(r.stderr().contains("HTTP 400"), "{}", r.stderr());
+    assert_eq!(good.count(), 0, "a 4xx is not retried on the next engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_first_llm_moves_on() {
+    let env = Env::new();
+    let junk = fakes::llm(LlmMode::Garbage).await;
+    let good = fakes::llm(tokens(&["Fine."])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("junk", openai(&junk.url(), 2000)),
+            ("good", openai(&good.url(), 2000)),
+            ("voice", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["whisper"],
+        &["junk", "good"],
+        &["voice"],
+    );
+    let r =
+        run_async(env.cmd(&["ask", "hello", "--out", env.path("o.wav").to_str().unwrap()])).await;
+    assert!(r.ok().contains("assistant: Fine."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_mid_stream_keeps_what_was_said() {
+    let env = Env::new();
+    let stall = fakes::llm(LlmMode::StallAfter(vec![
+        "The first sentence.".into(),
+        " And then".into(),
+    ]))
+    .await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("stall", openai(&stall.url(), 700)),
+            ("voice", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["whisper"],
+        &["stall"],
+        &["voice"],
+    );
+    let r = run_async(env.cmd(&[
+        "ask",
+        "tell me",
+        "--out",
+        env.path("o.wav").to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr().contains("no answer within 0.7 s"),
+        "{}",
+        r.stderr()
+    );
+    let h = history(&env);
+    let m = h["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 2, "the partial reply is stored");
+    assert_eq!(m[1]["content"], "The first sentence. And then");
+    assert_eq!(m[1]["metadata"]["interrupted"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stt_falls_back_when_one_stalls_and_tts_when_one_dies() {
+    let env = Env::new();
+    let slow = fakes::wyoming_stt(SttMode::Stall).await;
+    let ok = fakes::wyoming_stt(SttMode::Text(" What is the capital of France?".into())).await;
+    let llm = fakes::llm(tokens(&["Paris."])).await;
+    let broken = fakes::wyoming_tts(TtsMode::Close).await;
+    let voice = fakes::wyoming_tts(TtsMode::Tone { ms: 100 }).await;
+    config(
+        &env,
+        &[
+            ("slow", wyoming(&slow.tcp(), 800)),
+            ("ok", wyoming(&ok.tcp(), 2000)),
+            ("llm", openai(&llm.url(), 2000)),
+            ("broken", wyoming(&broken.tcp(), 2000)),
+            ("voice", wyoming(&voice.tcp(), 2000)),
+        ],
+        &["slow", "ok"],
+        &["llm"],
+        &["broken", "voice"],
+    );
+    let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/question.wav");
+    let r = run_async(env.cmd(&[
+        "ask",
+        "--wav",
+        wav,
+        "--out",
+        env.path("o.wav").to_str().unwrap(),
+    ]))
+    .await;
+    let out = r.ok();
+    assert!(out.contains("you: What is the capital of France?"), "{out}");
+    assert!(out.contains("assistant: Paris."), "{out}");
+    assert_eq!((slow.count(), ok.count()), (1, 1));
+    assert!(broken.count() >= 1 && voice.count() == 1);
+    let h = history(&env);
+    assert_eq!(h["messages"][0]["is_audio"], true);
+    assert_eq!(h["messages"][0]["origin"], "voice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_transcript_never_reaches_the_llm() {
+    let env = Env::new();
+    let stt = fakes::wyoming_stt(SttMode::Text("  ".into())).await;
+    let llm = fakes::llm(tokens(&["no"])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("s", wyoming(&stt.tcp(), 2000)),
+            ("l", openai(&llm.url(), 2000)),
+            ("t", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["s"],
+        &["l"],
+        &["t"],
+    );
+    let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/question.wav");
+    let r = run_async(env.cmd(&[
+        "ask",
+        "--wav",
+        wav,
+        "--out",
+        env.path("o.wav").to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(r.code(), 1);
+    assert!(r.stderr().contains("nothing was heard"), "{}", r.stderr());
+    assert_eq!(llm.count(), 0);
+    assert_eq!(stt.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_stt_and_no_engine_left_is_an_error_not_a_crash() {
+    let env = Env::new();
+    let junk = fakes::wyoming_stt(SttMode::Garbage).await;
+    let llm = fakes::llm(tokens(&["no"])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("s", wyoming(&junk.tcp(), 2000)),
+            ("l", openai(&llm.url(), 2000)),
+            ("t", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["s"],
+        &["l"],
+        &["t"],
+    );
+    let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/question.wav");
+    let r = run_async(env.cmd(&[
+        "ask",
+        "--wav",
+        wav,
+        "--out",
+        env.path("o.wav").to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(r.code(), 1);
+    assert!(r.stderr().contains("bad event header"), "{}", r.stderr());
+    assert_eq!(llm.count(), 0);
+}
