@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# test.sh — the test command of the README: installs what the tests need,
-# then runs the format check, clippy and every test (unit and integration,
-# against real SQLite files and the real binary).
+# test.sh — the test command of the README. Installs what the tests need
+# (apt packages, the local engines), then runs the format check, clippy,
+# every test (unit and integration: real SQLite files, real cpal on virtual
+# ALSA devices and a private PulseAudio, the real binary, fake engines for
+# fault injection), and the end-to-end tests on the real local engines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "==> local engines (Whisper, SmolLM2 on llama-server, Piper)"
+scripts/setup-local-engines.sh
+WITH_OPENAI=1 scripts/engines.sh start
+trap 'WITH_OPENAI=1 scripts/engines.sh stop >/dev/null 2>&1 || true' EXIT
 
 echo "==> cargo fmt --check"
 cargo fmt --check
@@ -14,3 +21,5 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --all-targets
+echo "==> end-to-end on the real engines"
+cargo test --test e2e_engines -- --ignored --test-threads=1

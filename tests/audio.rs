@@ -7,10 +7,10 @@ mod common;
 use std::f64::consts::PI;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Env, Run};
+use common::{Env, Pulse, Run, wait_timeout};
 
 fn alsa_conf() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/alsa/alsa-test.conf")
@@ -387,73 +387,6 @@ fn control_socket_drives_push_to_talk() {
     assert!(!sock.exists(), "socket removed at exit");
 }
 
-fn wait_timeout(child: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
-    let end = std::time::Instant::now() + d;
-    while std::time::Instant::now() < end {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    None
-}
-
-/// A private PulseAudio with two null sinks, `mic` and `spk`; killed on drop.
-struct Pulse {
-    runtime: tempfile::TempDir,
-}
-
-impl Pulse {
-    fn start() -> Pulse {
-        let runtime = tempfile::Builder::new()
-            .prefix("pichat-pulse-")
-            .tempdir()
-            .unwrap();
-        let pa = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/alsa/pulse-null-sinks.pa");
-        let st = Command::new("pulseaudio")
-            .args([
-                "-n",
-                "-F",
-                pa.to_str().unwrap(),
-                "--daemonize=yes",
-                "--exit-idle-time=-1",
-                "--log-target=stderr",
-            ])
-            .env("XDG_RUNTIME_DIR", runtime.path())
-            .env("HOME", runtime.path())
-            .stderr(Stdio::null())
-            .status()
-            .expect("pulseaudio is installed (scripts/deps.sh --test)");
-        assert!(st.success(), "pulseaudio did not start");
-        let p = Pulse { runtime };
-        for _ in 0..100 {
-            if p.cmd("pactl")
-                .arg("info")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-            {
-                return p;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("pulseaudio did not answer");
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("XDG_RUNTIME_DIR", self.runtime.path())
-            .env("HOME", self.runtime.path());
-        c
-    }
-}
-
-impl Drop for Pulse {
-    fn drop(&mut self) {
-        let _ = self.cmd("pactl").args(["exit"]).status();
-    }
-}
 
 #[test]
 fn a_flush_silences_playback_at_once() {

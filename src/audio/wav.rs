@@ -52,9 +52,11 @@ fn wav_err(path: &Path, message: impl Into<String>) -> AudioError {
     }
 }
 
-/// Reads a PCM (integer or float) WAV file.
+/// Reads a PCM (integer or float) WAV file, also one written to a pipe
+/// (with unknown sizes in its header).
 pub fn read(path: &Path) -> Result<Clip, AudioError> {
-    let reader = hound::WavReader::open(path).map_err(|e| match e {
+    let bytes = std::fs::read(path).map_err(|e| wav_err(path, format!("cannot read: {e}")))?;
+    let reader = hound::WavReader::new(std::io::Cursor::new(fix_streamed_wav(bytes))).map_err(|e| match e {
         hound::Error::IoError(io) => wav_err(path, format!("cannot read: {io}")),
         hound::Error::Unsupported => wav_err(
             path,
@@ -67,9 +69,32 @@ pub fn read(path: &Path) -> Result<Clip, AudioError> {
 
 /// Decodes WAV bytes held in memory (e.g. from a TTS engine).
 pub fn read_bytes(bytes: &[u8], what: &Path) -> Result<Clip, AudioError> {
-    let reader = hound::WavReader::new(std::io::Cursor::new(bytes))
+    let reader = hound::WavReader::new(std::io::Cursor::new(fix_streamed_wav(bytes.to_vec())))
         .map_err(|e| wav_err(what, format!("not a usable WAV ({e})")))?;
     decode(reader, what)
+}
+
+/// Fixes the header of a WAV written to a pipe (the writer could not seek
+/// back to fill in the sizes, so they are 0 or 0xFFFFFFFF).
+pub fn fix_streamed_wav(mut b: Vec<u8>) -> Vec<u8> {
+    if b.len() < 44 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
+        return b;
+    }
+    let total = (b.len() - 8) as u32;
+    b[4..8].copy_from_slice(&total.to_le_bytes());
+    // Walk the chunks to the "data" chunk and set its size to what is there.
+    let mut i = 12;
+    while i + 8 <= b.len() {
+        let id = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        let size = u32::from_le_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
+        if &id == b"data" {
+            let real = (b.len() - i - 8) as u32;
+            b[i + 4..i + 8].copy_from_slice(&real.to_le_bytes());
+            break;
+        }
+        i += 8 + size + (size & 1);
+    }
+    b
 }
 
 fn decode<R: std::io::Read>(reader: hound::WavReader<R>, path: &Path) -> Result<Clip, AudioError> {

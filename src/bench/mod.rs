@@ -1,8 +1,10 @@
 //! `pichat bench …`: benchmarks that print the figures each issue asks for.
 //! They measure; tests never assert durations.
 
-mod audio;
+pub mod audio;
+pub mod fakes;
 mod history;
+mod voice;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,12 +17,15 @@ pub enum BenchCmd {
     History(history::Args),
     /// Audio: resampler throughput, capture-to-frame latency, idle CPU and memory.
     Audio(audio::Args),
+    /// The voice turn: daemon overhead, streaming, real engines per stage, idle cost.
+    Voice(voice::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::History(a) => history::run(a),
         BenchCmd::Audio(a) => audio::run(a),
+        BenchCmd::Voice(a) => voice::run(a),
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -56,10 +56,14 @@ impl CommandTts {
             message: format!("cannot run {prog}: {e} (is it installed and on PATH?)"),
         })?;
         if !uses_arg && let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(text.as_bytes())
-                .await
-                .map_err(|e| fail(format!("cannot write the text: {e}")))?;
+            // A program that exits without reading its input is judged by
+            // its exit status below, not by the broken pipe.
+            match stdin.write_all(text.as_bytes()).await {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(fail(format!("cannot write the text: {e}")));
+                }
+                _ => {}
+            }
         }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
@@ -85,29 +89,6 @@ impl CommandTts {
     }
 }
 
-/// Fixes the header of a WAV written to a pipe (the writer could not seek
-/// back to fill in the sizes, so they are 0 or 0xFFFFFFFF).
-pub fn fix_streamed_wav(mut b: Vec<u8>) -> Vec<u8> {
-    if b.len() < 44 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
-        return b;
-    }
-    let total = (b.len() - 8) as u32;
-    b[4..8].copy_from_slice(&total.to_le_bytes());
-    // Walk the chunks to the "data" chunk and set its size to what is there.
-    let mut i = 12;
-    while i + 8 <= b.len() {
-        let id = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-        let size = u32::from_le_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
-        if &id == b"data" {
-            let real = (b.len() - i - 8) as u32;
-            b[i + 4..i + 8].copy_from_slice(&real.to_le_bytes());
-            break;
-        }
-        i += 8 + size + (size & 1);
-    }
-    b
-}
-
 #[async_trait]
 impl TextToSpeech for CommandTts {
     fn name(&self) -> &str {
@@ -115,7 +96,7 @@ impl TextToSpeech for CommandTts {
     }
 
     async fn synthesize(&self, text: &str) -> Result<EventStream<AudioChunk>> {
-        let bytes = fix_streamed_wav(self.run(text).await?);
+        let bytes = self.run(text).await?;
         let clip = crate::audio::wav::read_bytes(&bytes, std::path::Path::new(&self.name))
             .map_err(|e| EngineError::Protocol {
                 engine: self.name.clone(),
@@ -170,7 +151,7 @@ mod tests {
         // As a pipe writer leaves them: unknown sizes.
         w[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         w[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
-        let fixed = fix_streamed_wav(w);
+        let fixed = crate::audio::wav::fix_streamed_wav(w);
         let clip = crate::audio::wav::read_bytes(&fixed, std::path::Path::new("x")).unwrap();
         assert_eq!(clip.mono_i16(), vec![1, 2, 3]);
     }

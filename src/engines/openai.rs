@@ -22,7 +22,8 @@ struct Endpoint {
     api_key: SecretSource,
     azure: Option<String>,
     timeout: Duration,
-    client: reqwest::Client,
+    /// Built on first use: an idle daemon loads no TLS roots.
+    client: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl Endpoint {
@@ -40,14 +41,6 @@ impl Endpoint {
                 message: "not an openai engine".into(),
             });
         };
-        init_tls();
-        let client = reqwest::Client::builder()
-            .connect_timeout(e.timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|err| EngineError::Config {
-                engine: e.name.clone(),
-                message: format!("cannot build an HTTP client: {err}"),
-            })?;
         Ok((
             Endpoint {
                 name: e.name.clone(),
@@ -56,7 +49,7 @@ impl Endpoint {
                 api_key: api_key.clone(),
                 azure: api_version.clone(),
                 timeout: e.timeout,
-                client,
+                client: Arc::default(),
             },
             &e.kind,
         ))
@@ -73,8 +66,24 @@ impl Endpoint {
         }
     }
 
+    fn client(&self) -> Result<&reqwest::Client> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        init_tls();
+        let c = reqwest::Client::builder()
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|err| EngineError::Config {
+                engine: self.name.clone(),
+                message: format!("cannot build an HTTP client: {err}"),
+            })?;
+        Ok(self.client.get_or_init(|| c))
+    }
+
     fn request(&self, path: &str) -> Result<reqwest::RequestBuilder> {
-        let mut rb = self.client.post(self.url(path));
+        let mut rb = self.client()?.post(self.url(path));
         match self.api_key.read() {
             Ok(Some(key)) => {
                 rb = if self.azure.is_some() {

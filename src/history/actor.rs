@@ -73,6 +73,24 @@ impl HistoryHandle {
         }
     }
 
+    /// Queues `f` on the store thread at once (jobs run in the order they
+    /// are queued) and returns a receiver for its result, to await later.
+    pub fn submit<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store: &mut Store| {
+            let path = store.path().to_path_buf();
+            let _ = tx.send(f(store).map_err(|e| e.with_path(&path)));
+        });
+        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
+            drop(job); // drops the sender: the receiver sees the store closed
+        }
+        rx
+    }
+
     /// Runs `f` on the store thread and waits for its result.
     pub async fn call<T, F>(&self, f: F) -> Result<T>
     where

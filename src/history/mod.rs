@@ -25,6 +25,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use error::{HistoryError, Result};
 pub use model::*;
+pub use search::estimate_tokens;
 
 /// Longest conversation title, in characters (as in the protocol).
 pub const MAX_TITLE_CHARS: usize = 200;

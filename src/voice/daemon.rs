@@ -94,6 +94,8 @@ pub struct Voice {
     spoken: Arc<Mutex<Spoken>>,
     conversation: Option<String>,
     question_id: Option<String>,
+    /// The LLM's messages for the current question.
+    context: Option<Vec<crate::history::ChatMessage>>,
     llm_model: Arc<Mutex<Option<String>>>,
     times: Arc<Mutex<TurnTimes>>,
     pub last: TurnReport,
@@ -140,6 +142,7 @@ impl Voice {
             spoken: Arc::default(),
             conversation: None,
             question_id: None,
+            context: None,
             llm_model: Arc::default(),
             times: Arc::default(),
             last: TurnReport::default(),
@@ -298,60 +301,72 @@ impl Voice {
         ))));
     }
 
+    /// Stores the question and prepares the LLM's context, without making
+    /// the turn wait for the disk: the context (a read) is taken first, then
+    /// the write is queued on the store thread and the LLM is asked at once.
+    /// Writes run in order, so the answer is stored after its question.
     async fn store_question(&mut self, text: String, new_conversation: bool, from_voice: bool) {
-        let conv = if new_conversation {
-            None
-        } else {
-            self.conversation.clone()
+        let existing = if new_conversation { None } else { self.conversation.clone() };
+        let (conv_id, create) = match existing {
+            Some(c) => (c, false),
+            None => (crate::history::new_id(), true),
         };
+        let question_id = crate::history::new_id();
+        let cost = crate::history::estimate_tokens(&text);
+        let mut context = if create {
+            Vec::new()
+        } else {
+            let (c, p, budget) = (conv_id.clone(), self.system_prompt.clone(), self.context_tokens.saturating_sub(cost));
+            match self.history.call(move |s| s.context(&c, &p, budget)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("history: no context for the LLM: {e}");
+                    Vec::new()
+                }
+            }
+        };
+        if context.is_empty() && !self.system_prompt.trim().is_empty() {
+            context.push(crate::history::ChatMessage {
+                role: Role::System,
+                content: self.system_prompt.clone(),
+            });
+        }
+        context.push(crate::history::ChatMessage {
+            role: Role::User,
+            content: text.clone(),
+        });
+        self.context = Some(context);
         let title = crate::history::title_from(&text);
         let model = self.engines.llm.first().and_then(|l| l.model());
-        let r = self
-            .history
-            .call(move |s| {
-                let conv_id = match conv {
-                    Some(c) if s.get_conversation(&c).is_ok() => c,
-                    _ => {
-                        s.create_conversation(NewConversation {
-                            title: Some(title),
-                            model_id: model,
-                            ..Default::default()
-                        })?
-                        .id
-                    }
-                };
-                let mut m = NewMessage::new(&conv_id, Role::User, text);
-                m.is_audio = from_voice;
-                let stored = s.append_message(m)?;
-                Ok((conv_id, stored.id))
-            })
-            .await;
-        match r {
-            Ok((c, q)) => {
-                self.conversation = Some(c.clone());
-                self.last.conversation_id = Some(c);
-                self.question_id = Some(q);
+        let (c, q) = (conv_id.clone(), question_id.clone());
+        let done = self.history.submit(move |s| {
+            if create {
+                s.create_conversation(NewConversation {
+                    id: Some(c.clone()),
+                    title: Some(title),
+                    model_id: model,
+                    ..Default::default()
+                })?;
             }
-            Err(e) => {
-                // The turn goes on without history; the daemon never stops for it.
-                tracing::error!("history: cannot store the question: {e}");
-                self.question_id = None;
+            let mut m = NewMessage::new(&c, Role::User, text);
+            m.id = Some(q);
+            m.is_audio = from_voice;
+            s.append_message(m)
+        });
+        tokio::spawn(async move {
+            match done.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("history: cannot store the question: {e}"),
+                Err(_) => tracing::error!("history: the store is closed; the question is not stored"),
             }
-        }
+        });
+        self.conversation = Some(conv_id.clone());
+        self.last.conversation_id = Some(conv_id);
+        self.question_id = Some(question_id);
     }
 
     async fn ask_llm(&mut self) {
-        let messages = match (&self.conversation, &self.question_id) {
-            (Some(c), Some(_)) => {
-                let (c, p, budget) = (c.clone(), self.system_prompt.clone(), self.context_tokens);
-                self.history
-                    .call(move |s| s.context(&c, &p, budget))
-                    .await
-                    .ok()
-            }
-            _ => None,
-        };
-        let messages = messages.unwrap_or_else(|| {
+        let messages = self.context.take().unwrap_or_else(|| {
             let mut m = vec![crate::history::ChatMessage {
                 role: Role::System,
                 content: self.system_prompt.clone(),

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -99,7 +100,7 @@ pub fn sample_history() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sample-history.json")
 }
 
-pub mod fakes;
+pub use pichat::bench::fakes;
 
 /// Runs a command off the async runtime (the fakes keep serving meanwhile).
 pub async fn run_async(mut cmd: Command) -> Run {
@@ -107,3 +108,73 @@ pub async fn run_async(mut cmd: Command) -> Run {
         .await
         .unwrap()
 }
+
+/// Waits for a child to exit; kills it after `d`.
+pub fn wait_timeout(child: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// A private PulseAudio with two null sinks, `mic` and `spk`; killed on drop.
+pub struct Pulse {
+    pub runtime: tempfile::TempDir,
+}
+
+impl Pulse {
+    pub fn start() -> Pulse {
+        let runtime = tempfile::Builder::new()
+            .prefix("pichat-pulse-")
+            .tempdir()
+            .unwrap();
+        let pa = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/alsa/pulse-null-sinks.pa");
+        let st = Command::new("pulseaudio")
+            .args([
+                "-n",
+                "-F",
+                pa.to_str().unwrap(),
+                "--daemonize=yes",
+                "--exit-idle-time=-1",
+                "--log-target=stderr",
+            ])
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .env("HOME", runtime.path())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pulseaudio is installed (scripts/deps.sh --test)");
+        assert!(st.success(), "pulseaudio did not start");
+        let p = Pulse { runtime };
+        for _ in 0..100 {
+            if p.cmd("pactl")
+                .arg("info")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pulseaudio did not answer");
+    }
+
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("HOME", self.runtime.path());
+        c
+    }
+}
+
+impl Drop for Pulse {
+    fn drop(&mut self) {
+        let _ = self.cmd("pactl").args(["exit"]).status();
+    }
+}
+

@@ -1,8 +1,7 @@
 //! Fake engines that speak the real wire protocols (HTTP + SSE for an
 //! OpenAI-style LLM, Wyoming over TCP for STT and TTS), for what real
-//! engines cannot be made to do: fail, stall, send garbage, on cue.
-
-#![allow(dead_code)]
+//! engines cannot be made to do: fail, stall, send garbage, answer after an
+//! exact delay. Used by the benchmarks and the fault-injection tests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Fake {
     pub port: u16,
     pub requests: Arc<AtomicUsize>,
+    /// How long each delayed request was held before the fake answered
+    /// (the engine's own time, for overhead figures).
+    pub held: Arc<std::sync::Mutex<Vec<Duration>>>,
 }
 
 impl Fake {
@@ -29,27 +31,44 @@ impl Fake {
     pub fn count(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+    /// The time held for the latest request.
+    pub fn last_held(&self) -> Duration {
+        self.held.lock().map(|h| h.last().copied().unwrap_or_default()).unwrap_or_default()
+    }
 }
 
 async fn serve<F, Fut>(handler: F) -> Fake
 where
-    F: Fn(TcpStream, usize) -> Fut + Send + Sync + 'static,
+    F: Fn(TcpStream, Held) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let requests = Arc::new(AtomicUsize::new(0));
+    let held: Held = Arc::default();
     let r = requests.clone();
+    let hd = held.clone();
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
-            let n = r.fetch_add(1, Ordering::SeqCst);
+            // Small writes (tokens, events) go out at once, as real servers do.
+            let _ = s.set_nodelay(true);
+            r.fetch_add(1, Ordering::SeqCst);
             let h = handler.clone();
-            tokio::spawn(async move { h(s, n).await });
+            let hd = hd.clone();
+            tokio::spawn(async move { h(s, hd).await });
         }
     });
-    Fake { port, requests }
+    Fake { port, requests, held }
+}
+
+type Held = Arc<std::sync::Mutex<Vec<Duration>>>;
+
+fn note(held: &Held, since: std::time::Instant) {
+    if let Ok(mut h) = held.lock() {
+        h.push(since.elapsed());
+    }
 }
 
 /// A port where nothing listens (connection refused).
@@ -65,6 +84,8 @@ pub async fn dead_port() -> u16 {
 pub enum LlmMode {
     /// Streams these tokens, `gap` apart, then usage and [DONE].
     Tokens { tokens: Vec<String>, gap: Duration },
+    /// Waits `first`, then streams the tokens `gap` apart.
+    Delayed { first: Duration, tokens: Vec<String>, gap: Duration },
     /// Answers with this HTTP status and an error body.
     Status(u16),
     /// Streams these tokens, then goes silent with the connection open.
@@ -95,11 +116,12 @@ async fn read_http_request(s: &mut BufReader<TcpStream>) -> Option<Value> {
 
 /// A fake OpenAI-compatible chat completions server.
 pub async fn llm(mode: LlmMode) -> Fake {
-    serve(move |s, _| {
+    serve(move |s, held| {
         let mode = mode.clone();
         async move {
             let mut s = BufReader::new(s);
             let Some(_req) = read_http_request(&mut s).await else { return };
+            let t0 = std::time::Instant::now();
             let mut s = s.into_inner();
             let sse_head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
             let chunk = |t: &str| {
@@ -109,6 +131,24 @@ pub async fn llm(mode: LlmMode) -> Fake {
                 )
             };
             match mode {
+                LlmMode::Delayed { first, tokens, gap } => {
+                    let _ = s.write_all(sse_head.as_bytes()).await;
+                    let _ = s.flush().await;
+                    tokio::time::sleep(first).await;
+                    note(&held, t0);
+                    for t in &tokens {
+                        if s.write_all(chunk(t).as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let _ = s.flush().await;
+                        // A zero sleep still waits for the next timer tick.
+                        if !gap.is_zero() {
+                            tokio::time::sleep(gap).await;
+                        }
+                    }
+                    let usage = json!({"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":tokens.len()}});
+                    let _ = s.write_all(format!("data: {usage}\n\ndata: [DONE]\n\n").as_bytes()).await;
+                }
                 LlmMode::Tokens { tokens, gap } => {
                     let _ = s.write_all(sse_head.as_bytes()).await;
                     for t in &tokens {
@@ -188,6 +228,8 @@ async fn write_event(s: &mut TcpStream, kind: &str, data: Value, payload: &[u8])
 pub enum SttMode {
     /// Answers this transcript after audio-stop.
     Text(String),
+    /// Answers this transcript `after` audio-stop.
+    Delayed(String, Duration),
     /// Takes the audio, never answers.
     Stall,
     /// Answers with bytes that are not an event.
@@ -196,7 +238,7 @@ pub enum SttMode {
 
 /// A fake Wyoming speech-to-text server. It also counts the audio bytes it got.
 pub async fn wyoming_stt(mode: SttMode) -> Fake {
-    serve(move |s, _| {
+    serve(move |s, held| {
         let mode = mode.clone();
         async move {
             let mut r = BufReader::new(s);
@@ -208,7 +250,13 @@ pub async fn wyoming_stt(mode: SttMode) -> Fake {
                 }
             }
             let mut s = r.into_inner();
+            let t0 = std::time::Instant::now();
             match mode {
+                SttMode::Delayed(t, after) => {
+                    tokio::time::sleep(after).await;
+                    let _ = write_event(&mut s, "transcript", json!({"text": t}), &[]).await;
+                    note(&held, t0);
+                }
                 SttMode::Text(t) => {
                     let _ = write_event(
                         &mut s,
@@ -232,44 +280,50 @@ pub async fn wyoming_stt(mode: SttMode) -> Fake {
 pub enum TtsMode {
     /// `ms` of a 440 Hz tone per request, 22050 Hz, in chunks.
     Tone { ms: u32 },
+    /// Waits `first`, then `ms_per_char` of tone per character of text.
+    Delayed { first: Duration, ms_per_char: u32 },
     /// Closes the connection without answering.
     Close,
 }
 
 /// A fake Wyoming text-to-speech server.
 pub async fn wyoming_tts(mode: TtsMode) -> Fake {
-    serve(move |s, _| {
+    serve(move |s, held| {
         let mode = mode.clone();
         async move {
             let mut r = BufReader::new(s);
-            let Some((kind, _data, _)) = read_event(&mut r).await else {
+            let Some((kind, data, _)) = read_event(&mut r).await else {
                 return;
             };
             let mut s = r.into_inner();
+            let t0 = std::time::Instant::now();
             if kind != "synthesize" {
                 return;
             }
-            match mode {
-                TtsMode::Close => {}
-                TtsMode::Tone { ms } => {
-                    let fmt = json!({"rate": 22050, "width": 2, "channels": 1});
-                    write_event(&mut s, "audio-start", fmt.clone(), &[]).await;
-                    let n = 22050 * ms as usize / 1000;
-                    let pcm: Vec<u8> = (0..n)
-                        .flat_map(|i| {
-                            (((i as f64 * 440.0 * 2.0 * std::f64::consts::PI / 22050.0).sin()
-                                * 8000.0) as i16)
-                                .to_le_bytes()
-                        })
-                        .collect();
-                    for c in pcm.chunks(2048) {
-                        if !write_event(&mut s, "audio-chunk", fmt.clone(), c).await {
-                            return;
-                        }
-                    }
-                    write_event(&mut s, "audio-stop", json!({}), &[]).await;
+            let text_len = data["text"].as_str().map(|t| t.chars().count()).unwrap_or(0) as u32;
+            let (ms, wait) = match mode {
+                TtsMode::Close => return,
+                TtsMode::Tone { ms } => (ms, Duration::ZERO),
+                TtsMode::Delayed { first, ms_per_char } => (ms_per_char * text_len.max(1), first),
+            };
+            tokio::time::sleep(wait).await;
+            let fmt = json!({"rate": 22050, "width": 2, "channels": 1});
+            write_event(&mut s, "audio-start", fmt.clone(), &[]).await;
+            let n = 22050 * ms as usize / 1000;
+            let pcm: Vec<u8> = (0..n)
+                .flat_map(|i| {
+                    (((i as f64 * 440.0 * 2.0 * std::f64::consts::PI / 22050.0).sin() * 8000.0) as i16).to_le_bytes()
+                })
+                .collect();
+            for (i, c) in pcm.chunks(2048).enumerate() {
+                if !write_event(&mut s, "audio-chunk", fmt.clone(), c).await {
+                    return;
+                }
+                if i == 0 {
+                    note(&held, t0);
                 }
             }
+            write_event(&mut s, "audio-stop", json!({}), &[]).await;
         }
     })
     .await

@@ -1,0 +1,338 @@
+//! End to end on the real local engines (Whisper tiny.en, SmolLM2 behind
+//! llama-server, Piper), as `scripts/setup-local-engines.sh` installs and
+//! `scripts/engines.sh start` runs them. Ignored by a plain `cargo test`;
+//! `scripts/test.sh` starts the engines and runs these with `--ignored`.
+//!
+//! The daemon test goes through a virtual microphone and speaker (a
+//! private PulseAudio): the spoken question is played into the microphone,
+//! the reply is recorded off the speaker and turned back into words.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Env, Pulse, wait_timeout};
+
+const QUESTION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/question.wav");
+
+/// Engines as the default config has them, made deterministic (temperature
+/// 0) and patient (a cold model takes seconds on its first request).
+fn engines_toml(stt: &str, tts: &str) -> String {
+    format!(
+        r#"[stt]
+engines = ["{stt}"]
+[tts]
+engines = ["{tts}"]
+[llm]
+engines = ["home"]
+[engines.home]
+kind = "openai"
+url = "http://127.0.0.1:8081/v1"
+model = "smollm2"
+temperature = 0.0
+max_tokens = 48
+timeout_ms = 60000
+[engines.whisper]
+kind = "wyoming"
+url = "tcp://127.0.0.1:10300"
+timeout_ms = 60000
+[engines.piper]
+kind = "wyoming"
+url = "tcp://127.0.0.1:10200"
+timeout_ms = 60000
+[engines.fws]
+kind = "openai"
+url = "http://127.0.0.1:18000/v1"
+timeout_ms = 60000
+[engines.localtts]
+kind = "openai"
+url = "http://127.0.0.1:17878/v1"
+model = "tts-1"
+timeout_ms = 60000
+[engines.espeak]
+kind = "command"
+command = ["espeak-ng", "-v", "en-us", "-s", "140", "--stdout", "{{text}}"]
+"#
+    )
+}
+
+fn setup(env: &Env, stt: &str, tts: &str, extra: &str) {
+    env.write_config(&format!(
+        "[history]\npath = \"{}\"\n{}{}",
+        env.path("h.db").display(),
+        engines_toml(stt, tts),
+        extra
+    ));
+}
+
+fn history(env: &Env) -> serde_json::Value {
+    let db = env.path("h.db");
+    let list = env.run(&["history", "--db", db.to_str().unwrap(), "list", "--json"]).json();
+    let id = list["conversations"][0]["id"].as_str().expect("a conversation").to_string();
+    env.run(&["history", "--db", db.to_str().unwrap(), "show", &id, "--json"]).json()
+}
+
+fn ask_and_check(env: &Env) {
+    let reply = env.path("reply.wav");
+    let out = env.run(&["ask", "--wav", QUESTION, "--out", reply.to_str().unwrap(), "--new"]).ok();
+    let lower = out.to_lowercase();
+    assert!(lower.contains("you: what is the capital of france"), "{out}");
+    assert!(lower.contains("assistant:") && lower.contains("paris"), "{out}");
+    // The spoken reply, heard again by speech-to-text (tiny.en on Piper: loose).
+    let heard = env.run(&["transcribe", reply.to_str().unwrap()]).ok().to_lowercase();
+    assert!(heard.contains("paris") || heard.contains("capital"), "the reply audio said: {heard}");
+    let h = history(env);
+    let m = h["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0]["role"], "user");
+    assert_eq!(m[0]["is_audio"], true);
+    assert_eq!(m[1]["role"], "assistant");
+    assert_eq!(m[1]["model_id"], "smollm2");
+    assert!(m[1]["content"].as_str().unwrap().to_lowercase().contains("paris"));
+}
+
+#[test]
+#[ignore = "needs the local engines: scripts/engines.sh start"]
+fn ask_with_wyoming_engines() {
+    let env = Env::new();
+    setup(&env, "whisper", "piper", "");
+    ask_and_check(&env);
+}
+
+#[test]
+#[ignore = "needs the local engines: WITH_OPENAI=1 scripts/engines.sh start"]
+fn ask_with_openai_compatible_engines() {
+    let env = Env::new();
+    setup(&env, "fws", "localtts", "");
+    ask_and_check(&env);
+}
+
+#[test]
+#[ignore = "needs the local engines and espeak-ng"]
+fn say_with_a_command_engine() {
+    let env = Env::new();
+    setup(&env, "whisper", "espeak", "");
+    let out = env.path("said.wav");
+    env.run(&["say", "Paris is the capital of France.", "--out", out.to_str().unwrap()]).ok();
+    let heard = env.run(&["transcribe", out.to_str().unwrap()]).ok().to_lowercase();
+    assert!(heard.contains("paris") && heard.contains("capital"), "{heard}");
+}
+
+/// Records the virtual speaker to a raw file until dropped.
+struct Recorder {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Recorder {
+    fn start(pulse: &Pulse, path: &Path) -> Recorder {
+        let child = pulse
+            .cmd("parec")
+            .args(["--latency-msec=20", "--raw", "--format=s16le", "--rate=16000", "--channels=1", "-d", "spk.monitor"])
+            .stdout(std::fs::File::create(path).unwrap())
+            .spawn()
+            .unwrap();
+        Recorder { child, path: path.to_path_buf() }
+    }
+
+    fn samples(&self) -> Vec<i16> {
+        let b = std::fs::read(&self.path).unwrap_or_default();
+        b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    }
+
+    fn stop_into_wav(mut self, wav: &Path) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let mut w = hound::WavWriter::create(wav, spec).unwrap();
+        for s in self.samples() {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+}
+
+/// Plays the question WAV into the virtual microphone (blocks until done).
+fn speak_into_mic(pulse: &Pulse, wav: &str) {
+    let mut r = hound::WavReader::open(wav).unwrap();
+    let raw: Vec<u8> = r.samples::<i16>().flat_map(|s| s.unwrap().to_le_bytes()).collect();
+    let mut p = pulse
+        .cmd("pacat")
+        .args(["--latency-msec=20", "-p", "--raw", "--format=s16le", "--rate=16000", "--channels=1", "-d", "mic"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(p.stdin.as_mut().unwrap(), &raw).unwrap();
+    drop(p.stdin.take());
+    assert!(wait_timeout(&mut p, Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+/// The daemon's log, read line by line on a thread.
+struct Log {
+    lines: std::sync::mpsc::Receiver<String>,
+    all: Vec<String>,
+}
+
+impl Log {
+    fn new(stderr: std::process::ChildStderr) -> Log {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Log { lines: rx, all: Vec::new() }
+    }
+
+    /// Waits for a line containing `needle`.
+    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.all.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no log line with {needle:?}; the daemon said:\n{}", self.all.join("\n"));
+    }
+}
+
+fn loud(samples: &[i16]) -> bool {
+    samples.iter().any(|s| s.unsigned_abs() > 2000)
+}
+
+#[test]
+#[ignore = "needs the local engines: scripts/engines.sh start"]
+fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
+    let pulse = Pulse::start();
+    let env = Env::new();
+    let sock = env.path("ctl.sock");
+    setup(
+        &env,
+        "whisper",
+        "piper",
+        &format!(
+            "[audio]\ninput = \"pulse\"\noutput = \"pulse\"\nvolume = 1.0\n[ptt]\nsource = \"none\"\nsocket = \"{}\"\n[log]\nformat = \"journald\"\n",
+            sock.display()
+        ),
+    );
+    let mut daemon = env
+        .cmd(&["run"])
+        .env("XDG_RUNTIME_DIR", pulse.runtime.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = Log::new(daemon.stderr.take().unwrap());
+    let ready = log.wait_for("ready:", Duration::from_secs(30));
+    assert!(ready.starts_with("<6>"), "journald priority prefix: {ready}");
+
+    let rec = Recorder::start(&pulse, &env.path("speaker.raw"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.run(&["ptt", "press"]).ok().trim(), "pressed");
+    // Let the microphone stream start, then speak the question into it.
+    std::thread::sleep(Duration::from_millis(800));
+    speak_into_mic(&pulse, QUESTION);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(env.run(&["ptt", "release"]).ok().trim(), "released");
+    let line = log.wait_for("turn ", Duration::from_secs(120));
+    assert!(line.contains("turn answered"), "{line}");
+    assert!(line.contains("stt=") && line.contains("total="), "stage times in the turn's line: {line}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let wav = env.path("speaker.wav");
+    rec.stop_into_wav(&wav);
+
+    // What came out of the speaker, heard again.
+    let heard = env.run(&["transcribe", wav.to_str().unwrap()]).ok().to_lowercase();
+    assert!(heard.contains("paris") || heard.contains("capital"), "the speaker said: {heard}");
+    let h = history(&env);
+    let m = h["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 2, "{h}");
+    assert!(m[0]["content"].as_str().unwrap().to_lowercase().contains("capital"), "{h}");
+    assert_eq!(m[0]["is_audio"], true);
+    assert!(m[1]["content"].as_str().unwrap().to_lowercase().contains("paris"), "{h}");
+
+    // SIGTERM ends it cleanly, as systemd stops it.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = wait_timeout(&mut daemon, Duration::from_secs(15)).expect("the daemon stops on SIGTERM");
+    assert!(status.success());
+    assert!(!sock.exists());
+}
+
+#[test]
+#[ignore = "needs the local engines: scripts/engines.sh start"]
+fn barge_in_stops_the_reply_and_listens_again() {
+    let pulse = Pulse::start();
+    let env = Env::new();
+    let sock = env.path("ctl.sock");
+    // A long answer, so that there is time to interrupt it.
+    setup(
+        &env,
+        "whisper",
+        "piper",
+        &format!(
+            "[audio]\ninput = \"pulse\"\noutput = \"pulse\"\nvolume = 1.0\n[ptt]\nsource = \"none\"\nsocket = \"{}\"\n",
+            sock.display()
+        ),
+    );
+    let cfg = std::fs::read_to_string(env.config()).unwrap().replace(
+        "[llm]\nengines = [\"home\"]",
+        "[llm]\nengines = [\"home\"]\nsystem_prompt = \"You are a storyteller. Tell a long story of at least ten sentences.\"",
+    );
+    env.write_config(&cfg.replace("max_tokens = 48", "max_tokens = 400"));
+    let mut daemon = env
+        .cmd(&["run"])
+        .env("XDG_RUNTIME_DIR", pulse.runtime.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = Log::new(daemon.stderr.take().unwrap());
+    log.wait_for("ready:", Duration::from_secs(30));
+    let rec = Recorder::start(&pulse, &env.path("speaker.raw"));
+    env.run(&["ptt", "press"]).ok();
+    std::thread::sleep(Duration::from_millis(800));
+    speak_into_mic(&pulse, QUESTION);
+    std::thread::sleep(Duration::from_millis(600));
+    env.run(&["ptt", "release"]).ok();
+    // Wait until the reply is heard on the speaker, then interrupt it.
+    let t0 = Instant::now();
+    let skip = rec.samples().len() + 16_000; // past the earcons
+    while t0.elapsed() < Duration::from_secs(120) {
+        let s = rec.samples();
+        if s.len() > skip && loud(&s[skip..]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    env.run(&["ptt", "press"]).ok();
+    let line = log.wait_for("turn ", Duration::from_secs(30));
+    assert!(line.contains("interrupted"), "{line}");
+    env.run(&["ptt", "release"]).ok();
+    log.wait_for("turn", Duration::from_secs(60));
+    drop(rec);
+    let h = history(&env);
+    let m = h["messages"].as_array().unwrap();
+    assert!(m.len() >= 2, "{h}");
+    assert_eq!(m[1]["role"], "assistant");
+    assert_eq!(m[1]["metadata"]["interrupted"], true, "{h}");
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(wait_timeout(&mut daemon, Duration::from_secs(15)).is_some_and(|s| s.success()));
+}
