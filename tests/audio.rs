@@ -387,7 +387,6 @@ fn control_socket_drives_push_to_talk() {
     assert!(!sock.exists(), "socket removed at exit");
 }
 
-
 #[test]
 fn a_flush_silences_playback_at_once() {
     let pulse = Pulse::start();

@@ -70,20 +70,54 @@ fn setup(env: &Env, stt: &str, tts: &str, extra: &str) {
 
 fn history(env: &Env) -> serde_json::Value {
     let db = env.path("h.db");
-    let list = env.run(&["history", "--db", db.to_str().unwrap(), "list", "--json"]).json();
-    let id = list["conversations"][0]["id"].as_str().expect("a conversation").to_string();
-    env.run(&["history", "--db", db.to_str().unwrap(), "show", &id, "--json"]).json()
+    let list = env
+        .run(&["history", "--db", db.to_str().unwrap(), "list", "--json"])
+        .json();
+    let id = list["conversations"][0]["id"]
+        .as_str()
+        .expect("a conversation")
+        .to_string();
+    env.run(&[
+        "history",
+        "--db",
+        db.to_str().unwrap(),
+        "show",
+        &id,
+        "--json",
+    ])
+    .json()
 }
 
 fn ask_and_check(env: &Env) {
     let reply = env.path("reply.wav");
-    let out = env.run(&["ask", "--wav", QUESTION, "--out", reply.to_str().unwrap(), "--new"]).ok();
+    let out = env
+        .run(&[
+            "ask",
+            "--wav",
+            QUESTION,
+            "--out",
+            reply.to_str().unwrap(),
+            "--new",
+        ])
+        .ok();
     let lower = out.to_lowercase();
-    assert!(lower.contains("you: what is the capital of france"), "{out}");
-    assert!(lower.contains("assistant:") && lower.contains("paris"), "{out}");
+    assert!(
+        lower.contains("you: what is the capital of france"),
+        "{out}"
+    );
+    assert!(
+        lower.contains("assistant:") && lower.contains("paris"),
+        "{out}"
+    );
     // The spoken reply, heard again by speech-to-text (tiny.en on Piper: loose).
-    let heard = env.run(&["transcribe", reply.to_str().unwrap()]).ok().to_lowercase();
-    assert!(heard.contains("paris") || heard.contains("capital"), "the reply audio said: {heard}");
+    let heard = env
+        .run(&["transcribe", reply.to_str().unwrap()])
+        .ok()
+        .to_lowercase();
+    assert!(
+        heard.contains("paris") || heard.contains("capital"),
+        "the reply audio said: {heard}"
+    );
     let h = history(env);
     let m = h["messages"].as_array().unwrap();
     assert_eq!(m.len(), 2);
@@ -91,7 +125,13 @@ fn ask_and_check(env: &Env) {
     assert_eq!(m[0]["is_audio"], true);
     assert_eq!(m[1]["role"], "assistant");
     assert_eq!(m[1]["model_id"], "smollm2");
-    assert!(m[1]["content"].as_str().unwrap().to_lowercase().contains("paris"));
+    assert!(
+        m[1]["content"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("paris")
+    );
 }
 
 #[test]
@@ -116,9 +156,21 @@ fn say_with_a_command_engine() {
     let env = Env::new();
     setup(&env, "whisper", "espeak", "");
     let out = env.path("said.wav");
-    env.run(&["say", "Paris is the capital of France.", "--out", out.to_str().unwrap()]).ok();
-    let heard = env.run(&["transcribe", out.to_str().unwrap()]).ok().to_lowercase();
-    assert!(heard.contains("paris") && heard.contains("capital"), "{heard}");
+    env.run(&[
+        "say",
+        "Paris is the capital of France.",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let heard = env
+        .run(&["transcribe", out.to_str().unwrap()])
+        .ok()
+        .to_lowercase();
+    assert!(
+        heard.contains("paris") && heard.contains("capital"),
+        "{heard}"
+    );
 }
 
 /// Records the virtual speaker to a raw file until dropped.
@@ -138,23 +190,41 @@ impl Recorder {
     fn start(pulse: &Pulse, path: &Path) -> Recorder {
         let child = pulse
             .cmd("parec")
-            .args(["--latency-msec=20", "--raw", "--format=s16le", "--rate=16000", "--channels=1", "-d", "spk.monitor"])
+            .args([
+                "--latency-msec=20",
+                "--raw",
+                "--format=s16le",
+                "--rate=16000",
+                "--channels=1",
+                "-d",
+                "spk.monitor",
+            ])
             .stdout(std::fs::File::create(path).unwrap())
             .spawn()
             .unwrap();
-        Recorder { child, path: path.to_path_buf() }
+        Recorder {
+            child,
+            path: path.to_path_buf(),
+        }
     }
 
     fn samples(&self) -> Vec<i16> {
         let b = std::fs::read(&self.path).unwrap_or_default();
-        b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+        b.chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect()
     }
 
     fn stop_into_wav(mut self, wav: &Path) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(100));
-        let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut w = hound::WavWriter::create(wav, spec).unwrap();
         for s in self.samples() {
             w.write_sample(s).unwrap();
@@ -166,10 +236,22 @@ impl Recorder {
 /// Plays the question WAV into the virtual microphone (blocks until done).
 fn speak_into_mic(pulse: &Pulse, wav: &str) {
     let mut r = hound::WavReader::open(wav).unwrap();
-    let raw: Vec<u8> = r.samples::<i16>().flat_map(|s| s.unwrap().to_le_bytes()).collect();
+    let raw: Vec<u8> = r
+        .samples::<i16>()
+        .flat_map(|s| s.unwrap().to_le_bytes())
+        .collect();
     let mut p = pulse
         .cmd("pacat")
-        .args(["--latency-msec=20", "-p", "--raw", "--format=s16le", "--rate=16000", "--channels=1", "-d", "mic"])
+        .args([
+            "--latency-msec=20",
+            "-p",
+            "--raw",
+            "--format=s16le",
+            "--rate=16000",
+            "--channels=1",
+            "-d",
+            "mic",
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -188,11 +270,17 @@ impl Log {
     fn new(stderr: std::process::ChildStderr) -> Log {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(l);
             }
         });
-        Log { lines: rx, all: Vec::new() }
+        Log {
+            lines: rx,
+            all: Vec::new(),
+        }
     }
 
     /// Waits for a line containing `needle`.
@@ -209,7 +297,10 @@ impl Log {
                 Err(_) => break,
             }
         }
-        panic!("no log line with {needle:?}; the daemon said:\n{}", self.all.join("\n"));
+        panic!(
+            "no log line with {needle:?}; the daemon said:\n{}",
+            self.all.join("\n")
+        );
     }
 }
 
@@ -241,7 +332,10 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
         .unwrap();
     let mut log = Log::new(daemon.stderr.take().unwrap());
     let ready = log.wait_for("ready:", Duration::from_secs(30));
-    assert!(ready.starts_with("<6>"), "journald priority prefix: {ready}");
+    assert!(
+        ready.starts_with("<6>"),
+        "journald priority prefix: {ready}"
+    );
 
     let rec = Recorder::start(&pulse, &env.path("speaker.raw"));
     std::thread::sleep(Duration::from_millis(300));
@@ -253,24 +347,48 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
     assert_eq!(env.run(&["ptt", "release"]).ok().trim(), "released");
     let line = log.wait_for("turn ", Duration::from_secs(120));
     assert!(line.contains("turn answered"), "{line}");
-    assert!(line.contains("stt=") && line.contains("total="), "stage times in the turn's line: {line}");
+    assert!(
+        line.contains("stt=") && line.contains("total="),
+        "stage times in the turn's line: {line}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let wav = env.path("speaker.wav");
     rec.stop_into_wav(&wav);
 
     // What came out of the speaker, heard again.
-    let heard = env.run(&["transcribe", wav.to_str().unwrap()]).ok().to_lowercase();
-    assert!(heard.contains("paris") || heard.contains("capital"), "the speaker said: {heard}");
+    let heard = env
+        .run(&["transcribe", wav.to_str().unwrap()])
+        .ok()
+        .to_lowercase();
+    assert!(
+        heard.contains("paris") || heard.contains("capital"),
+        "the speaker said: {heard}"
+    );
     let h = history(&env);
     let m = h["messages"].as_array().unwrap();
     assert_eq!(m.len(), 2, "{h}");
-    assert!(m[0]["content"].as_str().unwrap().to_lowercase().contains("capital"), "{h}");
+    assert!(
+        m[0]["content"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("capital"),
+        "{h}"
+    );
     assert_eq!(m[0]["is_audio"], true);
-    assert!(m[1]["content"].as_str().unwrap().to_lowercase().contains("paris"), "{h}");
+    assert!(
+        m[1]["content"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("paris"),
+        "{h}"
+    );
 
     // SIGTERM ends it cleanly, as systemd stops it.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let status = wait_timeout(&mut daemon, Duration::from_secs(15)).expect("the daemon stops on SIGTERM");
+    let status =
+        wait_timeout(&mut daemon, Duration::from_secs(15)).expect("the daemon stops on SIGTERM");
     assert!(status.success());
     assert!(!sock.exists());
 }

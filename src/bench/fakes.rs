@@ -33,7 +33,10 @@ impl Fake {
     }
     /// The time held for the latest request.
     pub fn last_held(&self) -> Duration {
-        self.held.lock().map(|h| h.last().copied().unwrap_or_default()).unwrap_or_default()
+        self.held
+            .lock()
+            .map(|h| h.last().copied().unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
@@ -60,7 +63,11 @@ where
             tokio::spawn(async move { h(s, hd).await });
         }
     });
-    Fake { port, requests, held }
+    Fake {
+        port,
+        requests,
+        held,
+    }
 }
 
 type Held = Arc<std::sync::Mutex<Vec<Duration>>>;
@@ -85,7 +92,11 @@ pub enum LlmMode {
     /// Streams these tokens, `gap` apart, then usage and [DONE].
     Tokens { tokens: Vec<String>, gap: Duration },
     /// Waits `first`, then streams the tokens `gap` apart.
-    Delayed { first: Duration, tokens: Vec<String>, gap: Duration },
+    Delayed {
+        first: Duration,
+        tokens: Vec<String>,
+        gap: Duration,
+    },
     /// Answers with this HTTP status and an error body.
     Status(u16),
     /// Streams these tokens, then goes silent with the connection open.
@@ -300,7 +311,10 @@ pub async fn wyoming_tts(mode: TtsMode) -> Fake {
             if kind != "synthesize" {
                 return;
             }
-            let text_len = data["text"].as_str().map(|t| t.chars().count()).unwrap_or(0) as u32;
+            let text_len = data["text"]
+                .as_str()
+                .map(|t| t.chars().count())
+                .unwrap_or(0) as u32;
             let (ms, wait) = match mode {
                 TtsMode::Close => return,
                 TtsMode::Tone { ms } => (ms, Duration::ZERO),
@@ -312,7 +326,9 @@ pub async fn wyoming_tts(mode: TtsMode) -> Fake {
             let n = 22050 * ms as usize / 1000;
             let pcm: Vec<u8> = (0..n)
                 .flat_map(|i| {
-                    (((i as f64 * 440.0 * 2.0 * std::f64::consts::PI / 22050.0).sin() * 8000.0) as i16).to_le_bytes()
+                    (((i as f64 * 440.0 * 2.0 * std::f64::consts::PI / 22050.0).sin() * 8000.0)
+                        as i16)
+                        .to_le_bytes()
                 })
                 .collect();
             for (i, c) in pcm.chunks(2048).enumerate() {

@@ -66,7 +66,11 @@ struct Rig {
 }
 
 async fn rig(sentences: usize) -> anyhow::Result<Rig> {
-    let stt = fakes::wyoming_stt(SttMode::Delayed("What is the capital of France?".into(), D_STT)).await;
+    let stt = fakes::wyoming_stt(SttMode::Delayed(
+        "What is the capital of France?".into(),
+        D_STT,
+    ))
+    .await;
     let llm = fakes::llm(LlmMode::Delayed {
         first: D_LLM,
         tokens: words(sentences),
@@ -88,17 +92,24 @@ async fn rig(sentences: usize) -> anyhow::Result<Rig> {
         llm.url(),
         tts.tcp()
     );
-    let (_, cfg) = config::parse_str(&text, Path::new("bench.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, cfg) =
+        config::parse_str(&text, Path::new("bench.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
     // A short question, as a WAV read as fast as possible.
     let wav = dir.path().join("q.wav");
-    let tone: Vec<i16> = (0..16_000).map(|i| ((i as f32 * 0.05).sin() * 3000.0) as i16).collect();
+    let tone: Vec<i16> = (0..16_000)
+        .map(|i| ((i as f32 * 0.05).sin() * 3000.0) as i16)
+        .collect();
     crate::audio::wav::write(&wav, &tone, 16_000)?;
     let mut r = voice_rig(&cfg, dir, Some(&wav)).await?;
     r.fakes = Some([stt, llm, tts]);
     Ok(r)
 }
 
-async fn voice_rig(cfg: &Config, dir: tempfile::TempDir, wav: Option<&Path>) -> anyhow::Result<Rig> {
+async fn voice_rig(
+    cfg: &Config,
+    dir: tempfile::TempDir,
+    wav: Option<&Path>,
+) -> anyhow::Result<Rig> {
     let (history, store) = HistoryHandle::open(&cfg.history.path, &OpenOptions::default())?;
     let source: Option<Box<dyn crate::audio::AudioSource>> = match wav {
         Some(w) => Some(Box::new(WavSource::open(w, Pace::Fast)?)),
@@ -127,7 +138,11 @@ async fn voice_rig(cfg: &Config, dir: tempfile::TempDir, wav: Option<&Path>) -> 
 async fn turn(r: &mut Rig, token: &CancellationToken) -> anyhow::Result<TurnReport> {
     r.voice.turn.start_new_conversation();
     let rep = daemon::one_turn(&mut r.voice, vec![Event::Pressed], token).await;
-    anyhow::ensure!(rep.outcome == Some(Outcome::Answered), "turn failed: {:?}", rep.outcome);
+    anyhow::ensure!(
+        rep.outcome == Some(Outcome::Answered),
+        "turn failed: {:?}",
+        rep.outcome
+    );
     Ok(rep)
 }
 
@@ -137,7 +152,10 @@ fn since(a: Option<Instant>, b: Option<Instant>) -> Option<Duration> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::engines::init_tls();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let token = CancellationToken::new();
 
@@ -216,8 +234,11 @@ async fn real(args: &Args, token: &CancellationToken) -> anyhow::Result<()> {
     cfg.history.path = dir.path().join("h.db");
     // The spoken question: the same one the README's first command uses.
     let wav = dir.path().join("q.wav");
-    let q = crate::audio::wav::read(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/question.wav")))
-        .or_else(|_| crate::audio::wav::read(Path::new("tests/data/question.wav")))?;
+    let q = crate::audio::wav::read(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/question.wav"
+    )))
+    .or_else(|_| crate::audio::wav::read(Path::new("tests/data/question.wav")))?;
     crate::audio::wav::write(&wav, &q.mono_i16(), q.rate)?;
     let mut r = voice_rig(&cfg, dir, Some(&wav)).await?;
     let mut rows: Vec<[Duration; 5]> = Vec::new();
@@ -235,7 +256,10 @@ async fn real(args: &Args, token: &CancellationToken) -> anyhow::Result<()> {
             ]);
         }
         if i == args.real_turns {
-            println!("real engines, last reply: {:?}", rep.answer.unwrap_or_default());
+            println!(
+                "real engines, last reply: {:?}",
+                rep.answer.unwrap_or_default()
+            );
         }
     }
     let col = |k: usize| Percentiles::new(rows.iter().map(|r| r[k]).collect()).p(50.0);

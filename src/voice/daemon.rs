@@ -306,7 +306,11 @@ impl Voice {
     /// the write is queued on the store thread and the LLM is asked at once.
     /// Writes run in order, so the answer is stored after its question.
     async fn store_question(&mut self, text: String, new_conversation: bool, from_voice: bool) {
-        let existing = if new_conversation { None } else { self.conversation.clone() };
+        let existing = if new_conversation {
+            None
+        } else {
+            self.conversation.clone()
+        };
         let (conv_id, create) = match existing {
             Some(c) => (c, false),
             None => (crate::history::new_id(), true),
@@ -316,7 +320,11 @@ impl Voice {
         let mut context = if create {
             Vec::new()
         } else {
-            let (c, p, budget) = (conv_id.clone(), self.system_prompt.clone(), self.context_tokens.saturating_sub(cost));
+            let (c, p, budget) = (
+                conv_id.clone(),
+                self.system_prompt.clone(),
+                self.context_tokens.saturating_sub(cost),
+            );
             match self.history.call(move |s| s.context(&c, &p, budget)).await {
                 Ok(m) => m,
                 Err(e) => {
@@ -357,7 +365,9 @@ impl Voice {
             match done.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!("history: cannot store the question: {e}"),
-                Err(_) => tracing::error!("history: the store is closed; the question is not stored"),
+                Err(_) => {
+                    tracing::error!("history: the store is closed; the question is not stored")
+                }
             }
         });
         self.conversation = Some(conv_id.clone());

@@ -177,4 +177,3 @@ impl Drop for Pulse {
         let _ = self.cmd("pactl").args(["exit"]).status();
     }
 }
-
