@@ -171,17 +171,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if i >= 5 {
                 over.push(t.saturating_sub(engines_time));
             }
-            if std::env::var_os("PICHAT_BENCH_DEBUG").is_some() {
-                let f = r.fakes.as_ref().unwrap();
-                let tt = &rep.times;
-                eprintln!(
-                    "stt {:?} (held {:?}) | ask {:?} | llm {:?} (held {:?}) | tts {:?} (held {:?})",
-                    since(tt.released, tt.transcribed), f[0].last_held(),
-                    since(tt.transcribed, tt.asked),
-                    since(tt.asked, tt.first_token), f[1].last_held(),
-                    since(tt.first_token, tt.first_audio), f[2].last_held()
-                );
-            }
         }
         let p = Percentiles::new(over);
         println!(
@@ -217,10 +206,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ttfa[1].as_secs_f64() / ttfa[0].as_secs_f64()
         );
 
-        if args.real_turns > 0 {
-            if let Err(e) = real(&args, &token).await {
-                println!("real engines: skipped ({e:#})");
-            }
+        if args.real_turns > 0
+            && let Err(e) = real(&args, &token).await
+        {
+            println!("real engines: skipped ({e:#})");
         }
         anyhow::Ok(())
     })?;
