@@ -100,6 +100,7 @@ pub fn sample_history() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sample-history.json")
 }
 
+#[allow(unused_imports)]
 pub use pichat::bench::fakes;
 
 /// Runs a command off the async runtime (the fakes keep serving meanwhile).
