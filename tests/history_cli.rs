@@ -371,13 +371,13 @@ fn unwritable_directory_is_reported() {
     )
     .ok();
     let mut cmd = if is_root {
+        // A copy of the binary nobody can reach (the checkout may be under /root).
+        let bin = env.path("pichat-copy");
+        std::fs::copy(env!("CARGO_BIN_EXE_pichat"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_pichat"),
-        ]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
         c
     } else {
         std::process::Command::new(env!("CARGO_BIN_EXE_pichat"))
