@@ -9,6 +9,7 @@ pub mod engines;
 pub mod history;
 pub mod logging;
 pub mod ptt;
+pub mod service;
 pub mod signals;
 pub mod time;
 pub mod voice;

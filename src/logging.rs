@@ -64,6 +64,10 @@ pub fn init(level: &str, format: LogFormat) {
     let _ = if journald {
         builder.event_format(Journald).try_init()
     } else {
-        builder.with_target(false).try_init()
+        use std::io::IsTerminal;
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
 }

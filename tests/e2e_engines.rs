@@ -323,14 +323,15 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
             sock.display()
         ),
     );
-    let mut daemon = env
-        .cmd(&["run"])
-        .env("XDG_RUNTIME_DIR", pulse.runtime.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = Log::new(daemon.stderr.take().unwrap());
+    let mut daemon = common::KillOnDrop(
+        env.cmd(&["run"])
+            .env("XDG_RUNTIME_DIR", pulse.runtime.path())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = Log::new(daemon.0.stderr.take().unwrap());
     let ready = log.wait_for("ready:", Duration::from_secs(30));
     assert!(
         ready.starts_with("<6>"),
@@ -386,9 +387,9 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
     );
 
     // SIGTERM ends it cleanly, as systemd stops it.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
     let status =
-        wait_timeout(&mut daemon, Duration::from_secs(15)).expect("the daemon stops on SIGTERM");
+        wait_timeout(&mut daemon.0, Duration::from_secs(15)).expect("the daemon stops on SIGTERM");
     assert!(status.success());
     assert!(!sock.exists());
 }
@@ -414,14 +415,15 @@ fn barge_in_stops_the_reply_and_listens_again() {
         "[llm]\nengines = [\"home\"]\nsystem_prompt = \"You are a storyteller. Tell a long story of at least ten sentences.\"",
     );
     env.write_config(&cfg.replace("max_tokens = 48", "max_tokens = 400"));
-    let mut daemon = env
-        .cmd(&["run"])
-        .env("XDG_RUNTIME_DIR", pulse.runtime.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = Log::new(daemon.stderr.take().unwrap());
+    let mut daemon = common::KillOnDrop(
+        env.cmd(&["run"])
+            .env("XDG_RUNTIME_DIR", pulse.runtime.path())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = Log::new(daemon.0.stderr.take().unwrap());
     log.wait_for("ready:", Duration::from_secs(30));
     let rec = Recorder::start(&pulse, &env.path("speaker.raw"));
     env.run(&["ptt", "press"]).ok();
@@ -451,6 +453,6 @@ fn barge_in_stops_the_reply_and_listens_again() {
     assert!(m.len() >= 2, "{h}");
     assert_eq!(m[1]["role"], "assistant");
     assert_eq!(m[1]["metadata"]["interrupted"], true, "{h}");
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    assert!(wait_timeout(&mut daemon, Duration::from_secs(15)).is_some_and(|s| s.success()));
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    assert!(wait_timeout(&mut daemon.0, Duration::from_secs(15)).is_some_and(|s| s.success()));
 }

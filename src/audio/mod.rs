@@ -53,7 +53,7 @@ pub enum AudioError {
 
 /// A microphone. `start` opens the device and returns the frames as they are
 /// captured; `stop` closes it (no stream is open, no CPU is used, between).
-pub trait AudioSource: Send {
+pub trait AudioSource: Send + Sync {
     fn start(&mut self) -> Result<mpsc::Receiver<Frame>, AudioError>;
     fn stop(&mut self);
     /// What this source is, for logs.

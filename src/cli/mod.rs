@@ -3,6 +3,7 @@
 
 mod audio_cmd;
 mod config_cmd;
+mod doctor_cmd;
 mod history_cmd;
 mod voice_cmd;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Say(voice_cmd::SayArgs),
     /// Turn the speech in a WAV file into text with the configured speech-to-text engines.
     Transcribe(voice_cmd::TranscribeArgs),
+    /// Check everything the assistant needs (config, audio, button, engines, server, disk, database).
+    Doctor,
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ask(a) => voice_cmd::ask(a, cli.config.as_deref()),
         Command::Say(a) => voice_cmd::say(a, cli.config.as_deref()),
         Command::Transcribe(a) => voice_cmd::transcribe(a, cli.config.as_deref()),
+        Command::Doctor => doctor_cmd::run(cli.config.as_deref()),
         Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
         Command::History(args) => history_cmd::run(args, cli.config.as_deref()),
         Command::Devices(a) => audio_cmd::devices(a),

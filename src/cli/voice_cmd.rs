@@ -80,14 +80,18 @@ fn output(cfg: &Config, out: Option<&Path>) -> anyhow::Result<Arc<dyn AudioSink>
 }
 
 pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let loaded = super::load_config(cli_config)?;
+    let started = std::time::Instant::now();
+    let (path, origin) = crate::config::locate(cli_config);
+    let must_exist = origin != crate::config::ConfigOrigin::Default;
+    let loaded = crate::config::load_file(&path, must_exist)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let cfg = loaded.config;
     crate::logging::init(&cfg.log.level, cfg.log.format);
     engines::init_tls();
     tracing::info!(
         "pichat {} starting with {}{}",
         env!("CARGO_PKG_VERSION"),
-        loaded.path.display(),
+        path.display(),
         if loaded.exists {
             ""
         } else {
@@ -102,14 +106,13 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
         let source = audio::open_input(&cfg.audio.input)?;
         let earcons = Earcons::load(&cfg.audio)?;
         let engines = Engines::from_config(&cfg)?;
-        let tracker = TaskTracker::new();
         let (hub, ptt_rx) = crate::ptt::PttHub::new();
-        let armed = crate::ptt::arm(&cfg.ptt, &hub, &tracker, &shutdown)?;
-        tracing::info!(
+        let mut ptt = Ptt::arm(&cfg.ptt, &hub, &shutdown)?;
+        let ready = format!(
             "ready: microphone {}, speaker {}, push-to-talk {}, history {}",
             source.describe(),
             sink.describe(),
-            armed.sources.join(" + "),
+            ptt.armed.sources.join(" + "),
             cfg.history.path.display()
         );
         let voice = Voice::new(
@@ -122,17 +125,149 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
                 earcons,
             },
         );
-        daemon::run(voice, ptt_rx, shutdown.clone()).await;
-        shutdown.cancel();
+        let (control, control_rx) = tokio::sync::mpsc::channel(4);
+        let tracker = TaskTracker::new();
+        tracker.spawn(daemon::run(voice, ptt_rx, control_rx, shutdown.clone()));
+        tracing::info!("{ready} (in {} ms)", started.elapsed().as_millis());
+        crate::service::ready("listening for push-to-talk");
+
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut current = cfg;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = hangup.recv() => {
+                    let t = std::time::Instant::now();
+                    crate::service::reloading();
+                    if let Some(next) = reload(&path, must_exist, &current, &hub, &mut ptt, &shutdown, &control).await {
+                        current = next;
+                        tracing::info!("config reloaded from {} in {} ms", path.display(), t.elapsed().as_millis());
+                    }
+                    crate::service::ready("listening for push-to-talk");
+                }
+            }
+        }
+        crate::service::stopping();
         tracker.close();
         tracker.wait().await;
-        drop(armed);
+        ptt.disarm().await;
         drop(history);
         tokio::task::spawn_blocking(move || store.join()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The armed push-to-talk sources, on their own tracker so they can be
+/// re-armed on reload (the old ones fully gone before the new ones bind).
+struct Ptt {
+    armed: crate::ptt::Armed,
+    token: tokio_util::sync::CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Ptt {
+    fn arm(
+        cfg: &crate::config::PttConfig,
+        hub: &crate::ptt::PttHub,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Ptt> {
+        let token = shutdown.child_token();
+        let tracker = TaskTracker::new();
+        let armed = crate::ptt::arm(cfg, hub, &tracker, &token)?;
+        Ok(Ptt {
+            armed,
+            token,
+            tracker,
+        })
+    }
+
+    async fn disarm(self) {
+        self.token.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        drop(self.armed);
+    }
+}
+
+/// Re-reads and applies the config (SIGHUP). An invalid file changes
+/// nothing: its problems are logged with their lines. Returns the config
+/// now in force when it changed.
+async fn reload(
+    path: &Path,
+    must_exist: bool,
+    current: &Config,
+    hub: &crate::ptt::PttHub,
+    ptt: &mut Ptt,
+    shutdown: &tokio_util::sync::CancellationToken,
+    control: &tokio::sync::mpsc::Sender<daemon::Control>,
+) -> Option<Config> {
+    let next = match crate::config::load_file(path, must_exist) {
+        Ok(l) => l.config,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("reload refused, the running config stays: {line}");
+            }
+            return None;
+        }
+    };
+    let engines = match Engines::from_config(&next) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("reload refused, the running config stays: {e}");
+            return None;
+        }
+    };
+    let earcons = match Earcons::load(&next.audio) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("reload refused, the running config stays: {e}");
+            return None;
+        }
+    };
+    let mut restart = Vec::new();
+    if next.audio.input != current.audio.input {
+        restart.push("audio.input");
+    }
+    if next.audio.output != current.audio.output {
+        restart.push("audio.output");
+    }
+    if next.history != current.history {
+        restart.push("[history]");
+    }
+    if next.log != current.log {
+        restart.push("[log]");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "changed but applied only at restart: {}",
+            restart.join(", ")
+        );
+    }
+    if next.ptt != current.ptt {
+        let old = std::mem::replace(
+            ptt,
+            match Ptt::arm(&next.ptt, hub, &shutdown.child_token()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("reload refused, the running config stays: {e:#}");
+                    return None;
+                }
+            },
+        );
+        old.disarm().await;
+        tracing::info!("push-to-talk re-armed: {}", ptt.armed.sources.join(" + "));
+    }
+    let cfg = next.clone();
+    let apply: daemon::Control = Box::new(move |v: &mut Voice| {
+        v.reconfigure(&cfg, engines);
+        v.set_earcons(earcons);
+    });
+    if control.send(apply).await.is_err() {
+        return None;
+    }
+    Some(next)
 }
 
 pub fn ask(args: AskArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {

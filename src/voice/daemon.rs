@@ -149,12 +149,26 @@ impl Voice {
         }
     }
 
-    /// Replaces the engines (config reload); a turn in progress keeps its own.
-    pub fn set_engines(&mut self, engines: Engines) {
+    /// Applies a reloaded config. A turn in progress finishes with the
+    /// engines it started with; the new ones answer the next question.
+    pub fn reconfigure(&mut self, cfg: &Config, engines: Engines) {
         self.stt = Arc::new(fallback::SttChain {
             engines: engines.stt.clone(),
         });
         self.engines = engines;
+        self.turn.set_config(TurnConfig {
+            new_conversation_after: cfg.ptt.new_conversation_after,
+            long_press: cfg.ptt.long_press,
+            max_chunk_chars: cfg.tts.max_chunk_chars,
+        });
+        self.system_prompt = cfg.llm.system_prompt.clone();
+        self.context_tokens = cfg.llm.context_tokens;
+        self.max_listen = cfg.stt.max_duration;
+        self.sink.set_volume(cfg.audio.volume);
+    }
+
+    pub fn set_earcons(&mut self, earcons: Earcons) {
+        self.earcons = earcons;
     }
 
     pub fn sink(&self) -> &Arc<dyn AudioSink> {
@@ -602,11 +616,31 @@ async fn speaker(
     let _ = tx.send(Event::SpeechDone).await;
 }
 
+/// A change to apply to the running assistant (e.g. a reloaded config).
+pub type Control = Box<dyn FnOnce(&mut Voice) + Send>;
+
 /// Runs the assistant until `shutdown`: push-to-talk events in, turns out.
-pub async fn run(mut voice: Voice, mut ptt: mpsc::Receiver<PttEvent>, shutdown: CancellationToken) {
+/// The loop also applies `control` changes between events and tells the
+/// systemd watchdog it is alive.
+pub async fn run(
+    mut voice: Voice,
+    mut ptt: mpsc::Receiver<PttEvent>,
+    mut control: mpsc::Receiver<Control>,
+    shutdown: CancellationToken,
+) {
+    let mut watchdog = crate::service::watchdog_interval().map(tokio::time::interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = async {
+                match watchdog.as_mut() {
+                    Some(w) => { w.tick().await; }
+                    None => std::future::pending().await,
+                }
+            } => crate::service::watchdog(),
+            c = control.recv() => if let Some(apply) = c {
+                apply(&mut voice);
+            },
             p = ptt.recv() => match p {
                 Some(PttEvent::Pressed) => voice.feed(Event::Pressed).await,
                 Some(PttEvent::Released) => voice.feed(Event::Released).await,

@@ -149,6 +149,11 @@ impl Turn {
         self.state
     }
 
+    /// New settings (config reload); they apply from the next decision on.
+    pub fn set_config(&mut self, cfg: TurnConfig) {
+        self.cfg = cfg;
+    }
+
     /// Forces the next question into a new conversation (e.g. `ask --new`).
     pub fn start_new_conversation(&mut self) {
         self.last_turn_end = None;

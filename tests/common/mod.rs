@@ -178,3 +178,14 @@ impl Drop for Pulse {
         let _ = self.cmd("pactl").args(["exit"]).status();
     }
 }
+
+/// A child process killed when the test ends, even by a panic (so it never
+/// outlives the test holding its output pipes).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,336 @@
+//! `pichat doctor`: checks everything the assistant needs, for real, and
+//! prints a table: the config, the audio devices (each opened briefly), the
+//! push-to-talk source, every configured engine (one tiny request each),
+//! the chat server, free disk and the database's integrity. Exit 1 when
+//! something required fails.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::audio::{self, AudioSource};
+use crate::config::{Config, DeviceSpec, PttSource};
+use crate::engines::{self, ChatRequest, LlmEvent};
+use crate::history::{ChatMessage, OpenOptions, Role, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Row {
+    check: String,
+    status: Status,
+    detail: String,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, check: impl Into<String>, status: Status, detail: impl Into<String>) {
+        let r = Row {
+            check: check.into(),
+            status,
+            detail: detail.into(),
+        };
+        let mark = match r.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        println!("{:<26} {mark}  {}", r.check, r.detail);
+        self.rows.push(r);
+    }
+
+    fn result<T, E: std::fmt::Display>(
+        &mut self,
+        check: &str,
+        required: bool,
+        r: Result<T, E>,
+        ok: impl FnOnce(T) -> String,
+    ) {
+        match r {
+            Ok(v) => self.add(check, Status::Ok, ok(v)),
+            Err(e) => self.add(
+                check,
+                if required { Status::Fail } else { Status::Warn },
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+fn ms(t: Instant) -> String {
+    format!("{} ms", t.elapsed().as_millis())
+}
+
+pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    println!("{:<26} {:<4}  DETAIL", "CHECK", "");
+    let mut rep = Report::default();
+    let (path, origin) = crate::config::locate(cli_config);
+    let cfg = match crate::config::load_file(&path, origin != crate::config::ConfigOrigin::Default)
+    {
+        Ok(l) => {
+            rep.add(
+                "config",
+                Status::Ok,
+                format!(
+                    "{}{}",
+                    path.display(),
+                    if l.exists { "" } else { " (absent: defaults)" }
+                ),
+            );
+            l.config
+        }
+        Err(e) => {
+            rep.add("config", Status::Fail, e.to_string().replace('\n', "; "));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    engines::init_tls();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(check_all(&cfg, &mut rep));
+    let failed = rep.rows.iter().filter(|r| r.status == Status::Fail).count();
+    let warned = rep.rows.iter().filter(|r| r.status == Status::Warn).count();
+    println!(
+        "\n{} checks: {} failed, {} warnings",
+        rep.rows.len(),
+        failed,
+        warned
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn check_all(cfg: &Config, rep: &mut Report) {
+    // Microphone: open it and wait for one frame.
+    let t = Instant::now();
+    let mic = async {
+        let mut src: Box<dyn AudioSource> = match &cfg.audio.input {
+            DeviceSpec::Wav(p) => Box::new(audio::wav::WavSource::open(p, audio::wav::Pace::Fast)?),
+            other => Box::new(audio::capture::CpalSource::new(other.clone())?),
+        };
+        let mut rx = src.start()?;
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+        src.stop();
+        match got {
+            Ok(Some(_)) => Ok(src.describe()),
+            _ => Err(audio::AudioError::Other(format!(
+                "{}: no audio within 3 s",
+                src.describe()
+            ))),
+        }
+    };
+    rep.result("microphone", true, mic.await, |d| {
+        format!("{d} ({})", ms(t))
+    });
+
+    // Speaker: play 50 ms of silence.
+    let t = Instant::now();
+    let spk = async {
+        let sink = audio::open_output(&cfg.audio.output, 0.0)?;
+        sink.enqueue(&[0; 800], audio::RATE)?;
+        audio::drained(sink.as_ref()).await;
+        Ok::<_, audio::AudioError>(sink.describe())
+    };
+    rep.result("speaker", true, spk.await, |d| format!("{d} ({})", ms(t)));
+
+    // Push-to-talk.
+    match cfg.ptt.source {
+        PttSource::Gpio => {
+            let (hub, _rx) = crate::ptt::PttHub::new();
+            let tracker = tokio_util::task::TaskTracker::new();
+            let token = tokio_util::sync::CancellationToken::new();
+            let r = crate::ptt::gpio::GpioButton::arm(&cfg.ptt, hub, &tracker, token.clone());
+            token.cancel();
+            rep.result("push-to-talk (GPIO)", true, r, |_| {
+                format!("BCM pin {} readable", cfg.ptt.gpio_pin)
+            });
+        }
+        PttSource::Keyboard => {
+            use std::io::IsTerminal;
+            let tty = std::io::stdin().is_terminal();
+            rep.add(
+                "push-to-talk (keyboard)",
+                if tty { Status::Ok } else { Status::Warn },
+                if tty { "standard input is a terminal" } else { "standard input is not a terminal (under systemd use source = \"none\" or \"gpio\")" },
+            );
+        }
+        PttSource::None => rep.add("push-to-talk", Status::Ok, "control socket only"),
+    }
+    match crate::ptt::socket::send_command(&cfg.ptt.socket, "status") {
+        Ok(r) => rep.add(
+            "control socket",
+            Status::Ok,
+            format!("{}: daemon answers \"{r}\"", cfg.ptt.socket.display()),
+        ),
+        Err(_) => rep.add(
+            "control socket",
+            Status::Ok,
+            format!(
+                "{}: no daemon running (it is created by `pichat run`)",
+                cfg.ptt.socket.display()
+            ),
+        ),
+    }
+
+    // Engines, one small real request each.
+    for (stage, names) in [
+        ("stt", &cfg.stt.engines),
+        ("llm", &cfg.llm.engines),
+        ("tts", &cfg.tts.engines),
+    ] {
+        let mut any = false;
+        for (i, name) in names.iter().enumerate() {
+            let t = Instant::now();
+            let r = check_engine(cfg, stage, name).await;
+            any |= r.is_ok();
+            let label = format!("{stage} engine {name}");
+            // The first engine of a stage is what users hear; later ones are fallbacks.
+            let required_now = i + 1 == names.len() && !any;
+            rep.result(&label, required_now, r, |d| format!("{d} ({})", ms(t)));
+        }
+    }
+
+    // The chat server, when sync is configured.
+    if let Some(url) = &cfg.sync.url {
+        let r = check_server(url).await;
+        rep.result("chat server", false, r, |d| d);
+    }
+
+    // Disk and database.
+    let dir = cfg
+        .history
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    match free_bytes(&dir) {
+        Some(b) if b < 50 << 20 => rep.add(
+            "free disk",
+            Status::Fail,
+            format!("{}: {} MB free", dir.display(), b >> 20),
+        ),
+        Some(b) => rep.add(
+            "free disk",
+            Status::Ok,
+            format!("{}: {} MB free", dir.display(), b >> 20),
+        ),
+        None => rep.add(
+            "free disk",
+            Status::Warn,
+            format!("{}: does not exist yet", dir.display()),
+        ),
+    }
+    if cfg.history.path.exists() {
+        let r = Store::open(
+            &cfg.history.path,
+            &OpenOptions {
+                busy_timeout: cfg.history.busy_timeout,
+                create: false,
+            },
+        )
+        .and_then(|s| s.integrity_check());
+        match r {
+            Ok(s) if s == "ok" => rep.add(
+                "history database",
+                Status::Ok,
+                format!("{}: integrity ok", cfg.history.path.display()),
+            ),
+            Ok(s) => rep.add(
+                "history database",
+                Status::Fail,
+                format!("{}: {s}", cfg.history.path.display()),
+            ),
+            Err(e) => rep.add("history database", Status::Fail, e.to_string()),
+        }
+    } else {
+        rep.add(
+            "history database",
+            Status::Ok,
+            format!("{}: not created yet", cfg.history.path.display()),
+        );
+    }
+}
+
+async fn check_engine(cfg: &Config, stage: &str, name: &str) -> anyhow::Result<String> {
+    let e = cfg
+        .engines
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("not defined in [engines]"))?;
+    let kind = e.kind.name();
+    match stage {
+        "stt" => {
+            let stt = engines::build_stt(e, &cfg.stt.language)?;
+            let text = engines::transcribe(stt.as_ref(), &[0; 8000]).await?;
+            Ok(format!(
+                "{kind}: transcribed half a second of silence ({text:?})"
+            ))
+        }
+        "llm" => {
+            let llm = engines::build_llm(e)?;
+            let req = ChatRequest {
+                messages: vec![ChatMessage {
+                    role: Role::User,
+                    content: "Say OK.".into(),
+                }],
+                temperature: Some(0.0),
+                max_tokens: Some(4),
+            };
+            let mut s = llm.chat(&req).await?;
+            let mut text = String::new();
+            while let Some(ev) = s.next().await {
+                if let LlmEvent::Token(t) = ev? {
+                    text.push_str(&t);
+                }
+            }
+            Ok(format!("{kind}: answered {:?}", text.trim()))
+        }
+        _ => {
+            let tts = engines::build_tts(e)?;
+            let a = engines::synthesize_all(tts.as_ref(), "OK.").await?;
+            Ok(format!(
+                "{kind}: {} ms of speech at {} Hz",
+                a.pcm.len() as u64 * 1000 / a.rate.max(1) as u64,
+                a.rate
+            ))
+        }
+    }
+}
+
+async fn check_server(url: &url::Url) -> anyhow::Result<String> {
+    let host = url.host_str().unwrap_or_default().to_string();
+    let port = url.port_or_known_default().unwrap_or(80);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{url}: no answer within 5 s"))?
+    .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    Ok(format!("{url}: reachable"))
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct for a valid C string path.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return None;
+        }
+        Some(s.f_bavail as u64 * s.f_frsize as u64)
+    }
+}

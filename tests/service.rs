@@ -1,0 +1,154 @@
+//! `pichat run` as systemd sees it: sd_notify messages on a real
+//! `$NOTIFY_SOCKET` (READY, WATCHDOG, RELOADING with MONOTONIC_USEC,
+//! STOPPING), live reload on SIGHUP (a valid config applied, an invalid one
+//! refused with its line), SIGTERM ending it cleanly.
+
+mod common;
+
+use std::io::BufRead;
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Env, wait_timeout};
+
+struct Notify {
+    sock: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Notify {
+    fn bind(path: &std::path::Path) -> Notify {
+        let sock = UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Notify {
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a message containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                self.seen.push(m.clone());
+                if m.contains(needle) {
+                    return m;
+                }
+            }
+        }
+        panic!("no {needle:?} from the daemon; it sent {:?}", self.seen);
+    }
+}
+
+fn config(env: &Env, volume: &str, socket: &str) -> String {
+    format!(
+        "[audio]\ninput = \"wav:{}\"\noutput = \"wav:{}\"\nvolume = {volume}\n[ptt]\nsource = \"none\"\nsocket = \"{}\"\n[history]\npath = \"{}\"\n[log]\nformat = \"journald\"\n",
+        env.path("in.wav").display(),
+        env.path("out.wav").display(),
+        env.path(socket).display(),
+        env.path("h.db").display()
+    )
+}
+
+#[test]
+fn notify_watchdog_reload_and_stop() {
+    let env = Env::new();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(env.path("in.wav"), spec).unwrap();
+    (0..1600).for_each(|_| w.write_sample(0i16).unwrap());
+    w.finalize().unwrap();
+    env.write_config(&config(&env, "0.5", "a.sock"));
+    let mut notify = Notify::bind(&env.path("notify.sock"));
+    let mut daemon = common::KillOnDrop(
+        env.cmd(&["run"])
+            .env("NOTIFY_SOCKET", env.path("notify.sock"))
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, log) = std::sync::mpsc::channel::<String>();
+    let stderr = daemon.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_log = |needle: &str| -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match log.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no log line with {needle:?}");
+    };
+
+    let ready = notify.wait_for("READY=1", Duration::from_secs(10));
+    assert!(ready.contains("STATUS="), "{ready}");
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    assert!(env.path("a.sock").exists());
+
+    // An invalid edit: refused with its line, the daemon goes on.
+    env.write_config(&config(&env, "5.0", "a.sock"));
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
+    let reloading = notify.wait_for("RELOADING=1", Duration::from_secs(5));
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let refused = wait_log("reload refused");
+    assert!(
+        refused.contains("pichat.toml:4: audio.volume: 5 is out of range"),
+        "{refused}"
+    );
+    assert!(
+        refused.starts_with("<3>"),
+        "logged as an error for journald: {refused}"
+    );
+    notify.wait_for("READY=1", Duration::from_secs(5));
+    assert!(env.path("a.sock").exists(), "old push-to-talk still armed");
+
+    // A valid edit: applied live; push-to-talk moves to its new socket.
+    env.write_config(&config(&env, "0.7", "b.sock"));
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
+    notify.wait_for("RELOADING=1", Duration::from_secs(5));
+    wait_log("config reloaded");
+    notify.wait_for("READY=1", Duration::from_secs(5));
+    assert!(env.path("b.sock").exists());
+    assert!(!env.path("a.sock").exists());
+    assert_eq!(env.run(&["ptt", "status"]).ok().trim(), "released");
+
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    notify.wait_for("STOPPING=1", Duration::from_secs(5));
+    let status = wait_timeout(&mut daemon.0, Duration::from_secs(10)).expect("stops on SIGTERM");
+    assert!(status.success());
+    assert!(!env.path("b.sock").exists());
+}
+
+#[test]
+fn a_bad_config_at_start_is_one_clear_error() {
+    let env = Env::new();
+    env.write_config("[audio]\nvolume = \"loud\"\n");
+    let r = env.run(&["run"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .contains("pichat.toml:2: audio.volume: wrong type"),
+        "{}",
+        r.stderr()
+    );
+}
