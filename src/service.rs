@@ -43,8 +43,6 @@ pub fn watchdog() {
 
 /// How often to send WATCHDOG=1: half of `WatchdogSec`, if it is set.
 pub fn watchdog_interval() -> Option<Duration> {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return None;
-    }
+    std::env::var_os("NOTIFY_SOCKET")?;
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
