@@ -8,6 +8,8 @@ pub mod config;
 pub mod engines;
 pub mod history;
 pub mod logging;
+pub mod protocol;
 pub mod ptt;
+pub mod server;
 pub mod signals;
 pub mod time;

@@ -17,6 +17,7 @@ mod messages;
 pub mod model;
 pub mod schema;
 mod search;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
