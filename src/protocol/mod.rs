@@ -114,13 +114,20 @@ macro_rules! frames {
             $( $(#[$vmeta])* $variant($ty), )*
         }
 
+        impl $name {
+            /// The `action` of this frame.
+            pub fn action(&self) -> &'static str {
+                match self {
+                    $( $name::$variant(_) => $action, )*
+                }
+            }
+        }
+
         impl Body for $name {
             const ACTIONS: &'static [&'static str] = &[$($action),*];
 
             fn action(&self) -> &'static str {
-                match self {
-                    $( $name::$variant(_) => $action, )*
-                }
+                $name::action(self)
             }
 
             fn decode_payload(action: &str, payload: &str) -> Option<Result<Self, String>> {
