@@ -29,6 +29,9 @@ use crate::protocol::{ClientKind, ErrorCode, ErrorPayload, ServerFrame, close};
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the writer is asked to do.
 pub(crate) enum Out {
     Text(Utf8Bytes),
@@ -139,6 +142,8 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
         .spawn(writer(sink, rx, conn.clone(), state.opts.ping_interval));
     let mut session = Session::new(state.clone(), conn.clone());
     let mut stopping = false;
+    // The peer closed or broke the connection: no closing handshake to wait for.
+    let mut peer_gone = false;
     loop {
         let next = tokio::select! {
             biased;
@@ -157,7 +162,10 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
                 conn.kill(close::GOING_AWAY, "silent too long");
                 break;
             }
-            Ok(None) => break,
+            Ok(None) => {
+                peer_gone = true;
+                break;
+            }
             Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })))) => {
                 let e = ErrorPayload::new(
                     ErrorCode::TooLarge,
@@ -166,11 +174,13 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
                 conn.send(&ServerFrame::error(None, e)).await;
                 conn.close_after_queue(close::TOO_BIG, "frame too large")
                     .await;
+                peer_gone = true;
                 break;
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!("{}: connection {}: {e}", conn.user.name, conn.id);
                 conn.kill(close::GOING_AWAY, "");
+                peer_gone = true;
                 break;
             }
             Ok(Some(Ok(msg))) => match msg {
@@ -189,12 +199,16 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
                         .await;
                     break;
                 }
-                Message::Close(_) => break,
+                Message::Close(_) => {
+                    peer_gone = true;
+                    break;
+                }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             },
         }
     }
     state.hub.leave(&conn);
+    state.connections.fetch_sub(1, Ordering::Relaxed);
     if stopping {
         // Let this connection's AI replies end (they are cut after the
         // grace period) so their last frames reach the client, then close.
@@ -205,10 +219,22 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
     } else if !conn.kill.is_cancelled() {
         conn.close_after_queue(1000, "").await;
     }
+    if !peer_gone {
+        // The closing handshake: read (and drop) what the peer still sends
+        // until its close frame, so the socket is not reset under it before
+        // it has read ours.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     drop(session);
     drop(stream);
     let _ = writer.await;
-    state.connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!("{}: connection {} closed", conn.user.name, conn.id);
 }
 

@@ -97,18 +97,25 @@ async fn peek_head(tcp: &TcpStream, timeout: Duration) -> Result<Head, HeadError
     }
 }
 
-/// Writes a whole HTTP response with a JSON body, after reading the head
-/// (so closing does not reset the connection before the client reads).
+/// Writes a whole HTTP response with a JSON body and closes. The request is
+/// read first, and what the client still sends is drained after, so that
+/// closing does not reset the connection before the client has read it.
 async fn respond(tcp: &mut TcpStream, head_len: usize, status: &str, extra: &str, body: &str) {
-    let mut head = vec![0u8; head_len];
-    let _ = tcp.read_exact(&mut head).await;
     let text = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut head = vec![0u8; head_len];
+        let _ = tcp.read_exact(&mut head).await;
         let _ = tcp.write_all(text.as_bytes()).await;
         let _ = tcp.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }
@@ -132,15 +139,20 @@ fn token_of(head: &Head) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The WebSocket limits: frames up to the `speech_to_text` limit (smaller
-/// limits per action are checked after decoding); a small read buffer, as
-/// most connections idle.
+/// The largest frame the WebSocket layer reads: 1 MiB over the largest
+/// limit of the protocol, so a frame a little too large is read whole and
+/// answered (`too_large`, then 1009) while the client can still read the
+/// answer. The protocol's limits per action are checked after reading.
+const WS_LIMIT: usize = limits::MAX_STT_FRAME + limits::MAX_FRAME;
+
+/// The WebSocket settings: the limits above; a small read buffer, as most
+/// connections idle.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
-        .max_message_size(Some(limits::MAX_STT_FRAME))
-        .max_frame_size(Some(limits::MAX_STT_FRAME))
+        .max_message_size(Some(WS_LIMIT))
+        .max_frame_size(Some(WS_LIMIT))
 }
 
 /// Serves one accepted socket. `permit` is `None` when the server is full.
@@ -156,29 +168,18 @@ pub(crate) async fn serve(
         Err(HeadError::Gone) => return,
         Err(HeadError::TooLarge) => {
             let body = error_body(ErrorCode::TooLarge, "the request head is too large");
-            let _ = tcp
-                .write_all(
-                    format!(
-                        "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                )
-                .await;
-            return;
+            return respond(
+                &mut tcp,
+                0,
+                "431 Request Header Fields Too Large",
+                "",
+                &body,
+            )
+            .await;
         }
         Err(HeadError::Bad(m)) => {
             let body = error_body(ErrorCode::BadRequest, m);
-            let _ = tcp
-                .write_all(
-                    format!(
-                        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                )
-                .await;
-            return;
+            return respond(&mut tcp, 0, "400 Bad Request", "", &body).await;
         }
     };
     let stopping = state.shutdown.is_cancelled();

@@ -425,3 +425,61 @@ pub fn request_for(addr: SocketAddr, path: &str) -> http::Request<()> {
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+/// A raw HTTP/1.1 request; returns the status code and the body.
+pub async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("a response")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `GET /health`: the status and the JSON body.
+pub async fn health(addr: SocketAddr) -> (u16, Value) {
+    let (status, body) = http(addr, "GET /health HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    (status, serde_json::from_str(&body).expect("JSON health"))
+}
+
+impl TestServer {
+    /// A connection whose socket has a tiny receive buffer, for slow-reader tests.
+    pub async fn connect_small_buffer(&self, token: &str) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock.connect(self.addr).await.unwrap();
+        let mut req = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+        Client::new(ws)
+    }
+
+    /// Waits until /health counts `n` connections.
+    pub async fn wait_connections(&self, n: u64) {
+        for _ in 0..1000 {
+            if health(self.addr).await.1["connections"] == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never reached {n} connections");
+    }
+}
