@@ -540,6 +540,7 @@ async fn silent_peers_are_pinged_then_dropped() {
             Ok(Message::Ping(_)) => pings += 1,
             Ok(Message::Close(f)) => {
                 code = f.map(|f| u16::from(f.code));
+                silent.finish().await;
                 break;
             }
             Ok(_) => {}

@@ -187,6 +187,7 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         .context("cannot start the async runtime")?;
     let opts = ServerOptions::from_config(&cfg);
     let result = rt.block_on(async {
+        let listener = server::bind(listen).await?;
         let tokens = handle
             .call(|s| s.server().tokens())
             .await
@@ -196,7 +197,6 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                 "no active token yet: every connection will be refused; make one with `pichat token add USER`"
             );
         }
-        let listener = server::bind(listen).await?;
         let addr = listener.local_addr().unwrap_or(listen);
         // One line on stdout for scripts (and tests) to learn the port.
         println!("listening on {addr}");

@@ -130,11 +130,10 @@ impl ServerOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}; set server.listen (or --listen) to a free address")]
+    #[error("cannot listen on {addr}: {cause}; set server.listen (or --listen) to a free address")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -186,7 +185,7 @@ impl State {
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, source })
+        .map_err(|cause| ServerError::Bind { addr, cause })
 }
 
 /// Serves the protocol on `listener` until `shutdown` is cancelled, then

@@ -390,15 +390,24 @@ impl Client {
         );
     }
 
-    /// Reads until the server closes; returns the close code.
+    /// Reads until the server closes; returns the close code. Then keeps
+    /// reading, as a client should, so the close reply goes out.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
             match self.next_frame().await {
                 Some(Ok(v)) => self.pending.push_back(v),
-                Some(Err(f)) => return f.map(|f| u16::from(f.code)),
+                Some(Err(f)) => {
+                    self.finish().await;
+                    return f.map(|f| u16::from(f.code));
+                }
                 None => return None,
             }
         }
+    }
+
+    /// Reads until the socket ends (completes the closing handshake).
+    pub async fn finish(&mut self) {
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
     }
 
     /// The frames of a `send_message` up to its typing-off, in order.
