@@ -676,7 +676,7 @@ async fn shutdown_cuts_streams_after_the_grace_and_stores_what_came() {
         }
     }
     let handle = srv.handle.clone();
-    srv.stop().await;
+    let stopping = tokio::spawn(srv.stop());
     let frames = c.stream(&rid).await;
     let last = &frames[frames.len() - 2]["payload"];
     assert_eq!(
@@ -687,6 +687,7 @@ async fn shutdown_cuts_streams_after_the_grace_and_stores_what_came() {
         (Some(true), Some("so far"))
     );
     assert_eq!(c.close_code().await, Some(1001));
+    stopping.await.unwrap();
     let n = handle
         .call(move |s| {
             let u = s.server().user_id("alice")?;
