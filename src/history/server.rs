@@ -947,11 +947,7 @@ impl ServerDb<'_> {
         let mut changes = Vec::with_capacity(feed.len() + 8);
         for ch in feed {
             match &ch {
-                ServerChange::Conversation(c) => {
-                    if !sent.insert(c.id.clone()) {
-                        continue;
-                    }
-                }
+                ServerChange::Conversation(c) if !sent.insert(c.id.clone()) => continue,
                 ServerChange::Message(m) if !sent.contains(&m.conversation_id) => {
                     let conv = match looked_up.get(&m.conversation_id) {
                         Some(c) => c.clone(),
