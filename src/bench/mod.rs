@@ -3,6 +3,7 @@
 
 mod audio;
 mod history;
+mod server;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,12 +16,15 @@ pub enum BenchCmd {
     History(history::Args),
     /// Audio: resampler throughput, capture-to-frame latency, idle CPU and memory.
     Audio(audio::Args),
+    /// The chat server: idle connections held, send_message round trips, sync of a large history, notification latency.
+    Server(server::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::History(a) => history::run(a),
         BenchCmd::Audio(a) => audio::run(a),
+        BenchCmd::Server(a) => server::run(a),
     }
     .map(|()| ExitCode::SUCCESS)
 }
