@@ -281,16 +281,26 @@ fn decode_frame<B: Body>(text: &str, limits: bool) -> Result<Frame<B>, DecodeErr
     if limits && text.len() > limits::MAX_STT_FRAME {
         return Err(too_large(text.len(), limits::MAX_STT_FRAME));
     }
+    let not_json = |e: serde_json::Error| DecodeError {
+        close: Some(close::INVALID_PAYLOAD),
+        ..DecodeError::bad(format!("the frame is not JSON ({e})"))
+    };
+    // serde would read an array as a struct, field by field: only an object is a frame.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => DecodeError::bad(
+                "a frame must be a JSON object {\"action\", \"request_id\"?, \"payload\"}",
+            ),
+            Err(e) => not_json(e),
+        });
+    }
     let env: RawEnvelope<'_> = serde_json::from_str(text).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => DecodeError::bad(format!(
                 "a frame must be a JSON object {{\"action\", \"request_id\"?, \"payload\"}} ({e})"
             )),
-            _ => DecodeError {
-                close: Some(close::INVALID_PAYLOAD),
-                ..DecodeError::bad(format!("the frame is not JSON ({e})"))
-            },
+            _ => not_json(e),
         }
     })?;
     let request_id = match env.request_id {

@@ -261,3 +261,32 @@ fn nullable_fields_tell_absent_from_null() {
     };
     assert_eq!(u.model_id, Some(None));
 }
+
+#[test]
+fn deep_nesting_is_an_error_or_ignored_never_a_crash() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let e = ClientFrame::decode(&deep).unwrap_err();
+    assert_eq!((e.code, e.close), (ErrorCode::BadRequest, None));
+    // Under an unknown field it is skipped.
+    let f =
+        ClientFrame::decode(&format!(r#"{{"action":"ping","payload":{{"x":{deep}}}}}"#)).unwrap();
+    assert_eq!(f.body, Request::Ping(Empty {}));
+    // Where a value is expected, it is a bad request.
+    let e = ClientFrame::decode(&format!(
+        r#"{{"action":"sync","payload":{{"since":{deep}}}}}"#
+    ))
+    .unwrap_err();
+    assert_eq!((e.code, e.close), (ErrorCode::BadRequest, None));
+}
+
+#[test]
+fn only_objects_are_frames() {
+    for text in [r#"["ping"]"#, r#""ping""#, "1", "null", "  [1]"] {
+        let e = ClientFrame::decode(text).unwrap_err();
+        assert_eq!((e.code, e.close), (ErrorCode::BadRequest, None), "{text}");
+    }
+    for text in ["", "   ", "{", "nul", r#"{"action":"ping"} trailing"#] {
+        let e = ClientFrame::decode(text).unwrap_err();
+        assert_eq!(e.close, Some(close::INVALID_PAYLOAD), "{text:?}");
+    }
+}

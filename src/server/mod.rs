@@ -101,7 +101,7 @@ impl Default for ServerOptions {
             max_connections: 10_000,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
-            send_queue: 256,
+            send_queue: 1024,
             send_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(60),
             engine_timeout: Duration::from_secs(120),
