@@ -347,11 +347,43 @@ pub struct ServerDb<'a> {
     conn: &'a mut Connection,
 }
 
+/// A write's transaction: its own (`BEGIN IMMEDIATE`), or a savepoint when
+/// it runs inside a group commit (`HistoryHandle::call_batched`).
+enum WriteTx<'c> {
+    Own(rusqlite::Transaction<'c>),
+    Grouped(rusqlite::Savepoint<'c>),
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            WriteTx::Own(t) => t,
+            WriteTx::Grouped(s) => s,
+        }
+    }
+}
+
+impl WriteTx<'_> {
+    fn commit(self) -> Result<()> {
+        match self {
+            WriteTx::Own(t) => t.commit()?,
+            WriteTx::Grouped(s) => s.commit()?,
+        }
+        Ok(())
+    }
+}
+
 impl ServerDb<'_> {
-    fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    fn write_tx(&mut self) -> Result<WriteTx<'_>> {
+        Ok(if self.conn.is_autocommit() {
+            WriteTx::Own(
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?,
+            )
+        } else {
+            WriteTx::Grouped(self.conn.savepoint()?)
+        })
     }
 
     // ---- users and tokens ----

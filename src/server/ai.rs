@@ -197,10 +197,11 @@ pub(super) async fn send_message(
             let hub = state.hub.clone();
             let me = s.conn.id;
             let stored = s
-                .db(move |st| {
+                .db_write(move |st| {
                     let stored = st.server().add_message(user, &new)?;
                     if let Stored::New(m) = &stored {
                         notify(
+                            st,
                             &hub,
                             user,
                             me,
@@ -574,10 +575,11 @@ async fn stream_reply(
     let me = out.conn.id;
     let stored = state
         .db
-        .call(move |st| {
+        .call_batched(move |st| {
             let stored = st.server().add_message(user, &new)?;
             if let Stored::New(m) = &stored {
                 notify(
+                    st,
                     &hub,
                     user,
                     me,

@@ -3,6 +3,8 @@
 //! something, notified to the user's other connections. `send_message`,
 //! `text_to_speech` and `speech_to_text` are in `ai.rs`.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::conn::Session;
@@ -34,9 +36,13 @@ pub(super) fn db_error(e: HistoryError) -> ErrorPayload {
     }
 }
 
-/// Sends a notification (no request id) to the user's other connections.
-pub(super) fn notify(hub: &Hub, user: UserId, except: u64, body: Reply) {
-    hub.notify(user, except, &Frame::new(None, body));
+/// Sends a notification (no request id) to the user's other connections,
+/// once the change is committed.
+pub(super) fn notify(st: &mut Store, hub: &Arc<Hub>, user: UserId, except: u64, body: Reply) {
+    let hub = hub.clone();
+    st.after_commit(move || {
+        hub.notify(user, except, &Frame::new(None, body));
+    });
 }
 
 impl Session {
@@ -47,6 +53,16 @@ impl Session {
         F: FnOnce(&mut Store) -> Result<T, HistoryError> + Send + 'static,
     {
         self.state.db.call(f).await.map_err(db_error)
+    }
+
+    /// Runs a write on the store thread, in a group commit with the writes
+    /// queued with it; the result comes once it is durable.
+    pub(super) async fn db_write<T, F>(&self, f: F) -> Result<T, ErrorPayload>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, HistoryError> + Send + 'static,
+    {
+        self.state.db.call_batched(f).await.map_err(db_error)
     }
 
     pub(super) fn user(&self) -> UserId {
@@ -162,10 +178,11 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 created_at: None,
             };
             let (conv, duplicate) = s
-                .db(move |st| {
+                .db_write(move |st| {
                     let (c, dup) = st.server().create_conversation(user, &new)?;
                     if !dup {
                         notify(
+                            st,
                             &hub,
                             user,
                             me,
@@ -201,10 +218,11 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 model_id: u.model_id,
             };
             let c = s
-                .db(move |st| {
+                .db_write(move |st| {
                     let (c, changed) = st.server().update_conversation(user, &id, &upd)?;
                     if changed {
                         notify(
+                            st,
                             &hub,
                             user,
                             me,
@@ -226,10 +244,11 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
             let id = q.id;
             let ids = id.to_string();
             let (rev, duplicate) = s
-                .db(move |st| {
+                .db_write(move |st| {
                     let (rev, already) = st.server().delete_conversation(user, &ids)?;
                     if !already {
                         notify(
+                            st,
                             &hub,
                             user,
                             me,
@@ -302,10 +321,11 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 }
             }
             let out = s
-                .db(move |st| {
+                .db_write(move |st| {
                     let out = st.server().append_messages(user, &batch)?;
                     for m in &out.stored {
                         notify(
+                            st,
                             &hub,
                             user,
                             me,
@@ -358,10 +378,11 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
         Request::UpdateSettings(u) => {
             let upd = (&u).into();
             let settings = s
-                .db(move |st| {
+                .db_write(move |st| {
                     let (set, changed) = st.server().update_settings(user, &upd)?;
                     if changed {
                         notify(
+                            st,
                             &hub,
                             user,
                             me,
