@@ -718,9 +718,10 @@ impl ServerDb<'_> {
             .conn
             .prepare_cached(&format!(
                 "SELECT {MSG_COLS} FROM srv_messages m
-                 WHERE m.reply_to = ?1 AND m.role = 'assistant' ORDER BY m.seq LIMIT 1"
+                 WHERE m.reply_to = ?1 AND m.role = 'assistant' AND m.user_id = ?2
+                 ORDER BY m.seq LIMIT 1"
             ))?
-            .query_row([key("message", id)?], msg_from_row)
+            .query_row(params![key("message", id)?, user], msg_from_row)
             .optional()?;
         Ok(Some(MessageWithReply { message, reply }))
     }
@@ -1082,7 +1083,7 @@ mod tests {
                 "srv_messages_by_conversation",
             ),
             (
-                "SELECT id FROM srv_messages m WHERE m.reply_to = x'00' AND m.role = 'assistant' ORDER BY m.seq LIMIT 1",
+                "SELECT id FROM srv_messages m WHERE m.reply_to = x'00' AND m.role = 'assistant' AND m.user_id = 1 ORDER BY m.seq LIMIT 1",
                 "srv_messages_by_reply",
             ),
             (
@@ -1348,6 +1349,21 @@ mod tests {
         );
         let mut r = NewMessage::new(&c.id, Role::Assistant, "answer");
         r.reply_to = Some(q.id.clone());
+        // Another user's message claiming to answer it is not its reply.
+        s.server().add_token("mallory", None, &[9; 32]).unwrap();
+        let m = s.server().user_id("mallory").unwrap();
+        let mc = conv(&mut s, m, "m");
+        let mut fake = NewMessage::new(&mc.id, Role::Assistant, "injected");
+        fake.reply_to = Some(q.id.clone());
+        s.server().add_message(m, &fake).unwrap();
+        assert!(
+            s.server()
+                .find_message(a, &q.id)
+                .unwrap()
+                .unwrap()
+                .reply
+                .is_none()
+        );
         s.server().add_message(a, &r).unwrap();
         let found = s.server().find_message(a, &q.id).unwrap().unwrap();
         assert_eq!(found.reply.unwrap().content, "answer");
