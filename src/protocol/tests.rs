@@ -1,3 +1,6 @@
+//! Unit tests of the protocol types: round trips both ways, the errors of
+//! malformed frames, limits.
+
 use serde_json::json;
 use uuid::Uuid;
 
