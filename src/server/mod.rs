@@ -27,8 +27,11 @@
 //!   produced is stored; then each connection is closed with 1001. Every
 //!   task is tracked, so [`run`] returns only when all is stored.
 //!
-//! SQLite runs only on the store thread ([`HistoryHandle`]); engines are
-//! injected ([`Engines`]), so tests can use fakes.
+//! SQLite runs only on the store thread ([`HistoryHandle`]). Writes use
+//! `call_batched`: the writes queued together share one commit (one fsync),
+//! and replies and notifications leave only once it is durable
+//! (`Store::after_commit`). Engines are injected ([`Engines`]), so tests can
+//! use fakes.
 
 mod ai;
 pub mod auth;
