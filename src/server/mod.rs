@@ -15,7 +15,7 @@
 //!   queue up to `send_timeout`; notifications from other connections never
 //!   wait: a full queue means a slow reader, which is disconnected (1013)
 //!   and never stalls anyone else.
-//! - Notifications go through the per-user [`hub`](hub::Hub) to the user's
+//! - Notifications go through the per-user hub (`hub.rs`) to the user's
 //!   other connections that said `hello`. They are sent from the store
 //!   thread right after the change commits, so they leave in `rev` order.
 //! - AI replies, text-to-speech and speech-to-text run as jobs of their own
