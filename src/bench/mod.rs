@@ -4,6 +4,7 @@
 pub mod audio;
 pub mod fakes;
 mod history;
+mod server;
 mod voice;
 
 use std::process::ExitCode;
@@ -19,6 +20,8 @@ pub enum BenchCmd {
     Audio(audio::Args),
     /// The voice turn: daemon overhead, streaming, real engines per stage, idle cost.
     Voice(voice::Args),
+    /// The chat server: idle connections held, send_message round trips, sync of a large history, notification latency.
+    Server(server::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -26,6 +29,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::History(a) => history::run(a),
         BenchCmd::Audio(a) => audio::run(a),
         BenchCmd::Voice(a) => voice::run(a),
+        BenchCmd::Server(a) => server::run(a),
     }
     .map(|()| ExitCode::SUCCESS)
 }

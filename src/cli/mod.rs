@@ -5,6 +5,7 @@ mod audio_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod history_cmd;
+mod server_cmd;
 mod voice_cmd;
 
 use std::path::PathBuf;
@@ -52,6 +53,10 @@ pub enum Command {
     /// Push-to-talk by command (through the daemon's control socket), or watch the button.
     #[command(subcommand)]
     Ptt(audio_cmd::PttCmd),
+    /// Run the chat server (the WebSocket protocol, see PROTOCOL.md).
+    Serve(server_cmd::ServeArgs),
+    /// Manage the chat server's users and device tokens.
+    Token(server_cmd::TokenArgs),
     /// Measure performance and print the figures.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -70,7 +75,7 @@ pub fn load_config(cli_path: Option<&std::path::Path>) -> anyhow::Result<Loaded>
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // One-shot commands log warnings; the daemons set their own level.
-    if !matches!(cli.command, Command::Run) {
+    if !matches!(cli.command, Command::Run | Command::Serve(_)) {
         crate::logging::init("warn", crate::config::LogFormat::Human);
     }
     match cli.command {
@@ -85,6 +90,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record(a) => audio_cmd::record(a, cli.config.as_deref()),
         Command::Play(a) => audio_cmd::play(a, cli.config.as_deref()),
         Command::Ptt(c) => audio_cmd::ptt(c, cli.config.as_deref()),
+        Command::Serve(a) => server_cmd::serve(a, cli.config.as_deref()),
+        Command::Token(a) => server_cmd::token(a, cli.config.as_deref()),
         Command::Bench(cmd) => crate::bench::run(cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pichat", &mut std::io::stdout());

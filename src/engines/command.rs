@@ -56,13 +56,12 @@ impl CommandTts {
             message: format!("cannot run {prog}: {e} (is it installed and on PATH?)"),
         })?;
         if !uses_arg && let Some(mut stdin) = child.stdin.take() {
-            // A program that exits without reading its input is judged by
-            // its exit status below, not by the broken pipe.
-            match stdin.write_all(text.as_bytes()).await {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    return Err(fail(format!("cannot write the text: {e}")));
-                }
-                _ => {}
+            // A program that exits without reading its input closes the
+            // pipe: its exit status and stderr, below, say why.
+            if let Err(e) = stdin.write_all(text.as_bytes()).await
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(fail(format!("cannot write the text: {e}")));
             }
         }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())

@@ -56,6 +56,11 @@ pub enum HistoryError {
     #[error("{0}")]
     Invalid(String),
 
+    /// The id is taken by a different record (the chat server's idempotent
+    /// creates: same id, other content).
+    #[error("{0}")]
+    Conflict(String),
+
     #[error("{}:{}{message}", path.display(), at.map(|(l, c)| format!("{l}:{c}: ")).unwrap_or(" ".into()))]
     Import {
         path: PathBuf,

@@ -17,6 +17,7 @@ mod messages;
 pub mod model;
 pub mod schema;
 mod search;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,6 +58,9 @@ impl Default for OpenOptions {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Actions to run once the current write is committed (see
+    /// [`Store::after_commit`]).
+    deferred: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -111,6 +115,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            deferred: Vec::new(),
         };
         store.configure().map_err(|e| e.with_path(path))?;
         store.migrate(version).map_err(|e| e.with_path(path))?;
@@ -123,6 +128,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: PathBuf::from(":memory:"),
+            deferred: Vec::new(),
         };
         store.configure()?;
         store.migrate(0)?;
@@ -169,6 +175,28 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `f` once what the current call wrote is durable: right after
+    /// the call through [`actor::HistoryHandle`], or after the commit of its
+    /// group of writes ([`actor::HistoryHandle::call_batched`]); never if the
+    /// call fails or its writes are rolled back. Used for what must not be
+    /// said before it is stored (notifications). Direct users of a `Store`
+    /// run them with [`Store::run_deferred`].
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.deferred.push(Box::new(f));
+    }
+
+    /// Takes the actions registered with [`Store::after_commit`].
+    pub(crate) fn take_deferred(&mut self) -> Vec<Box<dyn FnOnce() + Send>> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Runs (now) the actions registered with [`Store::after_commit`].
+    pub fn run_deferred(&mut self) {
+        for f in self.take_deferred() {
+            f();
+        }
     }
 
     /// The schema version of the open database.

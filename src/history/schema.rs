@@ -5,7 +5,7 @@
 //! is refused without being touched.
 
 /// `MIGRATIONS[i]` takes the database from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -113,4 +113,107 @@ CREATE TABLE sync_state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Version 2: the chat server's tables (`pichat serve`; a device's history
+/// database carries them empty). See `history/server.rs`.
+///
+/// - `srv_users` holds each user's revision counter (`rev`), the sync cursor
+///   of the protocol: every change of that user takes the next value.
+/// - `srv_tokens` keeps only the SHA-256 of each device token.
+/// - `srv_conversations` keeps deleted conversations as tombstones
+///   (`deleted = 1`, a new `rev`); their messages are removed.
+///   `created_rev` lets a sync send a conversation ahead of its messages.
+/// - Every row carries the `rev` of its last change, unique per user, so
+///   `(user_id, rev)` indexes give the sync feed in order.
+/// - `srv_messages_fts`: full-text index like V1's, searched per user.
+const V2: &str = r#"
+CREATE TABLE srv_users (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    rev        INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE srv_tokens (
+    id           INTEGER PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES srv_users (id),
+    device       TEXT,
+    hash         BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+    created_at   INTEGER NOT NULL,
+    last_used_at INTEGER,
+    revoked_at   INTEGER
+);
+
+CREATE TABLE srv_settings (
+    user_id               INTEGER PRIMARY KEY REFERENCES srv_users (id),
+    selected_model        TEXT,
+    voice_gender          TEXT,
+    voice_accent          TEXT,
+    voice_speed           REAL,
+    assistant_personality TEXT,
+    rev                   INTEGER NOT NULL
+);
+
+CREATE TABLE srv_conversations (
+    id              BLOB PRIMARY KEY,
+    user_id         INTEGER NOT NULL REFERENCES srv_users (id),
+    title           TEXT NOT NULL,
+    model_id        TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_message_at INTEGER,
+    activity_at     INTEGER NOT NULL,
+    message_count   INTEGER NOT NULL DEFAULT 0,
+    archived        INTEGER NOT NULL DEFAULT 0 CHECK (archived IN (0, 1)),
+    deleted         INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+    created_rev     INTEGER NOT NULL,
+    rev             INTEGER NOT NULL
+);
+CREATE INDEX srv_conversations_by_activity
+    ON srv_conversations (user_id, deleted, activity_at DESC, id DESC);
+CREATE INDEX srv_conversations_by_archived_activity
+    ON srv_conversations (user_id, deleted, archived, activity_at DESC, id DESC);
+CREATE UNIQUE INDEX srv_conversations_by_rev ON srv_conversations (user_id, rev);
+
+CREATE TABLE srv_messages (
+    seq              INTEGER PRIMARY KEY,
+    id               BLOB NOT NULL UNIQUE,
+    conversation_id  BLOB NOT NULL REFERENCES srv_conversations (id),
+    user_id          INTEGER NOT NULL,
+    role             TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
+    content          TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    model_id         TEXT,
+    tokens_used      INTEGER,
+    response_time_ms INTEGER,
+    is_audio         INTEGER NOT NULL DEFAULT 0 CHECK (is_audio IN (0, 1)),
+    origin           TEXT NOT NULL CHECK (origin IN ('web', 'voice', 'api')),
+    reply_to         BLOB,
+    rev              INTEGER NOT NULL
+);
+CREATE INDEX srv_messages_by_conversation ON srv_messages (conversation_id, created_at, seq);
+CREATE UNIQUE INDEX srv_messages_by_rev ON srv_messages (user_id, rev);
+CREATE INDEX srv_messages_by_reply ON srv_messages (reply_to) WHERE reply_to IS NOT NULL;
+
+CREATE TRIGGER srv_messages_count_insert AFTER INSERT ON srv_messages BEGIN
+    UPDATE srv_conversations SET
+        message_count = message_count + 1,
+        last_message_at = max(coalesce(last_message_at, new.created_at), new.created_at),
+        activity_at = max(activity_at, new.created_at)
+    WHERE id = new.conversation_id;
+END;
+
+CREATE VIRTUAL TABLE srv_messages_fts USING fts5 (
+    content,
+    content = 'srv_messages',
+    content_rowid = 'seq',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER srv_messages_fts_insert AFTER INSERT ON srv_messages BEGIN
+    INSERT INTO srv_messages_fts (rowid, content) VALUES (new.seq, new.content);
+END;
+CREATE TRIGGER srv_messages_fts_delete AFTER DELETE ON srv_messages BEGIN
+    INSERT INTO srv_messages_fts (srv_messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
+END;
 "#;

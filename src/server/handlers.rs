@@ -1,0 +1,405 @@
+//! The actions: each request is checked (by the protocol decoder), run
+//! against the store (on its thread), answered, and, when it changed
+//! something, notified to the user's other connections. `send_message`,
+//! `text_to_speech` and `speech_to_text` are in `ai.rs`.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::conn::Session;
+use super::hub::Hub;
+use crate::history::server::{ConversationUpdate, UserId};
+use crate::history::{HistoryError, NewConversation, Origin, Store};
+use crate::protocol::{self as p, ErrorCode, ErrorPayload, Frame, Reply, Request, ServerFrame};
+use crate::time;
+
+/// What the store's errors mean on the wire.
+pub(super) fn db_error(e: HistoryError) -> ErrorPayload {
+    match e {
+        HistoryError::NotFound { what, id } => {
+            ErrorPayload::new(ErrorCode::NotFound, format!("no {what} with id {id}"))
+        }
+        HistoryError::Conflict(m) => ErrorPayload::new(ErrorCode::Conflict, m),
+        HistoryError::Invalid(m) => ErrorPayload::new(ErrorCode::BadRequest, m),
+        HistoryError::Locked { .. } => ErrorPayload::new(
+            ErrorCode::Unavailable,
+            "the database is busy; try again in a moment",
+        ),
+        other => {
+            tracing::error!("database: {other}");
+            ErrorPayload::new(
+                ErrorCode::Internal,
+                "the server could not read or write its database (see its log)",
+            )
+        }
+    }
+}
+
+/// Sends a notification (no request id) to the user's other connections,
+/// once the change is committed.
+pub(super) fn notify(st: &mut Store, hub: &Arc<Hub>, user: UserId, except: u64, body: Reply) {
+    let hub = hub.clone();
+    st.after_commit(move || {
+        hub.notify(user, except, &Frame::new(None, body));
+    });
+}
+
+impl Session {
+    /// Runs `f` on the store thread.
+    pub(super) async fn db<T, F>(&self, f: F) -> Result<T, ErrorPayload>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, HistoryError> + Send + 'static,
+    {
+        self.state.db.call(f).await.map_err(db_error)
+    }
+
+    /// Runs a write on the store thread, in a group commit with the writes
+    /// queued with it; the result comes once it is durable.
+    pub(super) async fn db_write<T, F>(&self, f: F) -> Result<T, ErrorPayload>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, HistoryError> + Send + 'static,
+    {
+        self.state.db.call_batched(f).await.map_err(db_error)
+    }
+
+    pub(super) fn user(&self) -> UserId {
+        self.conn.user.id
+    }
+
+    /// The `origin` of messages this connection makes.
+    pub(super) fn origin(&self) -> Origin {
+        match self.kind {
+            Some(p::ClientKind::Voice) => Origin::Voice,
+            Some(p::ClientKind::Web) => Origin::Web,
+            Some(p::ClientKind::Api) | None => Origin::Api,
+        }
+    }
+}
+
+/// Runs one decoded request and sends its reply (or error).
+pub(super) async fn dispatch(s: &mut Session, frame: p::ClientFrame) {
+    let action = frame.body.action();
+    let rid = frame.request_id;
+    let result = match frame.body {
+        Request::SendMessage(req) => super::ai::send_message(s, rid.clone(), req).await,
+        Request::TextToSpeech(req) => super::ai::text_to_speech(s, rid.clone(), req),
+        Request::SpeechToText(req) => super::ai::speech_to_text(s, rid.clone(), req),
+        other => match run(s, other).await {
+            Ok(reply) => {
+                s.conn.send(&Frame::new(rid.clone(), reply)).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
+        s.conn
+            .send(&ServerFrame::error(rid, e.for_action(action)))
+            .await;
+    }
+}
+
+async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
+    let user = s.user();
+    let me = s.conn.id;
+    let hub = s.state.hub.clone();
+    match req {
+        Request::Hello(h) => {
+            let first = s.kind.is_none();
+            s.kind = Some(h.client_kind);
+            s.state.hub.join(&s.conn);
+            let rev = s.db(move |st| st.server().user_rev(user)).await?;
+            if first {
+                tracing::info!(
+                    "{}: {:?} client \"{}\" connected (cursor {}, server rev {rev})",
+                    s.conn.user.name,
+                    h.client_kind,
+                    h.client_id,
+                    h.last_rev.map_or("none".to_string(), |r| r.to_string())
+                );
+            }
+            let e = &s.state.engines;
+            let mut features = vec![
+                p::features::SYNC,
+                p::features::APPEND,
+                p::features::SEARCH,
+                p::features::SETTINGS,
+            ];
+            for (on, name) in [
+                (!e.llm.is_empty(), p::features::AI_REPLIES),
+                (!e.tts.is_empty(), p::features::TEXT_TO_SPEECH),
+                (!e.stt.is_empty(), p::features::SPEECH_TO_TEXT),
+            ] {
+                if on {
+                    features.push(name);
+                }
+            }
+            Ok(Reply::Welcome(p::Welcome {
+                protocol: p::PROTOCOL_VERSION,
+                rev,
+                server_time: time::now_ms(),
+                features: features.into_iter().map(str::to_string).collect(),
+            }))
+        }
+        Request::Ping(_) => Ok(Reply::Pong(p::Pong {
+            server_time: time::now_ms(),
+        })),
+        Request::GetConversations(q) => {
+            let limit = p::limits::page(
+                q.limit,
+                p::limits::CONVERSATIONS_DEFAULT_LIMIT,
+                p::limits::CONVERSATIONS_MAX_LIMIT,
+            ) as usize;
+            let before = q.before.map(|b| b.to_string());
+            let (list, has_more) = s
+                .db(move |st| {
+                    st.server().list_conversations(
+                        user,
+                        q.include_archived,
+                        limit,
+                        before.as_deref(),
+                    )
+                })
+                .await?;
+            Ok(Reply::ConversationsList(p::ConversationsList {
+                conversations: list.iter().map(Into::into).collect(),
+                has_more,
+            }))
+        }
+        Request::CreateConversation(c) => {
+            let new = NewConversation {
+                id: c.id.map(|i| i.to_string()),
+                title: c.title,
+                model_id: c.model_id,
+                metadata: None,
+                created_at: None,
+            };
+            let (conv, duplicate) = s
+                .db_write(move |st| {
+                    let (c, dup) = st.server().create_conversation(user, &new)?;
+                    if !dup {
+                        notify(
+                            st,
+                            &hub,
+                            user,
+                            me,
+                            Reply::ConversationCreated(p::ConversationPayload {
+                                conversation: (&c).into(),
+                                duplicate: false,
+                            }),
+                        );
+                    }
+                    Ok((c, dup))
+                })
+                .await?;
+            Ok(Reply::ConversationCreated(p::ConversationPayload {
+                conversation: (&conv).into(),
+                duplicate,
+            }))
+        }
+        Request::GetConversation(q) => {
+            let id = q.id.to_string();
+            let c = s
+                .db(move |st| st.server().get_conversation(user, &id))
+                .await?;
+            Ok(Reply::Conversation(p::ConversationPayload {
+                conversation: (&c).into(),
+                duplicate: false,
+            }))
+        }
+        Request::UpdateConversation(u) => {
+            let id = u.id.to_string();
+            let upd = ConversationUpdate {
+                title: u.title,
+                archived: u.archived,
+                model_id: u.model_id,
+            };
+            let c = s
+                .db_write(move |st| {
+                    let (c, changed) = st.server().update_conversation(user, &id, &upd)?;
+                    if changed {
+                        notify(
+                            st,
+                            &hub,
+                            user,
+                            me,
+                            Reply::ConversationUpdated(p::ConversationPayload {
+                                conversation: (&c).into(),
+                                duplicate: false,
+                            }),
+                        );
+                    }
+                    Ok(c)
+                })
+                .await?;
+            Ok(Reply::ConversationUpdated(p::ConversationPayload {
+                conversation: (&c).into(),
+                duplicate: false,
+            }))
+        }
+        Request::DeleteConversation(q) => {
+            let id = q.id;
+            let ids = id.to_string();
+            let (rev, duplicate) = s
+                .db_write(move |st| {
+                    let (rev, already) = st.server().delete_conversation(user, &ids)?;
+                    if !already {
+                        notify(
+                            st,
+                            &hub,
+                            user,
+                            me,
+                            Reply::ConversationDeleted(p::ConversationDeleted {
+                                id,
+                                rev,
+                                duplicate: false,
+                            }),
+                        );
+                    }
+                    Ok((rev, already))
+                })
+                .await?;
+            Ok(Reply::ConversationDeleted(p::ConversationDeleted {
+                id,
+                rev,
+                duplicate,
+            }))
+        }
+        Request::GetMessages(q) => {
+            let limit = p::limits::page(
+                q.limit,
+                p::limits::MESSAGES_DEFAULT_LIMIT,
+                p::limits::MESSAGES_MAX_LIMIT,
+            ) as usize;
+            let conv = q.conversation_id.to_string();
+            let before = q.before.map(|b| b.to_string());
+            let (list, has_more) = s
+                .db(move |st| st.server().messages(user, &conv, limit, before.as_deref()))
+                .await?;
+            Ok(Reply::MessagesList(p::MessagesList {
+                conversation_id: q.conversation_id,
+                messages: list.iter().map(Into::into).collect(),
+                has_more,
+            }))
+        }
+        Request::Search(q) => {
+            let limit = p::limits::page(
+                q.limit,
+                p::limits::SEARCH_DEFAULT_LIMIT,
+                p::limits::SEARCH_MAX_LIMIT,
+            ) as usize;
+            let conv = q.conversation_id.map(|c| c.to_string());
+            let hits = s
+                .db(move |st| st.server().search(user, &q.query, conv.as_deref(), limit))
+                .await?;
+            Ok(Reply::SearchResults(p::SearchResults {
+                hits: hits
+                    .iter()
+                    .map(|h| p::SearchHit {
+                        message: (&h.message).into(),
+                        snippet: h.snippet.clone(),
+                        conversation_title: h.conversation_title.clone(),
+                    })
+                    .collect(),
+            }))
+        }
+        Request::AppendMessages(a) => {
+            let origin = s.origin();
+            let mut rejected = Vec::new();
+            let mut batch = Vec::with_capacity(a.messages.len());
+            for m in &a.messages {
+                match p::check_message_input(m) {
+                    Ok(()) => batch.push(m.to_new_message(origin)),
+                    Err(message) => rejected.push(p::Rejected {
+                        id: m.id,
+                        code: ErrorCode::BadRequest,
+                        message,
+                    }),
+                }
+            }
+            let out = s
+                .db_write(move |st| {
+                    let out = st.server().append_messages(user, &batch)?;
+                    for m in &out.stored {
+                        notify(
+                            st,
+                            &hub,
+                            user,
+                            me,
+                            Reply::NewMessage(p::MessagePayload {
+                                message: m.into(),
+                                duplicate: false,
+                            }),
+                        );
+                    }
+                    Ok(out)
+                })
+                .await?;
+            let uuid = |s: &str| Uuid::parse_str(s).unwrap_or_else(|_| Uuid::nil());
+            rejected.extend(out.rejected.into_iter().map(|(id, e)| {
+                let e = db_error(e);
+                p::Rejected {
+                    id: uuid(&id),
+                    code: e.code,
+                    message: e.message,
+                }
+            }));
+            Ok(Reply::MessagesAppended(p::MessagesAppended {
+                stored: out.stored.iter().map(|m| uuid(&m.id)).collect(),
+                duplicates: out.duplicates.iter().map(|d| uuid(d)).collect(),
+                rejected,
+                rev: out.rev,
+            }))
+        }
+        Request::Sync(q) => {
+            let limit = p::limits::page(
+                q.limit,
+                p::limits::SYNC_DEFAULT_LIMIT,
+                p::limits::SYNC_MAX_LIMIT,
+            ) as usize;
+            let page = s
+                .db(move |st| st.server().changes(user, q.since, limit))
+                .await?;
+            Ok(Reply::SyncBatch(p::SyncBatch {
+                changes: page.changes.iter().map(Into::into).collect(),
+                rev: page.rev,
+                has_more: page.has_more,
+            }))
+        }
+        Request::GetSettings(_) => {
+            let st = s.db(move |st| st.server().settings(user)).await?;
+            Ok(Reply::Settings(p::SettingsPayload {
+                settings: (&st).into(),
+            }))
+        }
+        Request::UpdateSettings(u) => {
+            let upd = (&u).into();
+            let settings = s
+                .db_write(move |st| {
+                    let (set, changed) = st.server().update_settings(user, &upd)?;
+                    if changed {
+                        notify(
+                            st,
+                            &hub,
+                            user,
+                            me,
+                            Reply::SettingsUpdated(p::SettingsPayload {
+                                settings: (&set).into(),
+                            }),
+                        );
+                    }
+                    Ok(set)
+                })
+                .await?;
+            Ok(Reply::SettingsUpdated(p::SettingsPayload {
+                settings: (&settings).into(),
+            }))
+        }
+        Request::SendMessage(_) | Request::TextToSpeech(_) | Request::SpeechToText(_) => Err(
+            ErrorPayload::new(ErrorCode::Internal, "dispatched to the wrong handler"),
+        ),
+    }
+}

@@ -1,0 +1,494 @@
+//! Helpers of the chat server tests: the real server on 127.0.0.1:0 with a
+//! real SQLite file, real WebSocket clients (tokio-tungstenite), and fake
+//! engines for fault injection (an LLM that streams, fails or stalls).
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use pichat::engines::{
+    ChatRequest, EngineError, Engines, EventStream, Llm, LlmEvent, SpeechToText, SttSession,
+};
+use pichat::history::actor::{HistoryHandle, StoreThread};
+use pichat::history::{OpenOptions, Store};
+use pichat::server::{self, ServerOptions, auth};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, http};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for a frame before failing (never asserted as a duration).
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// What the fake LLM does.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Streams these tokens, waiting `delay` before each.
+    Tokens(Vec<String>, Duration),
+    /// Refuses to connect (a retryable failure: the next engine is tried).
+    Down,
+    /// Streams these tokens, then never says anything again.
+    Stall(Vec<String>),
+    /// Streams these tokens, then fails.
+    FailAfter(Vec<String>),
+}
+
+/// An LLM for fault injection.
+pub struct FakeLlm {
+    pub name: String,
+    pub mode: Mutex<Mode>,
+    pub calls: AtomicUsize,
+    pub last: Mutex<Option<ChatRequest>>,
+}
+
+impl FakeLlm {
+    pub fn new(name: &str, mode: Mode) -> Arc<FakeLlm> {
+        Arc::new(FakeLlm {
+            name: name.into(),
+            mode: Mutex::new(mode),
+            calls: AtomicUsize::new(0),
+            last: Mutex::new(None),
+        })
+    }
+
+    pub fn tokens(words: &[&str]) -> Arc<FakeLlm> {
+        Self::new(
+            "fake",
+            Mode::Tokens(
+                words.iter().map(|w| w.to_string()).collect(),
+                Duration::ZERO,
+            ),
+        )
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Llm for FakeLlm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn model(&self) -> Option<String> {
+        Some(format!("{}-model", self.name))
+    }
+    async fn chat(&self, req: &ChatRequest) -> pichat::engines::Result<EventStream<LlmEvent>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap() = Some(req.clone());
+        let mode = self.mode.lock().unwrap().clone();
+        let name = self.name.clone();
+        match mode {
+            Mode::Down => Err(EngineError::Connect {
+                engine: name,
+                addr: "127.0.0.1:9".into(),
+                cause: "connection refused".into(),
+            }),
+            Mode::Tokens(tokens, delay) => Ok(EventStream::spawn(move |tx| async move {
+                for t in tokens {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if tx.send(Ok(LlmEvent::Token(t))).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx
+                    .send(Ok(LlmEvent::Usage {
+                        prompt: 10,
+                        completion: 3,
+                    }))
+                    .await;
+            })),
+            Mode::Stall(tokens) => Ok(EventStream::spawn(move |tx| async move {
+                for t in tokens {
+                    let _ = tx.send(Ok(LlmEvent::Token(t))).await;
+                }
+                std::future::pending::<()>().await;
+            })),
+            Mode::FailAfter(tokens) => Ok(EventStream::spawn(move |tx| async move {
+                for t in tokens {
+                    let _ = tx.send(Ok(LlmEvent::Token(t))).await;
+                }
+                let _ = tx
+                    .send(Err(EngineError::Protocol {
+                        engine: name,
+                        message: "stream broke".into(),
+                    }))
+                    .await;
+            })),
+        }
+    }
+}
+
+/// A speech-to-text engine that reports how much 16 kHz audio it got.
+pub struct CountingStt;
+
+struct CountingSession(usize);
+
+#[async_trait]
+impl SpeechToText for CountingStt {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    async fn start(&self) -> pichat::engines::Result<Box<dyn SttSession>> {
+        Ok(Box::new(CountingSession(0)))
+    }
+}
+
+#[async_trait]
+impl SttSession for CountingSession {
+    async fn push(&mut self, pcm: &[i16]) -> pichat::engines::Result<()> {
+        self.0 += pcm.len();
+        Ok(())
+    }
+    async fn finish(self: Box<Self>) -> pichat::engines::Result<String> {
+        Ok(format!("heard {} samples", self.0))
+    }
+}
+
+pub fn engines(llm: Vec<Arc<FakeLlm>>) -> Engines {
+    Engines {
+        stt: vec![],
+        llm: llm.into_iter().map(|l| l as Arc<dyn Llm>).collect(),
+        tts: vec![],
+    }
+}
+
+/// Options for tests: the defaults, with a high rate limit.
+pub fn options() -> ServerOptions {
+    ServerOptions {
+        rate_limit_per_min: 1000,
+        ..ServerOptions::default()
+    }
+}
+
+/// The real server, in this process, on 127.0.0.1:0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    pub handle: HistoryHandle,
+    pub shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    thread: Option<StoreThread>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start(engines: Engines) -> TestServer {
+        Self::start_with(engines, options()).await
+    }
+
+    pub async fn start_with(engines: Engines, opts: ServerOptions) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("server.db");
+        let (handle, thread) = HistoryHandle::open(&db, &OpenOptions::default()).unwrap();
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server::run(
+            listener,
+            handle.clone(),
+            engines,
+            opts,
+            shutdown.clone(),
+        ));
+        TestServer {
+            addr,
+            db,
+            handle,
+            shutdown,
+            task: Some(tokio::spawn(async move {
+                task.await.unwrap().unwrap();
+            })),
+            thread: Some(thread),
+            dir,
+        }
+    }
+
+    /// A new token for `user` (created if new).
+    pub async fn token(&self, user: &str) -> String {
+        let user = user.to_string();
+        self.handle
+            .call(move |s| auth::issue_token(s, &user, None).map(|(_, t)| t))
+            .await
+            .unwrap()
+    }
+
+    pub async fn connect(&self, token: &str) -> Client {
+        let mut req = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        Client::new(ws)
+    }
+
+    /// A connection that said `hello` (and got its `welcome`).
+    pub async fn hello(&self, token: &str, kind: &str) -> Client {
+        let mut c = self.connect(token).await;
+        let w = c
+            .request(
+                "hello",
+                json!({"protocol": 2, "client_id": "test", "client_kind": kind}),
+            )
+            .await;
+        assert_eq!(w["action"], "welcome", "{w}");
+        c
+    }
+
+    /// The upgrade request with the given token (header or query) and its HTTP outcome.
+    pub async fn try_connect(&self, bearer: Option<&str>, query: Option<&str>) -> Result<(), u16> {
+        let url = match query {
+            Some(q) => format!("ws://{}/ws?{q}", self.addr),
+            None => format!("ws://{}/ws", self.addr),
+        };
+        let mut req = url.into_client_request().unwrap();
+        if let Some(t) = bearer {
+            req.headers_mut()
+                .insert("Authorization", t.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => Ok(()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    /// Runs `f` on the store (for setup and checks).
+    pub async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> pichat::history::Result<T> + Send + 'static,
+    ) -> T {
+        self.handle.call(f).await.unwrap()
+    }
+
+    /// Shuts the server down and waits until it has stored everything.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("the server stops")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = self.thread.take();
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol client over a real WebSocket.
+pub struct Client {
+    pub ws: Ws,
+    next: u64,
+    /// Frames read while waiting for another one.
+    pub pending: VecDeque<Value>,
+}
+
+impl Client {
+    pub fn new(ws: Ws) -> Client {
+        Client {
+            ws,
+            next: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.unwrap();
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// The next text frame from the socket, or `None` when it closed.
+    pub async fn next_frame(&mut self) -> Option<Result<Value, Option<CloseFrame>>> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait")?;
+            match msg {
+                Ok(Message::Text(t)) => {
+                    return Some(Ok(serde_json::from_str(t.as_str()).expect("JSON")));
+                }
+                Ok(Message::Close(f)) => return Some(Err(f)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next frame (read earlier or now).
+    pub async fn recv(&mut self) -> Value {
+        if let Some(v) = self.pending.pop_front() {
+            return v;
+        }
+        match self.next_frame().await {
+            Some(Ok(v)) => v,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    pub fn next_id(&mut self) -> String {
+        self.next += 1;
+        format!("r{}", self.next)
+    }
+
+    /// Sends a request and returns the first reply carrying its request id;
+    /// other frames are kept in `pending`.
+    pub async fn request(&mut self, action: &str, payload: Value) -> Value {
+        let id = self.next_id();
+        self.send(json!({"action": action, "request_id": id, "payload": payload}))
+            .await;
+        self.reply_to(&id).await
+    }
+
+    /// The next frame answering `id` (others are kept in `pending`).
+    pub async fn reply_to(&mut self, id: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|v| v["request_id"] == id) {
+            return self.pending.remove(i).unwrap();
+        }
+        loop {
+            match self.next_frame().await {
+                Some(Ok(v)) if v["request_id"] == id => return v,
+                Some(Ok(v)) => self.pending.push_back(v),
+                other => panic!("waiting for {id}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts nothing is queued for this client: a ping's pong is the next frame.
+    pub async fn assert_quiet(&mut self) {
+        assert!(self.pending.is_empty(), "unexpected: {:?}", self.pending);
+        let id = self.next_id();
+        self.send(json!({"action": "ping", "request_id": id})).await;
+        let v = self.recv().await;
+        assert_eq!(
+            (v["action"].as_str(), v["request_id"].as_str()),
+            (Some("pong"), Some(id.as_str())),
+            "expected only the pong, got {v}"
+        );
+    }
+
+    /// Reads until the server closes; returns the close code. Then keeps
+    /// reading, as a client should, so the close reply goes out.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.next_frame().await {
+                Some(Ok(v)) => self.pending.push_back(v),
+                Some(Err(f)) => {
+                    self.finish().await;
+                    return f.map(|f| u16::from(f.code));
+                }
+                None => return None,
+            }
+        }
+    }
+
+    /// Reads until the socket ends (completes the closing handshake).
+    pub async fn finish(&mut self) {
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+
+    /// The frames of a `send_message` up to its typing-off, in order.
+    pub async fn stream(&mut self, id: &str) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let v = self.reply_to(id).await;
+            let end = v["action"] == "typing_indicator" && v["payload"]["is_typing"] == false;
+            let error_without_typing = v["action"] == "error" && frames.is_empty();
+            frames.push(v);
+            if end || error_without_typing {
+                return frames;
+            }
+        }
+    }
+}
+
+/// An upgrade request as raw bytes (for header checks).
+pub fn request_for(addr: SocketAddr, path: &str) -> http::Request<()> {
+    format!("ws://{addr}{path}").into_client_request().unwrap()
+}
+
+/// A new client-made id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A raw HTTP/1.1 request; returns the status code and the body.
+pub async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("a response")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `GET /health`: the status and the JSON body.
+pub async fn health(addr: SocketAddr) -> (u16, Value) {
+    let (status, body) = http(addr, "GET /health HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    (status, serde_json::from_str(&body).expect("JSON health"))
+}
+
+impl TestServer {
+    /// A connection whose socket has a tiny receive buffer, for slow-reader tests.
+    pub async fn connect_small_buffer(&self, token: &str) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock.connect(self.addr).await.unwrap();
+        let mut req = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+        Client::new(ws)
+    }
+
+    /// Waits until /health counts `n` connections.
+    pub async fn wait_connections(&self, n: u64) {
+        for _ in 0..1000 {
+            if health(self.addr).await.1["connections"] == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never reached {n} connections");
+    }
+}
