@@ -111,9 +111,32 @@ echo "    $version"
 [[ "$version" == "pichat "* ]] || die "unexpected --version output under qemu: '$version'"
 
 if ((run_tests)); then
+  # qemu-user runs vfork as fork, so glibc's posix_spawn cannot report a failed
+  # exec: spawning a missing program "succeeds" and the child exits 127. The
+  # unit test that checks that error fails under qemu only (it passes natively
+  # and on the Pi). It is skipped while this probe shows that qemu behaviour,
+  # and runs again as soon as qemu reports the error.
+  skip=()
+  probe="target/$TARGET/qemu-spawn-probe"
+  mkdir -p "target/$TARGET"
+  cat > "$probe.rs" <<'RS'
+fn main() {
+    match std::process::Command::new("pichat-no-such-program-xyz").spawn() {
+        Ok(mut child) => println!("spawned, exit {:?}", child.wait().map(|s| s.code())),
+        Err(e) => println!("error {:?}", e.kind()),
+    }
+}
+RS
+  rustc --edition 2021 -O --target "$TARGET" -C linker=aarch64-linux-gnu-gcc -o "$probe" "$probe.rs"
+  probe_out="$(qemu-aarch64-static "$probe")"
+  if [[ "$probe_out" == spawned* ]]; then
+    echo "    qemu probe: spawning a missing program under qemu-aarch64-static: $probe_out (natively: error NotFound)"
+    echo "    so skipping under qemu: engines::command::tests::failures_are_reported (asserts that error)"
+    skip=(--skip engines::command::tests::failures_are_reported)
+  fi
   log "cargo test --locked --target $TARGET --lib (unit tests under qemu-aarch64-static)"
   t0=$SECONDS
-  cargo test --locked --target "$TARGET" --lib
+  cargo test --locked --target "$TARGET" --lib -- "${skip[@]}"
   log "unit tests passed under qemu in $((SECONDS - t0)) s"
 fi
 log "aarch64 build OK: $BIN ($size bytes, stripped)"
