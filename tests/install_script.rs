@@ -106,7 +106,10 @@ fn install_into_a_scratch_root_then_again() {
 
     // Files.
     let installed = r.join("usr/bin/pichat");
-    assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(bin).unwrap());
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(bin).unwrap()
+    );
     let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o755);
     assert_eq!(
@@ -151,20 +154,36 @@ fn install_into_a_scratch_root_then_again() {
 
     let (ok, out) = install(&["--root", r_s, bin]);
     assert!(ok, "second install.sh failed:\n{out}");
-    assert!(!out.contains("installing"), "nothing to copy the second time:\n{out}");
+    assert!(
+        !out.contains("installing"),
+        "nothing to copy the second time:\n{out}"
+    );
     assert!(out.contains("usermod -a -G gpio pichat"), "{out}");
     assert_eq!(members(r, "gpio"), ["pichat"], "membership restored");
-    assert_eq!(read(&conf), "[log]\nlevel = \"debug\"\n", "the admin's config is kept");
-    assert!(out.contains("/etc/pichat/pichat.toml exists; kept"), "{out}");
+    assert_eq!(
+        read(&conf),
+        "[log]\nlevel = \"debug\"\n",
+        "the admin's config is kept"
+    );
+    assert!(
+        out.contains("/etc/pichat/pichat.toml exists; kept"),
+        "{out}"
+    );
 
     // A third run does nothing at all.
     let (ok, out) = install(&["--root", r_s, bin]);
     assert!(ok, "{out}");
     for action in ["groupadd", "useradd", "usermod", "installing", "systemctl"] {
-        assert!(!out.contains(&format!("==> {action}")), "{action} again:\n{out}");
+        assert!(
+            !out.contains(&format!("==> {action}")),
+            "{action} again:\n{out}"
+        );
     }
 
     // Bad input: one line naming the problem.
     let (ok, out) = install(&["--root", r_s, "/nonexistent/pichat"]);
-    assert!(!ok && out.contains("/nonexistent/pichat is not an executable file"), "{out}");
+    assert!(
+        !ok && out.contains("/nonexistent/pichat is not an executable file"),
+        "{out}"
+    );
 }

@@ -25,8 +25,7 @@ fn unit_path(name: &str) -> PathBuf {
 
 fn unit_text(name: &str) -> String {
     let path = unit_path(name);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 /// Runs `systemd-analyze ARGS`; a missing tool is a failure, with the fix.
@@ -194,24 +193,41 @@ fn assert_common(name: &str, unit: &str, subcommand: &str) {
     assert_eq!(one(unit, name, "Restart"), "on-failure", "{name}");
     assert_eq!(one(unit, name, "User"), "pichat", "{name}");
     assert_eq!(one(unit, name, "Group"), "pichat", "{name}");
-    assert!(values(unit, "DynamicUser").is_empty(), "{name}: static user");
+    assert!(
+        values(unit, "DynamicUser").is_empty(),
+        "{name}: static user"
+    );
     assert_eq!(one(unit, name, "StateDirectory"), "pichat", "{name}");
-    assert_eq!(one(unit, name, "ConfigurationDirectory"), "pichat", "{name}");
+    assert_eq!(
+        one(unit, name, "ConfigurationDirectory"),
+        "pichat",
+        "{name}"
+    );
     // Engines and clients over TCP (IPv4 and IPv6), the control socket and
     // the resolver over AF_UNIX; no blanket network cut-off.
     let families = words(unit, "RestrictAddressFamilies");
     for f in ["AF_UNIX", "AF_INET", "AF_INET6"] {
-        assert!(families.iter().any(|w| w == f), "{name}: {f} in {families:?}");
+        assert!(
+            families.iter().any(|w| w == f),
+            "{name}: {f} in {families:?}"
+        );
     }
     assert!(
         !families.iter().any(|w| w.starts_with('~')),
         "{name}: {families:?}"
     );
     for key in ["PrivateNetwork", "IPAddressDeny"] {
-        assert!(values(unit, key).is_empty(), "{name}: {key} cuts the network");
+        assert!(
+            values(unit, key).is_empty(),
+            "{name}: {key} cuts the network"
+        );
     }
     let umask = u32::from_str_radix(&one(unit, name, "UMask"), 8).unwrap();
-    assert_eq!(umask & 0o700, 0, "{name}: the owner must keep rw on its files");
+    assert_eq!(
+        umask & 0o700,
+        0,
+        "{name}: the owner must keep rw on its files"
+    );
     assert!(
         words(unit, "ExecStart").len() == 2 && !unit.contains("ExecStartPre"),
         "{name}: pichat itself is the main process (NotifyAccess=main)"
@@ -250,7 +266,10 @@ fn the_daemon_keeps_audio_gpio_and_its_socket() {
         "PrivateDevices=yes hides /dev/snd and /dev/gpiomem"
     );
     // rppal reads /proc/cpuinfo to identify the Pi.
-    assert!(values(&unit, "ProcSubset").is_empty(), "rppal needs /proc/cpuinfo");
+    assert!(
+        values(&unit, "ProcSubset").is_empty(),
+        "rppal needs /proc/cpuinfo"
+    );
 }
 
 #[test]
