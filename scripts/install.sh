@@ -169,7 +169,12 @@ if [[ -n "$ROOT" ]]; then
   exit 0
 fi
 if [[ ! -d /run/systemd/system ]]; then
-  echo "install.sh: systemd is not running on this machine; files installed, nothing enabled or started" >&2
+  if command -v systemctl >/dev/null; then
+    systemctl enable pichat.service # works offline: only symlinks
+    echo "install.sh: systemd is not running here (a chroot?): files installed and pichat.service enabled, nothing started" >&2
+  else
+    echo "install.sh: no systemd here: files installed, nothing enabled or started" >&2
+  fi
   exit 0
 fi
 if ((unit_changed)); then
