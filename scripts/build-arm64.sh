@@ -68,7 +68,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v rustup >/dev/null || die "rustup not found (run scripts/deps.sh first)"
 if ! rustup target list --installed | grep -qx "$TARGET"; then
   log "rustup target add $TARGET"
-  rustup target add "$TARGET"
+  rustup target add "$TARGET" ||
+    die "rustup could not add $TARGET (see its error above): it downloads the target's std from the Rust distribution server; retry with network, or copy ~/.rustup from a machine that has it"
 fi
 
 # ---------------------------------------------------------------- cross environment
