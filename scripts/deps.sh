@@ -3,7 +3,8 @@
 # Raspberry Pi OS (bookworm or later). Idempotent; runs apt only for what is
 # missing. Usage: scripts/deps.sh [--build|--test]
 #   --build  compilers and libraries to build pichat (default)
-#   --test   also what the tests use (python3, sqlite3, util-linux's setpriv)
+#   --test   also what the tests use (python3, sqlite3, util-linux's setpriv,
+#            systemd-analyze)
 set -euo pipefail
 
 mode="${1:---build}"
@@ -16,8 +17,9 @@ fi
 pkgs=(build-essential pkg-config libasound2-dev curl ca-certificates)
 if [[ "$mode" == "--test" ]]; then
   # python3/sqlite3: lock and schema tests; pulseaudio + the ALSA pulse plugin:
-  # real-time virtual microphone and speaker for audio tests.
-  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils)
+  # real-time virtual microphone and speaker for audio tests; systemd:
+  # systemd-analyze for tests/systemd_units.rs (works without systemd running).
+  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd)
 fi
 
 missing=()

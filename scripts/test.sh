@@ -3,7 +3,8 @@
 # (apt packages, the local engines), then runs the format check, clippy,
 # every test (unit and integration: real SQLite files, real cpal on virtual
 # ALSA devices and a private PulseAudio, the real binary, fake engines for
-# fault injection), and the end-to-end tests on the real local engines.
+# fault injection), and the end-to-end tests on the real local engines;
+# last, the aarch64 cross build with its unit tests under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,5 @@ echo "==> cargo test"
 cargo test --all-targets
 echo "==> end-to-end on the real engines"
 cargo test --test e2e_engines -- --ignored --test-threads=1
+echo "==> aarch64 (the Pi): cross build, pichat --version and the unit tests under qemu"
+scripts/build-arm64.sh
