@@ -188,7 +188,13 @@ pub fn play(args: PlayArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCod
 }
 
 pub fn ptt(cmd: PttCmd, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let cfg = super::load_config(cli_config)?.config;
+    let loaded = super::load_config(cli_config)?;
+    let mut cfg = loaded.config;
+    // A user talking to the system service: its socket is in /run/pichat.
+    let service_socket = Path::new("/run/pichat/pichat.sock");
+    if loaded.raw.ptt.socket.is_empty() && !cfg.ptt.socket.exists() && service_socket.exists() {
+        cfg.ptt.socket = service_socket.to_path_buf();
+    }
     let word = match cmd {
         PttCmd::Press => "press",
         PttCmd::Release => "release",

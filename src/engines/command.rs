@@ -71,6 +71,14 @@ impl CommandTts {
                 after: self.timeout,
             })?
             .map_err(|e| fail(e.to_string()))?;
+        // 127 with no output: the program was not found (how a shell, or
+        // an emulator that cannot report a failed exec, says it).
+        if out.status.code() == Some(127) && out.stdout.is_empty() {
+            return Err(EngineError::Config {
+                engine: self.name.clone(),
+                message: format!("cannot run {prog}: not found (is it installed and on PATH?)"),
+            });
+        }
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let tail: String = err
