@@ -13,5 +13,6 @@ pub mod ptt;
 pub mod server;
 pub mod service;
 pub mod signals;
+pub mod sync;
 pub mod time;
 pub mod voice;

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod fakes;
 mod history;
 mod server;
+mod sync;
 mod voice;
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ pub enum BenchCmd {
     Voice(voice::Args),
     /// The chat server: idle connections held, send_message round trips, sync of a large history, notification latency.
     Server(server::Args),
+    /// The sync: catching up a new device, pushing an outage's turns, device-to-device latency.
+    Sync(sync::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -30,6 +33,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Audio(a) => audio::run(a),
         BenchCmd::Voice(a) => voice::run(a),
         BenchCmd::Server(a) => server::run(a),
+        BenchCmd::Sync(a) => sync::run(a),
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -279,7 +279,7 @@ async fn check_engine(cfg: &Config, stage: &str, name: &str) -> anyhow::Result<S
             ))
         }
         "llm" => {
-            let llm = engines::build_llm(e)?;
+            let llm = engines::build_llm(e, &cfg.sync)?;
             let req = ChatRequest {
                 messages: vec![ChatMessage {
                     role: Role::User,
@@ -287,6 +287,7 @@ async fn check_engine(cfg: &Config, stage: &str, name: &str) -> anyhow::Result<S
                 }],
                 temperature: Some(0.0),
                 max_tokens: Some(4),
+                ..Default::default()
             };
             let mut s = llm.chat(&req).await?;
             let mut text = String::new();

@@ -6,6 +6,7 @@ mod config_cmd;
 mod doctor_cmd;
 mod history_cmd;
 mod server_cmd;
+mod sync_cmd;
 mod voice_cmd;
 
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
+    /// Sync the local history with the chat server now, or show the sync's status.
+    Sync(sync_cmd::SyncArgs),
     /// Browse, search, export and maintain the local conversation history.
     History(history_cmd::HistoryArgs),
     /// List audio devices and the configurations they support.
@@ -85,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Transcribe(a) => voice_cmd::transcribe(a, cli.config.as_deref()),
         Command::Doctor => doctor_cmd::run(cli.config.as_deref()),
         Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
+        Command::Sync(a) => sync_cmd::run(a, cli.config.as_deref()),
         Command::History(args) => history_cmd::run(args, cli.config.as_deref()),
         Command::Devices(a) => audio_cmd::devices(a),
         Command::Record(a) => audio_cmd::record(a, cli.config.as_deref()),

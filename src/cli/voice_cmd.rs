@@ -115,7 +115,7 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
             ptt.armed.sources.join(" + "),
             cfg.history.path.display()
         );
-        let voice = Voice::new(
+        let mut voice = Voice::new(
             &cfg,
             VoiceParts {
                 history: history.clone(),
@@ -127,6 +127,11 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
         );
         let (control, control_rx) = tokio::sync::mpsc::channel(4);
         let tracker = TaskTracker::new();
+        // The sync with the chat server, if configured: it only reads and
+        // writes the local store; no turn ever waits on it.
+        let kick = std::sync::Arc::new(tokio::sync::Notify::new());
+        voice.sync_kick = Some(kick.clone());
+        let mut sync_token = start_sync(&cfg, &history, &kick, &tracker, &shutdown);
         tracker.spawn(daemon::run(voice, ptt_rx, control_rx, shutdown.clone()));
         tracing::info!("{ready} (in {} ms)", started.elapsed().as_millis());
         crate::service::ready("listening for push-to-talk");
@@ -140,6 +145,11 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
                     let t = std::time::Instant::now();
                     crate::service::reloading();
                     if let Some(next) = reload(&path, must_exist, &current, &hub, &mut ptt, &shutdown, &control).await {
+                        if next.sync != current.sync {
+                            sync_token.cancel();
+                            sync_token = start_sync(&next, &history, &kick, &tracker, &shutdown);
+                            tracing::info!("sync target changed: restarted");
+                        }
                         current = next;
                         tracing::info!("config reloaded from {} in {} ms", path.display(), t.elapsed().as_millis());
                     }
@@ -157,6 +167,26 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the sync task when `sync.url` is set; returns its stop token.
+fn start_sync(
+    cfg: &Config,
+    history: &HistoryHandle,
+    kick: &std::sync::Arc<tokio::sync::Notify>,
+    tracker: &TaskTracker,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> tokio_util::sync::CancellationToken {
+    let token = shutdown.child_token();
+    if cfg.sync.url.is_some() {
+        tracker.spawn(crate::sync::run(
+            cfg.sync.clone(),
+            history.clone(),
+            kick.clone(),
+            token.clone(),
+        ));
+    }
+    token
 }
 
 /// The armed push-to-talk sources, on their own tracker so they can be

@@ -585,12 +585,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             .unwrap_or_else(|| paths::runtime_dir().join("pichat.sock")),
     };
 
-    c.engine_list(
-        "stt.engines",
-        &raw.stt.engines,
-        raw,
-        &["wyoming", "openai", "server"],
-    );
+    c.engine_list("stt.engines", &raw.stt.engines, raw, &["wyoming", "openai"]);
     let stt = SttConfig {
         engines: raw.stt.engines.clone(),
         language: raw.stt.language.clone(),
@@ -609,7 +604,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         "tts.engines",
         &raw.tts.engines,
         raw,
-        &["wyoming", "openai", "command", "server"],
+        &["wyoming", "openai", "command"],
     );
     let tts = TtsConfig {
         engines: raw.tts.engines.clone(),

@@ -12,6 +12,7 @@
 pub mod command;
 pub mod fallback;
 pub mod openai;
+pub mod server;
 pub mod sse;
 pub mod wyoming;
 
@@ -109,6 +110,12 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
+    /// The turn's ids, for engines that store the turn themselves (the
+    /// chat server): the conversation, its title, the question.
+    pub conversation_id: Option<String>,
+    pub conversation_title: Option<String>,
+    pub question_id: Option<String>,
+    pub question_is_audio: bool,
 }
 
 /// A piece of a streamed LLM reply.
@@ -120,6 +127,8 @@ pub enum LlmEvent {
         prompt: u32,
         completion: u32,
     },
+    /// The id the reply is stored under by the engine (the chat server).
+    ReplyId(String),
 }
 
 /// A stream of events from a background task; dropping it cancels the task
@@ -257,9 +266,10 @@ pub fn build_stt(e: &EngineConfig, language: &str) -> Result<Arc<dyn SpeechToTex
     }
 }
 
-pub fn build_llm(e: &EngineConfig) -> Result<Arc<dyn Llm>> {
+pub fn build_llm(e: &EngineConfig, sync: &crate::config::SyncConfig) -> Result<Arc<dyn Llm>> {
     match &e.kind {
         EngineKind::OpenAi { .. } => Ok(Arc::new(openai::OpenAiLlm::new(e)?)),
+        EngineKind::Server => Ok(Arc::new(server::ServerLlm::new(e, sync))),
         _ => Err(not_for(e, "LLM")),
     }
 }
@@ -295,7 +305,7 @@ impl Engines {
                 .collect::<Result<_>>()?,
             llm: llm
                 .iter()
-                .map(|n| build_llm(pick(cfg, n)?))
+                .map(|n| build_llm(pick(cfg, n)?, &cfg.sync))
                 .collect::<Result<_>>()?,
             tts: tts
                 .iter()

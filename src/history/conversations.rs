@@ -116,7 +116,7 @@ impl Store {
         let title = check_title(title)?;
         self.touch(
             id,
-            "UPDATE conversations SET title = ?1, updated_at = max(updated_at, ?2), pending = 1 WHERE id = ?3",
+            "UPDATE conversations SET title = ?1, updated_at = max(updated_at, ?2), pending = 1, pending_fields = pending_fields | 1 WHERE id = ?3",
             &title,
         )
     }
@@ -124,7 +124,7 @@ impl Store {
     pub fn set_archived(&mut self, id: &str, archived: bool) -> Result<Conversation> {
         self.touch(
             id,
-            "UPDATE conversations SET archived = ?1, updated_at = max(updated_at, ?2), pending = 1 WHERE id = ?3",
+            "UPDATE conversations SET archived = ?1, updated_at = max(updated_at, ?2), pending = 1, pending_fields = pending_fields | 2 WHERE id = ?3",
             &archived,
         )
     }
@@ -132,7 +132,7 @@ impl Store {
     pub fn set_model(&mut self, id: &str, model_id: &str) -> Result<Conversation> {
         self.touch(
             id,
-            "UPDATE conversations SET model_id = ?1, updated_at = max(updated_at, ?2), pending = 1 WHERE id = ?3",
+            "UPDATE conversations SET model_id = ?1, updated_at = max(updated_at, ?2), pending = 1, pending_fields = pending_fields | 4 WHERE id = ?3",
             &model_id,
         )
     }
@@ -227,7 +227,7 @@ impl Store {
             match action {
                 CleanupAction::Archive => {
                     tx.execute(
-                        "UPDATE conversations SET archived = 1, updated_at = max(updated_at, ?1), pending = 1 WHERE id = ?2",
+                        "UPDATE conversations SET archived = 1, updated_at = max(updated_at, ?1), pending = 1, pending_fields = pending_fields | 2 WHERE id = ?2",
                         params![now, key("conversation", &c.id)?],
                     )?;
                 }

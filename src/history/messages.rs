@@ -9,22 +9,27 @@ pub(super) const MSG_COLS: &str = "m.id, m.conversation_id, m.role, m.content, m
      m.tokens_used, m.response_time_ms, m.is_audio, m.origin, m.reply_to, m.metadata, m.rev";
 
 pub(super) fn msg_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
-    let role: String = r.get(2)?;
-    let origin: String = r.get(9)?;
+    msg_from_row_at(r, 0)
+}
+
+/// A message from the columns of [`MSG_COLS`] starting at `at`.
+pub(super) fn msg_from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
+    let role: String = r.get(at + 2)?;
+    let origin: String = r.get(at + 9)?;
     Ok(Message {
-        id: id_at(r, 0)?,
-        conversation_id: id_at(r, 1)?,
+        id: id_at(r, at)?,
+        conversation_id: id_at(r, at + 1)?,
         role: Role::parse(&role).unwrap_or(Role::User),
-        content: r.get(3)?,
-        created_at: r.get(4)?,
-        model_id: r.get(5)?,
-        tokens_used: r.get(6)?,
-        response_time_ms: r.get(7)?,
-        is_audio: r.get(8)?,
+        content: r.get(at + 3)?,
+        created_at: r.get(at + 4)?,
+        model_id: r.get(at + 5)?,
+        tokens_used: r.get(at + 6)?,
+        response_time_ms: r.get(at + 7)?,
+        is_audio: r.get(at + 8)?,
         origin: Origin::parse(&origin).unwrap_or(Origin::Api),
-        reply_to: opt_id_at(r, 10)?,
-        metadata: meta_from_sql(r.get(11)?),
-        rev: r.get(12)?,
+        reply_to: opt_id_at(r, at + 10)?,
+        metadata: meta_from_sql(r.get(at + 11)?),
+        rev: r.get(at + 12)?,
     })
 }
 

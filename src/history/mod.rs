@@ -18,6 +18,7 @@ pub mod model;
 pub mod schema;
 mod search;
 pub mod server;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

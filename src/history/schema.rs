@@ -5,7 +5,15 @@
 //! is refused without being touched.
 
 /// `MIGRATIONS[i]` takes the database from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+
+/// Version 3: which fields of a conversation were changed here and not yet
+/// pushed (bits: 1 title, 2 archived, 4 model), so that a sync merges field
+/// by field: a rename on the web and an archive on the device both hold.
+const V3: &str = r#"
+ALTER TABLE conversations ADD COLUMN pending_fields INTEGER NOT NULL DEFAULT 0;
+UPDATE conversations SET pending_fields = 7 WHERE pending = 1;
+"#;
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

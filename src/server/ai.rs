@@ -524,6 +524,8 @@ async fn stream_reply(
             Ok(Some(Ok(LlmEvent::Usage { completion, .. }))) => {
                 usage = Some(i64::from(completion));
             }
+            // Another server's id for its copy: this server stores its own.
+            Ok(Some(Ok(LlmEvent::ReplyId(_)))) => {}
             Ok(Some(Ok(LlmEvent::Token(mut t)))) => {
                 if t.is_empty() {
                     continue;

@@ -81,6 +81,8 @@ pub struct Voice {
     earcons: Earcons,
     /// Off for one-shot questions (`pichat ask`), where there is no button.
     pub earcons_on: bool,
+    /// Told when a turn is stored, so the sync pushes it.
+    pub sync_kick: Option<Arc<tokio::sync::Notify>>,
     system_prompt: String,
     context_tokens: usize,
     max_listen: Duration,
@@ -97,6 +99,9 @@ pub struct Voice {
     /// The LLM's messages for the current question.
     context: Option<Vec<crate::history::ChatMessage>>,
     llm_model: Arc<Mutex<Option<String>>>,
+    /// The id an engine stored the reply under (the chat server), if any.
+    reply_id: Arc<Mutex<Option<String>>>,
+    question_is_audio: bool,
     times: Arc<Mutex<TurnTimes>>,
     pub last: TurnReport,
 }
@@ -129,6 +134,7 @@ impl Voice {
             sink: parts.sink,
             earcons: parts.earcons,
             earcons_on: true,
+            sync_kick: None,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
             max_listen: cfg.stt.max_duration,
@@ -144,6 +150,8 @@ impl Voice {
             question_id: None,
             context: None,
             llm_model: Arc::default(),
+            reply_id: Arc::default(),
+            question_is_audio: false,
             times: Arc::default(),
             last: TurnReport::default(),
         }
@@ -387,6 +395,7 @@ impl Voice {
         self.conversation = Some(conv_id.clone());
         self.last.conversation_id = Some(conv_id);
         self.question_id = Some(question_id);
+        self.question_is_audio = from_voice;
     }
 
     async fn ask_llm(&mut self) {
@@ -405,8 +414,20 @@ impl Voice {
         });
         let req = ChatRequest {
             messages,
+            conversation_id: self.conversation.clone(),
+            conversation_title: self
+                .last
+                .question
+                .as_deref()
+                .map(crate::history::title_from),
+            question_id: self.question_id.clone(),
+            question_is_audio: self.question_is_audio,
             ..Default::default()
         };
+        let reply_id = self.reply_id.clone();
+        if let Ok(mut r) = reply_id.lock() {
+            *r = None;
+        }
         let llms = self.engines.llm.clone();
         let tx = self.events_tx.clone();
         let model = self.llm_model.clone();
@@ -438,6 +459,11 @@ impl Voice {
                         }
                     }
                     Ok(LlmEvent::Usage { completion, .. }) => tokens = Some(completion),
+                    Ok(LlmEvent::ReplyId(id)) => {
+                        if let Ok(mut r) = reply_id.lock() {
+                            *r = Some(id);
+                        }
+                    }
                     Err(e) => {
                         let _ = tx.send(Event::LlmFailed(e.to_string())).await;
                         return;
@@ -473,6 +499,7 @@ impl Voice {
             return;
         };
         let model = self.llm_model.lock().ok().and_then(|m| m.clone());
+        let reply_id = self.reply_id.lock().ok().and_then(|m| m.clone());
         let rt = self
             .times
             .lock()
@@ -482,6 +509,7 @@ impl Voice {
             .history
             .call(move |s| {
                 let mut m = NewMessage::new(&conv, Role::Assistant, text);
+                m.id = reply_id;
                 m.model_id = model;
                 m.tokens_used = tokens.map(i64::from);
                 m.response_time_ms = rt;
@@ -492,8 +520,13 @@ impl Voice {
                 s.append_message(m)
             })
             .await;
-        if let Err(e) = r {
-            tracing::error!("history: cannot store the answer: {e}");
+        match r {
+            Ok(_) => {
+                if let Some(k) = &self.sync_kick {
+                    k.notify_one();
+                }
+            }
+            Err(e) => tracing::error!("history: cannot store the answer: {e}"),
         }
     }
 

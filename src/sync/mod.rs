@@ -1,0 +1,662 @@
+//! Offline-first sync of the local history with the chat server.
+//!
+//! A session: connect with the device token, `hello`, pull every change
+//! since the stored cursor with `sync` (each page and its cursor applied in
+//! one local transaction), push the outbox (conversations created, renamed,
+//! archived or deleted here, and voice turns, with their client ids), then
+//! stay connected: apply notifications (pulling again on a rev gap), push
+//! whenever a turn is stored, keep the connection alive. Any failure ends
+//! the session; [`run`] reconnects with capped exponential backoff and
+//! jitter. The voice turn never waits on any of this: it only writes to
+//! the local store and kicks the sync.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SyncConfig;
+use crate::history::actor::HistoryHandle;
+use crate::history::sync::{self as hsync, Remote};
+use crate::history::{self, HistoryError};
+use crate::protocol::{self, ClientFrame, Reply, Request, ServerFrame, requests as rq};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Messages pushed per `append_messages` (the protocol allows 500).
+const PUSH_BATCH: usize = 500;
+/// Changes asked per `sync` page.
+const PAGE: u32 = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("sync is off: set sync.url in the config")]
+    Off,
+    #[error("no device token: {0} (create one with `pichat token add USER` on the server)")]
+    Token(String),
+    #[error("cannot connect to {url}: {cause}")]
+    Connect { url: String, cause: String },
+    #[error("the server refused the token (HTTP 401): check sync.token_file / sync.token_env")]
+    Unauthorized,
+    #[error("connection to the server lost: {0}")]
+    Lost(String),
+    #[error("the server answered {action}: {message}")]
+    Refused { action: String, message: String },
+    #[error("unexpected from the server: {0}")]
+    Protocol(String),
+    #[error("no answer from the server within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+impl SyncError {
+    /// Retrying later may help (a network or server problem).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            SyncError::Off | SyncError::Token(_) | SyncError::Unauthorized
+        )
+    }
+}
+
+type Result<T, E = SyncError> = std::result::Result<T, E>;
+
+/// What a session did, for `pichat sync` and the log.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub pulled: usize,
+    pub pushed_messages: usize,
+    pub pushed_conversations: usize,
+    pub pushed_deletes: usize,
+    pub dropped_unsent: usize,
+    pub cursor: i64,
+}
+
+/// A connection to the server for the sync.
+pub struct Session {
+    ws: Ws,
+    history: HistoryHandle,
+    next_id: u64,
+    timeout: Duration,
+    pub report: Report,
+    cursor: i64,
+}
+
+/// Opens a WebSocket to the server with the device token.
+pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
+    let url = cfg.url.as_ref().ok_or(SyncError::Off)?;
+    let token = cfg
+        .token
+        .read()
+        .map_err(SyncError::Token)?
+        .ok_or_else(|| SyncError::Token("none configured".into()))?;
+    crate::engines::init_tls();
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| SyncError::Connect {
+            url: url.to_string(),
+            cause: e.to_string(),
+        })?;
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().map_err(|_| {
+            SyncError::Token("the token has characters a header cannot hold".into())
+        })?,
+    );
+    let connector = match &cfg.ca_file {
+        Some(ca) => Some(tls_with_ca(ca).map_err(|cause| SyncError::Connect {
+            url: url.to_string(),
+            cause,
+        })?),
+        None => None,
+    };
+    let fut = tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector);
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(SyncError::Timeout(timeout)),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(r))) if r.status().as_u16() == 401 => {
+            Err(SyncError::Unauthorized)
+        }
+        Ok(Err(e)) => Err(SyncError::Connect {
+            url: url.to_string(),
+            cause: e.to_string(),
+        }),
+    }
+}
+
+/// TLS with the system roots plus a private CA (PEM).
+fn tls_with_ca(
+    path: &std::path::Path,
+) -> std::result::Result<tokio_tungstenite::Connector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read sync.ca_file {}: {e}", path.display()))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("sync.ca_file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "sync.ca_file {} holds no certificate",
+            path.display()
+        ));
+    }
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("sync.ca_file {}: {e}", path.display()))?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+}
+
+fn conv_to_remote(c: &protocol::records::Conversation) -> Remote {
+    Remote::Conversation {
+        c: history::Conversation {
+            id: c.id.to_string(),
+            title: c.title.clone(),
+            model_id: c.model_id.clone(),
+            user_id: None,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            last_message_at: c.last_message_at,
+            message_count: c.message_count,
+            archived: c.archived,
+            metadata: serde_json::Value::Null,
+            rev: c.rev,
+        },
+        deleted: c.deleted,
+    }
+}
+
+fn change_to_remote(ch: &protocol::records::Change) -> Remote {
+    use protocol::records::{ChangeRecord, Op};
+    match &ch.record {
+        ChangeRecord::Conversation(c) => match conv_to_remote(c) {
+            Remote::Conversation { c, deleted } => Remote::Conversation {
+                c,
+                deleted: deleted || ch.op == Op::Delete,
+            },
+            other => other,
+        },
+        ChangeRecord::Message(m) => Remote::Message(history::Message::from(m)),
+        ChangeRecord::Settings(s) => Remote::Settings(serde_json::to_value(s).unwrap_or_default()),
+    }
+}
+
+/// The rev a notification carries, and its change.
+fn notification(body: &Reply) -> Option<(i64, Remote)> {
+    match body {
+        Reply::ConversationCreated(p) | Reply::ConversationUpdated(p) => {
+            Some((p.conversation.rev, conv_to_remote(&p.conversation)))
+        }
+        Reply::NewMessage(p) => Some((
+            p.message.rev,
+            Remote::Message(history::Message::from(&p.message)),
+        )),
+        Reply::ConversationDeleted(d) => {
+            let mut c = protocol::records::Conversation {
+                id: d.id,
+                title: "deleted".into(),
+                created_at: 0,
+                updated_at: 0,
+                last_message_at: None,
+                message_count: 0,
+                archived: false,
+                model_id: None,
+                rev: d.rev,
+                deleted: true,
+            };
+            c.deleted = true;
+            Some((d.rev, conv_to_remote(&c)))
+        }
+        Reply::SettingsUpdated(p) => Some((
+            p.settings.rev,
+            Remote::Settings(serde_json::to_value(&p.settings).unwrap_or_default()),
+        )),
+        _ => None,
+    }
+}
+
+impl Session {
+    /// Connects and says hello.
+    pub async fn open(cfg: &SyncConfig, history: HistoryHandle) -> Result<Session> {
+        let timeout = Duration::from_secs(15).max(cfg.keepalive);
+        let ws = connect(cfg, timeout).await?;
+        let (client_id, cursor) = history
+            .call(|s| Ok((s.client_id()?, s.sync_cursor()?)))
+            .await?;
+        let mut s = Session {
+            ws,
+            history,
+            next_id: 0,
+            timeout,
+            report: Report::default(),
+            cursor,
+        };
+        let hello = rq::Hello {
+            protocol: protocol::PROTOCOL_VERSION,
+            client_id,
+            client_kind: rq::ClientKind::Voice,
+            last_rev: Some(cursor),
+        };
+        match s.request(Request::Hello(hello)).await? {
+            Reply::Welcome(_) => Ok(s),
+            other => Err(SyncError::Protocol(format!(
+                "expected welcome, got {}",
+                other.action()
+            ))),
+        }
+    }
+
+    async fn send(&mut self, frame: ClientFrame) -> Result<()> {
+        tokio::time::timeout(self.timeout, self.ws.send(WsMessage::text(frame.encode())))
+            .await
+            .map_err(|_| SyncError::Timeout(self.timeout))?
+            .map_err(|e| SyncError::Lost(e.to_string()))
+    }
+
+    /// The next frame from the server (pings are answered by the library).
+    async fn recv(&mut self, wait: Duration) -> Result<ServerFrame> {
+        loop {
+            let m = tokio::time::timeout(wait, self.ws.next())
+                .await
+                .map_err(|_| SyncError::Timeout(wait))?
+                .ok_or_else(|| SyncError::Lost("closed by the server".into()))?
+                .map_err(|e| SyncError::Lost(e.to_string()))?;
+            match m {
+                WsMessage::Text(t) => {
+                    return ServerFrame::decode(t.as_str())
+                        .map_err(|e| SyncError::Protocol(e.to_string()));
+                }
+                WsMessage::Close(c) => {
+                    return Err(SyncError::Lost(format!("closed by the server ({c:?})")));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply; notifications arriving
+    /// meanwhile are applied. A `rate_limited` answer is waited out and the
+    /// request sent again.
+    async fn request(&mut self, body: Request) -> Result<Reply> {
+        let action = body.action();
+        for _ in 0..100 {
+            self.next_id += 1;
+            let id = format!("s{}", self.next_id);
+            self.send(ClientFrame::new(Some(id.clone()), body.clone()))
+                .await?;
+            let reply = loop {
+                let f = self.recv(self.timeout).await?;
+                if f.request_id.as_deref() == Some(id.as_str()) {
+                    break f.body;
+                }
+                self.on_notification(f).await?;
+            };
+            match reply {
+                Reply::Error(e) if e.code == protocol::ErrorCode::RateLimited => {
+                    let wait =
+                        Duration::from_millis(e.retry_after_ms.unwrap_or(1000).clamp(10, 60_000));
+                    tokio::time::sleep(wait).await;
+                }
+                Reply::Error(e) => {
+                    return Err(SyncError::Refused {
+                        action: action.into(),
+                        message: format!("{}: {}", e.code.as_str(), e.message),
+                    });
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(SyncError::Refused {
+            action: action.into(),
+            message: "rate_limited: the server keeps refusing; giving up for now".into(),
+        })
+    }
+
+    async fn on_notification(&mut self, f: ServerFrame) -> Result<()> {
+        let Some((rev, change)) = notification(&f.body) else {
+            return Ok(());
+        };
+        if rev <= self.cursor {
+            return Ok(());
+        }
+        if rev == self.cursor + 1 {
+            self.apply(vec![change], rev).await
+        } else {
+            // A gap: something was missed; catch up from the cursor.
+            Box::pin(self.pull()).await
+        }
+    }
+
+    async fn apply(&mut self, changes: Vec<Remote>, cursor: i64) -> Result<()> {
+        let n = changes.len();
+        let a = self
+            .history
+            .call(move |s| s.apply_remote(&changes, cursor))
+            .await?;
+        if a.dropped_unsent > 0 {
+            tracing::warn!(
+                "sync: {} message(s) not yet sent were dropped with conversations deleted on the server",
+                a.dropped_unsent
+            );
+        }
+        self.report.pulled += n;
+        self.report.dropped_unsent += a.dropped_unsent;
+        self.cursor = self.cursor.max(cursor);
+        self.report.cursor = self.cursor;
+        Ok(())
+    }
+
+    /// Pulls every change since the cursor, page by page.
+    pub async fn pull(&mut self) -> Result<()> {
+        loop {
+            let req = rq::SyncRequest {
+                since: self.cursor,
+                limit: Some(PAGE),
+            };
+            let batch = match self.request(Request::Sync(req)).await? {
+                Reply::SyncBatch(b) => b,
+                other => {
+                    return Err(SyncError::Protocol(format!(
+                        "expected sync_batch, got {}",
+                        other.action()
+                    )));
+                }
+            };
+            let changes: Vec<Remote> = batch.changes.iter().map(change_to_remote).collect();
+            let rev = batch.rev.max(self.cursor);
+            self.apply(changes, rev).await?;
+            if !batch.has_more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Pushes everything waiting: conversations first (messages need them),
+    /// then deletes, then messages in batches.
+    pub async fn push(&mut self) -> Result<()> {
+        loop {
+            let out = self.history.call(|s| s.outbox(PUSH_BATCH)).await?;
+            if out.is_empty() {
+                return Ok(());
+            }
+            for (c, fields) in &out.conversations {
+                let (c, fields) = (c, *fields);
+                let id = parse_id(&c.id)?;
+                let rev = if c.rev == 0 {
+                    let body = rq::CreateConversation {
+                        id: Some(id),
+                        title: Some(c.title.clone()),
+                        model_id: c.model_id.clone(),
+                    };
+                    let rev = match self.request(Request::CreateConversation(body)).await? {
+                        Reply::ConversationCreated(p) => p.conversation.rev,
+                        other => {
+                            return Err(SyncError::Protocol(format!(
+                                "expected conversation_created, got {}",
+                                other.action()
+                            )));
+                        }
+                    };
+                    // Archived (or renamed) here before it was ever pushed.
+                    if c.archived || fields != 0 {
+                        self.update(c, id, fields | 2).await?.max(rev)
+                    } else {
+                        rev
+                    }
+                } else {
+                    self.update(c, id, fields).await?
+                };
+                let (cid, at) = (c.id.clone(), c.updated_at);
+                self.history
+                    .call(move |s| s.ack_conversation(&cid, at, rev))
+                    .await?;
+                self.report.pushed_conversations += 1;
+            }
+            for d in &out.deleted {
+                let body = rq::ById { id: parse_id(d)? };
+                let rev = match self.request(Request::DeleteConversation(body)).await {
+                    Ok(Reply::ConversationDeleted(p)) => p.rev,
+                    Ok(other) => {
+                        return Err(SyncError::Protocol(format!(
+                            "expected conversation_deleted, got {}",
+                            other.action()
+                        )));
+                    }
+                    // Never on the server: nothing to delete there.
+                    Err(SyncError::Refused { message, .. }) if message.starts_with("not_found") => {
+                        0
+                    }
+                    Err(e) => return Err(e),
+                };
+                let did = d.clone();
+                self.history.call(move |s| s.ack_deleted(&did, rev)).await?;
+                self.report.pushed_deletes += 1;
+            }
+            if !out.messages.is_empty() {
+                let through = out.messages.last().map(|(seq, _)| *seq).unwrap_or(0);
+                let inputs: Vec<protocol::records::MessageInput> = out
+                    .messages
+                    .iter()
+                    .map(|(_, m)| protocol::records::MessageInput::from(m))
+                    .collect();
+                let r = match self
+                    .request(Request::AppendMessages(rq::AppendMessages {
+                        messages: inputs,
+                    }))
+                    .await?
+                {
+                    Reply::MessagesAppended(r) => r,
+                    other => {
+                        return Err(SyncError::Protocol(format!(
+                            "expected messages_appended, got {}",
+                            other.action()
+                        )));
+                    }
+                };
+                for rej in &r.rejected {
+                    tracing::warn!(
+                        "sync: the server refused message {}: {}",
+                        rej.id,
+                        rej.message
+                    );
+                }
+                // Stored, already there, or refused for good: none is pushed again.
+                let done: Vec<String> = r
+                    .stored
+                    .iter()
+                    .chain(&r.duplicates)
+                    .chain(r.rejected.iter().map(|x| &x.id))
+                    .map(|u| u.to_string())
+                    .collect();
+                self.report.pushed_messages += r.stored.len();
+                let rev = r.rev;
+                self.history
+                    .call(move |s| s.ack_messages(&done, through, rev))
+                    .await?;
+            }
+        }
+    }
+
+    /// Sends the fields of a conversation changed here (bits: 1 title,
+    /// 2 archived, 4 model); returns the server's rev.
+    async fn update(
+        &mut self,
+        c: &history::Conversation,
+        id: uuid::Uuid,
+        fields: u8,
+    ) -> Result<i64> {
+        if fields == 0 {
+            return Ok(c.rev);
+        }
+        let body = rq::UpdateConversation {
+            id,
+            title: (fields & 1 != 0).then(|| c.title.clone()),
+            archived: (fields & 2 != 0).then_some(c.archived),
+            model_id: (fields & 4 != 0).then(|| c.model_id.clone()),
+        };
+        match self.request(Request::UpdateConversation(body)).await? {
+            Reply::ConversationUpdated(p) => Ok(p.conversation.rev),
+            other => Err(SyncError::Protocol(format!(
+                "expected conversation_updated, got {}",
+                other.action()
+            ))),
+        }
+    }
+
+    /// Stays connected: applies notifications, pushes when kicked, pings.
+    pub async fn live(
+        &mut self,
+        kick: &Notify,
+        keepalive: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let mut ping = tokio::time::interval(keepalive);
+        ping.tick().await;
+        let mut silent = 0u32;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = self.ws.close(None).await;
+                    return Ok(());
+                }
+                _ = kick.notified() => {
+                    self.push().await?;
+                }
+                _ = ping.tick() => {
+                    silent += 1;
+                    if silent > 2 {
+                        return Err(SyncError::Timeout(keepalive * 2));
+                    }
+                    self.send(ClientFrame::new(None, Request::Ping(rq::Empty {}))).await?;
+                }
+                f = self.recv(Duration::from_secs(24 * 3600)) => {
+                    silent = 0;
+                    self.on_notification(f?).await?;
+                }
+            }
+        }
+    }
+}
+
+fn parse_id(s: &str) -> Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(s).map_err(|_| SyncError::Protocol(format!("bad local id {s}")))
+}
+
+fn now_string() -> String {
+    crate::time::format(crate::time::now_ms())
+}
+
+async fn note(history: &HistoryHandle, r: &Result<()>) {
+    let (k, v) = match r {
+        Ok(()) => (hsync::LAST_SUCCESS, now_string()),
+        Err(e) => (hsync::LAST_ERROR, format!("{} {e}", now_string())),
+    };
+    let _ = history.call(move |s| s.state_set(k, &v)).await;
+}
+
+/// One sync: connect, pull, push, close (`pichat sync`).
+pub async fn once(cfg: &SyncConfig, history: &HistoryHandle) -> Result<Report> {
+    let r: Result<Report> = async {
+        let mut s = Session::open(cfg, history.clone()).await?;
+        s.pull().await?;
+        s.push().await?;
+        // What was pushed comes back as changes: pull to the newest cursor.
+        s.pull().await?;
+        let _ = s.ws.close(None).await;
+        Ok(s.report)
+    }
+    .await;
+    let outcome: Result<()> = match &r {
+        Ok(_) => Ok(()),
+        Err(e) => Err(SyncError::Protocol(e.to_string())),
+    };
+    note(history, &outcome).await;
+    r
+}
+
+/// Backoff before reconnect attempt `n` (0-based): 1 s doubling to 60 s,
+/// with up to 50% random jitter so devices do not reconnect in step.
+pub fn backoff(n: u32, jitter: f64) -> Duration {
+    let base = 1u64 << n.min(6);
+    let capped = base.min(60) as f64;
+    Duration::from_secs_f64(capped * (1.0 + 0.5 * jitter.clamp(0.0, 1.0)))
+}
+
+/// The sync task of `pichat run`: sessions until `shutdown`, reconnecting
+/// after failures. `kick` is notified when something is stored locally.
+pub async fn run(
+    cfg: SyncConfig,
+    history: HistoryHandle,
+    kick: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    let mut rng = fastrand::Rng::new();
+    loop {
+        let result = async {
+            let mut s = Session::open(&cfg, history.clone()).await?;
+            tracing::info!(
+                "sync: connected to {}",
+                cfg.url.as_ref().map(|u| u.as_str()).unwrap_or("")
+            );
+            failures = 0;
+            s.pull().await?;
+            s.push().await?;
+            note(&history, &Ok(())).await;
+            s.live(&kick, cfg.keepalive, &shutdown).await
+        }
+        .await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let e = match result {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        note(&history, &Err(SyncError::Protocol(e.to_string()))).await;
+        if !e.is_retryable() {
+            tracing::error!("sync: {e}; not retrying until the config changes");
+            shutdown.cancelled().await;
+            return;
+        }
+        let wait = backoff(failures, rng.f64());
+        failures += 1;
+        tracing::warn!("sync: {e}; retrying in {:.1} s", wait.as_secs_f64());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            // Something new to push: try at once.
+            _ = kick.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter() {
+        assert_eq!(backoff(0, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, 0.0), Duration::from_secs(8));
+        assert_eq!(backoff(20, 0.0), Duration::from_secs(60));
+        assert_eq!(backoff(20, 1.0), Duration::from_secs(90));
+        assert!(backoff(2, 0.5) > backoff(2, 0.0));
+    }
+}

@@ -1,0 +1,597 @@
+//! The sync of device histories with the real chat server on 127.0.0.1:
+//! devices and a web-like client changing things at once converge; a
+//! fault-injecting TCP proxy drops, stalls and cuts connections mid-frame;
+//! `kill -9` of a syncing process loses and duplicates nothing; a server
+//! restart mid-sync; device clocks hours off change nothing.
+
+mod common;
+mod server_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pichat::config::{SecretSource, SyncConfig};
+use pichat::history::actor::{HistoryHandle, StoreThread};
+use pichat::history::{NewConversation, NewMessage, OpenOptions, Role};
+use serde_json::json;
+use server_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+struct Device {
+    h: HistoryHandle,
+    _t: StoreThread,
+    cfg: SyncConfig,
+}
+
+fn sync_cfg(addr: SocketAddr, token_file: &std::path::Path) -> SyncConfig {
+    SyncConfig {
+        url: Some(format!("ws://{addr}/ws").parse().unwrap()),
+        token: SecretSource::File(token_file.to_path_buf()),
+        ca_file: None,
+        keepalive: Duration::from_secs(5),
+    }
+}
+
+fn device(dir: &std::path::Path, name: &str, addr: SocketAddr, token: &str) -> Device {
+    let tf = dir.join(format!("{name}.token"));
+    std::fs::write(&tf, token).unwrap();
+    let (h, t) =
+        HistoryHandle::open(&dir.join(format!("{name}.db")), &OpenOptions::default()).unwrap();
+    Device {
+        h,
+        _t: t,
+        cfg: sync_cfg(addr, &tf),
+    }
+}
+
+/// A voice turn stored locally: a conversation (new or given) and two messages.
+async fn turn(d: &Device, conv: Option<String>, q: &str, skew_ms: i64) -> String {
+    let q = q.to_string();
+    d.h.call(move |s| {
+        let c = match conv {
+            Some(c) => c,
+            None => {
+                s.create_conversation(NewConversation {
+                    title: Some(q.clone()),
+                    ..Default::default()
+                })?
+                .id
+            }
+        };
+        let now = pichat::time::now_ms() + skew_ms;
+        let mut m = NewMessage::new(&c, Role::User, q.clone());
+        m.is_audio = true;
+        m.created_at = Some(now);
+        let u = s.append_message(m)?;
+        let mut a = NewMessage::new(&c, Role::Assistant, format!("answer to {q}"));
+        a.reply_to = Some(u.id);
+        a.created_at = Some(now + 1);
+        s.append_message(a)?;
+        Ok(c)
+    })
+    .await
+    .unwrap()
+}
+
+/// Everything a device holds: (conversation id, title, archived, [(message id, content)]), sorted.
+async fn snapshot(d: &Device) -> Vec<(String, String, bool, Vec<(String, String)>)> {
+    d.h.call(|s| {
+        let doc = s.export(None)?;
+        let mut v: Vec<_> = doc
+            .conversations
+            .into_iter()
+            .map(|c| {
+                let mut m: Vec<_> = c
+                    .messages
+                    .iter()
+                    .map(|m| (m.id.clone(), m.content.clone()))
+                    .collect();
+                m.sort();
+                (
+                    c.conversation.id,
+                    c.conversation.title,
+                    c.conversation.archived,
+                    m,
+                )
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    })
+    .await
+    .unwrap()
+}
+
+async fn sync_once(d: &Device) -> pichat::sync::Report {
+    pichat::sync::once(&d.cfg, &d.h).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_and_a_web_client_converge() {
+    let srv = TestServer::start(engines(vec![])).await;
+    let token_a = srv.token("alice").await;
+    let token_b = srv.token("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(dir.path(), "a", srv.addr, &token_a);
+    let b = device(dir.path(), "b", srv.addr, &token_b);
+    // Device A's clock is five hours ahead: revs, not times, order the sync.
+    let ca = turn(&a, None, "kitchen timer", 5 * 3_600_000).await;
+    let cb = turn(&b, None, "weather", -3 * 3_600_000).await;
+    sync_once(&a).await;
+    sync_once(&b).await;
+    // A web client renames A's conversation and adds a message, while A
+    // archives it locally and B adds a turn to it.
+    let mut web = srv.hello(&srv.token("alice").await, "web").await;
+    let r = web
+        .request(
+            "update_conversation",
+            json!({"id": ca, "title": "Timer (renamed on the web)"}),
+        )
+        .await;
+    assert_eq!(r["action"], "conversation_updated", "{r}");
+    let r = web
+        .request(
+            "append_messages",
+            json!({"messages": [{"id": pichat::history::new_id(), "conversation_id": ca, "role": "user", "content": "typed on the web"}]}),
+        )
+        .await;
+    assert_eq!(r["payload"]["stored"].as_array().unwrap().len(), 1, "{r}");
+    sync_once(&b).await;
+    turn(&b, Some(ca.clone()), "more timer", 0).await;
+    let c2 = ca.clone();
+    a.h.call(move |s| s.set_archived(&c2, true)).await.unwrap();
+    for _ in 0..2 {
+        sync_once(&a).await;
+        sync_once(&b).await;
+    }
+    let sa = snapshot(&a).await;
+    let sb = snapshot(&b).await;
+    assert_eq!(sa, sb, "the devices differ");
+    // A fresh device pulling everything sees the same.
+    let c = device(dir.path(), "c", srv.addr, &srv.token("alice").await);
+    sync_once(&c).await;
+    assert_eq!(snapshot(&c).await, sa);
+    let conv = sa.iter().find(|x| x.0 == ca).unwrap();
+    // A's archive came after the web's rename in rev order: both hold.
+    assert_eq!(conv.1, "Timer (renamed on the web)");
+    assert!(conv.2, "archived by device A");
+    assert_eq!(conv.3.len(), 5, "2 + 1 web + 2 from B, each once");
+    assert!(sa.iter().any(|x| x.0 == cb));
+    // Another user sees none of it.
+    let other = device(dir.path(), "eve", srv.addr, &srv.token("eve").await);
+    sync_once(&other).await;
+    assert!(snapshot(&other).await.is_empty());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_deleted_on_the_server_goes_with_its_unsent_messages() {
+    let srv = TestServer::start(engines(vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(dir.path(), "a", srv.addr, &srv.token("alice").await);
+    let c = turn(&a, None, "to be deleted", 0).await;
+    sync_once(&a).await;
+    turn(&a, Some(c.clone()), "unsent", 0).await;
+    let mut web = srv.hello(&srv.token("alice").await, "web").await;
+    let r = web.request("delete_conversation", json!({"id": c})).await;
+    assert_eq!(r["action"], "conversation_deleted");
+    let rep = sync_once(&a).await;
+    assert_eq!(rep.dropped_unsent, 2);
+    assert!(snapshot(&a).await.is_empty());
+    // Deleted locally, never pushed: the server never hears of it.
+    let d = turn(&a, None, "local only", 0).await;
+    let d2 = d.clone();
+    a.h.call(move |s| s.delete_conversation(&d2)).await.unwrap();
+    sync_once(&a).await;
+    let r = web.request("get_conversation", json!({"id": d})).await;
+    assert_eq!(r["payload"]["code"], "not_found");
+    srv.stop().await;
+}
+
+/// A TCP proxy that injects faults: random cuts (often mid-frame), stalls
+/// and delays, until `calm` is set.
+async fn flaky_proxy(upstream: SocketAddr, calm: Arc<AtomicBool>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            let Ok((client, _)) = l.accept().await else {
+                return;
+            };
+            n += 1;
+            let calm = calm.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let mut rng = fastrand::Rng::with_seed(n);
+                // Cut after this many bytes (either way), or stall, or delay.
+                let budget = if calm.load(Ordering::SeqCst) {
+                    u64::MAX
+                } else {
+                    rng.u64(200..20_000)
+                };
+                let stall = !calm.load(Ordering::SeqCst) && rng.u8(..) < 40;
+                let delay = Duration::from_millis(rng.u64(0..20));
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let mut buf = [0u8; 1024];
+                    let mut sent = 0u64;
+                    loop {
+                        let k = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => k,
+                        };
+                        let k = k.min((budget - sent.min(budget)) as usize);
+                        if k == 0 || sw.write_all(&buf[..k]).await.is_err() {
+                            return;
+                        }
+                        sent += k as u64;
+                    }
+                };
+                let down = async {
+                    let mut buf = [0u8; 1024];
+                    let mut sent = 0u64;
+                    loop {
+                        let k = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => k,
+                        };
+                        if stall && sent > 500 {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        tokio::time::sleep(delay).await;
+                        let k = k.min((budget - sent.min(budget)) as usize);
+                        if k == 0 || cw.write_all(&buf[..k]).await.is_err() {
+                            return;
+                        }
+                        sent += k as u64;
+                    }
+                };
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sync_through_a_flaky_network_converges() {
+    let srv = TestServer::start(engines(vec![])).await;
+    let calm = Arc::new(AtomicBool::new(false));
+    let proxy = flaky_proxy(srv.addr, calm.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices: Vec<Device> = {
+        let mut v = Vec::new();
+        for name in ["a", "b", "c"] {
+            v.push(device(dir.path(), name, proxy, &srv.token("alice").await));
+        }
+        v
+    };
+    let shutdown = CancellationToken::new();
+    let mut kicks = Vec::new();
+    let mut tasks = Vec::new();
+    for d in &devices {
+        let kick = Arc::new(Notify::new());
+        kicks.push(kick.clone());
+        tasks.push(tokio::spawn(pichat::sync::run(
+            d.cfg.clone(),
+            d.h.clone(),
+            kick,
+            shutdown.clone(),
+        )));
+    }
+    // Turns on every device while connections keep breaking.
+    let mut made = 0;
+    for round in 0..15 {
+        for (i, d) in devices.iter().enumerate() {
+            turn(d, None, &format!("device {i} round {round}"), 0).await;
+            made += 2;
+            kicks[i].notify_one();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The weather clears; every device reaches the server once more.
+    calm.store(true, Ordering::SeqCst);
+    shutdown.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+    }
+    let direct: Vec<Device> = devices
+        .into_iter()
+        .map(|d| Device {
+            cfg: sync_cfg(
+                srv.addr,
+                match &d.cfg.token {
+                    SecretSource::File(p) => p,
+                    _ => unreachable!(),
+                },
+            ),
+            ..d
+        })
+        .collect();
+    for _ in 0..2 {
+        for d in &direct {
+            sync_once(d).await;
+        }
+    }
+    let s0 = snapshot(&direct[0]).await;
+    for d in &direct[1..] {
+        assert_eq!(snapshot(d).await, s0, "a device differs");
+    }
+    let total: usize = s0.iter().map(|c| c.3.len()).sum();
+    assert_eq!(
+        total, made,
+        "every message once: none lost, none duplicated"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_sync_loses_and_duplicates_nothing() {
+    let srv = TestServer::start(engines(vec![])).await;
+    let env = common::Env::new();
+    let tf = env.path("device.token");
+    std::fs::write(&tf, srv.token("alice").await).unwrap();
+    env.write_config(&format!(
+        "[history]\npath = \"{}\"\n[sync]\nurl = \"ws://{}/ws\"\ntoken_file = \"{}\"\n",
+        env.path("h.db").display(),
+        srv.addr,
+        tf.display()
+    ));
+    // A big outbox: 60 conversations of 40 messages.
+    {
+        let (h, t) = HistoryHandle::open(&env.path("h.db"), &OpenOptions::default()).unwrap();
+        h.call(|s| {
+            for i in 0..60 {
+                let c = s.create_conversation(NewConversation {
+                    title: Some(format!("c{i}")),
+                    ..Default::default()
+                })?;
+                for j in 0..40 {
+                    s.append_message(NewMessage::new(&c.id, Role::User, format!("m{i}-{j}")))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        drop(h);
+        t.join();
+    }
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut killed = 0;
+    for _ in 0..12 {
+        let mut child = env
+            .cmd(&["sync"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.u64(5..150))).await;
+        if child.try_wait().unwrap().is_none() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            killed += 1;
+        }
+        let _ = child.wait();
+    }
+    assert!(killed > 0, "no sync was interrupted");
+    let r = tokio::task::spawn_blocking({
+        let mut c = env.cmd(&["sync", "--json"]);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let status = env.run(&["sync", "status", "--json"]).json();
+    assert_eq!(status["pending"]["messages"], 0, "{status}");
+    assert_eq!(status["pending"]["conversations"], 0, "{status}");
+    // The server has every message exactly once.
+    let mut web = srv.hello(&srv.token("alice").await, "web").await;
+    let r = web
+        .request("sync", json!({"since": 0, "limit": 5000}))
+        .await;
+    let changes = r["payload"]["changes"].as_array().unwrap();
+    let msgs: Vec<&str> = changes
+        .iter()
+        .filter(|c| c["entity"] == "message")
+        .map(|c| c["record"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(msgs.len(), 2400);
+    let unique: std::collections::HashSet<&&str> = msgs.iter().collect();
+    assert_eq!(unique.len(), 2400, "a message was duplicated");
+    srv.stop().await;
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `pichat serve` as a child process on a fixed port and database.
+fn serve(env: &common::Env, port: u16) -> common::KillOnDrop {
+    let child = env
+        .cmd(&[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--db",
+            env.path("server.db").to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut c = common::KillOnDrop(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_sync_loses_nothing() {
+    let env = common::Env::new();
+    let port = free_port();
+    let tok = env
+        .run(&[
+            "token",
+            "add",
+            "alice",
+            "--db",
+            env.path("server.db").to_str().unwrap(),
+            "--json",
+        ])
+        .json();
+    let tf = env.path("device.token");
+    std::fs::write(&tf, tok["token"].as_str().unwrap()).unwrap();
+    env.write_config(&format!(
+        "[history]\npath = \"{}\"\n[sync]\nurl = \"ws://127.0.0.1:{port}/ws\"\ntoken_file = \"{}\"\n",
+        env.path("h.db").display(),
+        tf.display()
+    ));
+    {
+        let (h, t) = HistoryHandle::open(&env.path("h.db"), &OpenOptions::default()).unwrap();
+        h.call(|s| {
+            for i in 0..40 {
+                let c = s.create_conversation(NewConversation {
+                    title: Some(format!("c{i}")),
+                    ..Default::default()
+                })?;
+                for j in 0..50 {
+                    s.append_message(NewMessage::new(&c.id, Role::User, format!("m{i}-{j}")))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        drop(h);
+        t.join();
+    }
+    let mut rng = fastrand::Rng::with_seed(3);
+    for _ in 0..4 {
+        let server = serve(&env, port);
+        let mut sync = env
+            .cmd(&["sync"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..200))).await;
+        // The server dies under the sync (SIGKILL: no goodbye).
+        drop(server);
+        let _ = sync.wait();
+    }
+    let _server = serve(&env, port);
+    let r = env.run(&["sync"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let status = env.run(&["sync", "status", "--json"]).json();
+    assert_eq!(status["pending"]["messages"], 0, "{status}");
+    assert!(status["last_success"].is_string(), "{status}");
+    // A second device gets exactly everything.
+    let env2_db = env.path("h2.db");
+    let r = env
+        .run(&["sync", "--db", env2_db.to_str().unwrap(), "--json"])
+        .json();
+    assert_eq!(r["pulled"].as_u64().unwrap(), 40 + 2000, "{r}");
+    let st = env
+        .run(&[
+            "history",
+            "--db",
+            env2_db.to_str().unwrap(),
+            "stats",
+            "--json",
+        ])
+        .json();
+    assert_eq!(
+        (st["conversations"].as_i64(), st["messages"].as_i64()),
+        (Some(40), Some(2000))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_as_the_llm_and_the_local_llm_takes_over_when_it_is_down() {
+    use pichat::bench::fakes::{self, LlmMode, TtsMode};
+    let srv = TestServer::start(engines(vec![FakeLlm::tokens(&[
+        "Paris",
+        " is",
+        " the",
+        " capital.",
+    ])]))
+    .await;
+    let env = common::Env::new();
+    let tf = env.path("device.token");
+    std::fs::write(&tf, srv.token("alice").await).unwrap();
+    let local = fakes::llm(LlmMode::Tokens {
+        tokens: vec!["Local answer.".into()],
+        gap: Duration::ZERO,
+    })
+    .await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    let config = |addr: String| {
+        format!(
+            "[history]\npath = \"{}\"\n[sync]\nurl = \"ws://{addr}/ws\"\ntoken_file = \"{}\"\n[llm]\nengines = [\"srv\", \"local\"]\n[tts]\nengines = [\"t\"]\n\
+             [engines.srv]\nkind = \"server\"\ntimeout_ms = 3000\n[engines.local]\nkind = \"openai\"\nurl = \"{}\"\nmodel = \"local-model\"\n\
+             [engines.t]\nkind = \"wyoming\"\nurl = \"{}\"\n",
+            env.path("h.db").display(),
+            tf.display(),
+            local.url(),
+            tts.tcp()
+        )
+    };
+    env.write_config(&config(srv.addr.to_string()));
+    let out = env.path("o.wav");
+    let r = common::run_async(env.cmd(&[
+        "ask",
+        "What is the capital of France?",
+        "--out",
+        out.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(r.ok().contains("assistant: Paris is the capital."));
+    assert_eq!(local.count(), 0);
+    // Pushing the turn adds nothing: the server stored it already, same ids.
+    let s = common::run_async(env.cmd(&["sync", "--json"])).await.json();
+    assert_eq!(s["pushed_messages"], 0, "{s}");
+    let mut web = srv.hello(&srv.token("alice").await, "web").await;
+    let list = web.request("get_conversations", json!({})).await;
+    let conv = list["payload"]["conversations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let msgs = web
+        .request("get_messages", json!({"conversation_id": conv}))
+        .await;
+    assert_eq!(
+        msgs["payload"]["messages"].as_array().unwrap().len(),
+        2,
+        "{msgs}"
+    );
+    // The server goes away: the local LLM answers; the turn waits to be pushed.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    env.write_config(&config(dead.to_string()));
+    let r =
+        common::run_async(env.cmd(&["ask", "And of Italy?", "--out", out.to_str().unwrap()])).await;
+    assert!(r.ok().contains("assistant: Local answer."));
+    let st = env.run(&["sync", "status", "--json"]).json();
+    assert_eq!(st["pending"]["messages"], 2, "{st}");
+    env.write_config(&config(srv.addr.to_string()));
+    let s = common::run_async(env.cmd(&["sync", "--json"])).await.json();
+    assert_eq!(s["pushed_messages"], 2, "{s}");
+    srv.stop().await;
+}
