@@ -204,8 +204,8 @@ async fn check_all(cfg: &Config, rep: &mut Report) {
     }
 
     // The chat server, when sync is configured.
-    if let Some(url) = &cfg.sync.url {
-        let r = check_server(url).await;
+    if cfg.sync.url.is_some() {
+        let r = check_server(&cfg.sync).await;
         rep.result("chat server", false, r, |d| d);
     }
 
@@ -310,17 +310,12 @@ async fn check_engine(cfg: &Config, stage: &str, name: &str) -> anyhow::Result<S
     }
 }
 
-async fn check_server(url: &url::Url) -> anyhow::Result<String> {
-    let host = url.host_str().unwrap_or_default().to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("{url}: no answer within 5 s"))?
-    .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    Ok(format!("{url}: reachable"))
+async fn check_server(cfg: &crate::config::SyncConfig) -> anyhow::Result<String> {
+    let rev = crate::sync::check(cfg).await?;
+    Ok(format!(
+        "{}: token accepted, hello answered (rev {rev})",
+        cfg.url.as_ref().map(|u| u.to_string()).unwrap_or_default()
+    ))
 }
 
 fn free_bytes(dir: &Path) -> Option<u64> {

@@ -350,12 +350,14 @@ mod tests {
         s.ack_conversation(&c.id, o.conversations[0].0.updated_at, 3)
             .unwrap();
         let last = o.messages.last().unwrap().0;
-        s.ack_messages(std::slice::from_ref(&m1.id), last, 4).unwrap();
+        s.ack_messages(std::slice::from_ref(&m1.id), last, 4)
+            .unwrap();
         // m2 is not acknowledged: still in the outbox, the mark stops before it.
         let o = s.outbox(100).unwrap();
         assert!(o.conversations.is_empty());
         assert_eq!(o.messages.len(), 1);
-        s.ack_messages(std::slice::from_ref(&m2.id), last, 5).unwrap();
+        s.ack_messages(std::slice::from_ref(&m2.id), last, 5)
+            .unwrap();
         assert!(s.outbox(100).unwrap().is_empty());
         assert_eq!(s.outbox_counts().unwrap(), (0, 0, 0));
     }

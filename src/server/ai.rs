@@ -362,40 +362,7 @@ async fn open_chat(
     llms: &[Arc<dyn Llm>],
     req: &ChatRequest,
 ) -> engines::Result<(Arc<dyn Llm>, engines::EventStream<LlmEvent>)> {
-    let mut errors: Vec<EngineError> = Vec::new();
-    for llm in llms {
-        match llm.chat(req).await {
-            Ok(mut stream) => match stream.next().await {
-                Some(Err(e)) if e.is_retryable() => {
-                    tracing::warn!("{e}; trying the next LLM engine");
-                    errors.push(e);
-                }
-                first => {
-                    stream.front = first;
-                    return Ok((llm.clone(), stream));
-                }
-            },
-            Err(e) if e.is_retryable() => {
-                tracing::warn!("{e}; trying the next LLM engine");
-                errors.push(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(match errors.len() {
-        1 => errors.remove(0),
-        _ => EngineError::Failed {
-            engine: "LLM".into(),
-            message: format!(
-                "every engine failed: {}",
-                errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        },
-    })
+    engines::fallback::chat(llms, req).await
 }
 
 /// Runs the reply: typing on, stream, store, last frame, typing off.

@@ -570,6 +570,47 @@ async fn note(history: &HistoryHandle, r: &Result<()>) {
     let _ = history.call(move |s| s.state_set(k, &v)).await;
 }
 
+/// Checks the server: the token is accepted and `hello` is answered
+/// (`pichat doctor`). Returns the user's current rev.
+pub async fn check(cfg: &SyncConfig) -> Result<i64> {
+    let timeout = Duration::from_secs(10);
+    let mut ws = connect(cfg, timeout).await?;
+    let hello = rq::Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        client_id: "pichat-doctor".into(),
+        client_kind: rq::ClientKind::Voice,
+        last_rev: None,
+    };
+    ws.send(WsMessage::text(
+        ClientFrame::new(Some("d".into()), Request::Hello(hello)).encode(),
+    ))
+    .await
+    .map_err(|e| SyncError::Lost(e.to_string()))?;
+    loop {
+        let m = tokio::time::timeout(timeout, ws.next())
+            .await
+            .map_err(|_| SyncError::Timeout(timeout))?
+            .ok_or_else(|| SyncError::Lost("closed by the server".into()))?
+            .map_err(|e| SyncError::Lost(e.to_string()))?;
+        if let WsMessage::Text(t) = m {
+            let f =
+                ServerFrame::decode(t.as_str()).map_err(|e| SyncError::Protocol(e.to_string()))?;
+            let _ = ws.close(None).await;
+            return match f.body {
+                Reply::Welcome(w) => Ok(w.rev),
+                Reply::Error(e) => Err(SyncError::Refused {
+                    action: "hello".into(),
+                    message: format!("{}: {}", e.code.as_str(), e.message),
+                }),
+                other => Err(SyncError::Protocol(format!(
+                    "expected welcome, got {}",
+                    other.action()
+                ))),
+            };
+        }
+    }
+}
+
 /// One sync: connect, pull, push, close (`pichat sync`).
 pub async fn once(cfg: &SyncConfig, history: &HistoryHandle) -> Result<Report> {
     let r: Result<Report> = async {
