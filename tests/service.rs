@@ -152,3 +152,38 @@ fn a_bad_config_at_start_is_one_clear_error() {
         r.stderr()
     );
 }
+
+#[test]
+fn the_server_notifies_and_survives_a_reload() {
+    let env = Env::new();
+    let mut notify = Notify::bind(&env.path("notify.sock"));
+    let mut server = common::KillOnDrop(
+        env.cmd(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            env.path("server.db").to_str().unwrap(),
+        ])
+        .env("NOTIFY_SOCKET", env.path("notify.sock"))
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let ready = notify.wait_for("READY=1", Duration::from_secs(10));
+    assert!(ready.contains("STATUS=serving on 127.0.0.1:"), "{ready}");
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGHUP) };
+    notify.wait_for("RELOADING=1", Duration::from_secs(5));
+    notify.wait_for("READY=1", Duration::from_secs(5));
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the server"
+    );
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    notify.wait_for("STOPPING=1", Duration::from_secs(10));
+    let status = wait_timeout(&mut server.0, Duration::from_secs(10)).expect("stops on SIGTERM");
+    assert!(status.success());
+}

@@ -202,7 +202,44 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         println!("listening on {addr}");
         let _ = std::io::stdout().flush();
         let shutdown = crate::signals::shutdown_token();
-        server::run(listener, handle, engines, opts, shutdown).await?;
+        // systemd (Type=notify): ready, a watchdog, and SIGHUP that checks
+        // the edited config instead of killing the server.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let server = tokio::spawn(server::run(listener, handle, engines, opts, shutdown.clone()));
+        crate::service::ready(&format!("serving on {addr}"));
+        let mut watchdog = crate::service::watchdog_interval().map(tokio::time::interval);
+        let mut server = std::pin::pin!(server);
+        loop {
+            tokio::select! {
+                r = &mut server => {
+                    crate::service::stopping();
+                    r??;
+                    break;
+                }
+                _ = hangup.recv() => {
+                    crate::service::reloading();
+                    let (path, origin) = crate::config::locate(cli_config);
+                    match crate::config::load_file(&path, origin != crate::config::ConfigOrigin::Default) {
+                        Ok(_) => tracing::warn!(
+                            "{}: valid; the server applies config changes at restart (systemctl restart pichat-server)",
+                            path.display()
+                        ),
+                        Err(e) => {
+                            for line in e.to_string().lines() {
+                                tracing::error!("config not valid, the running server is unchanged: {line}");
+                            }
+                        }
+                    }
+                    crate::service::ready(&format!("serving on {addr}"));
+                }
+                _ = async {
+                    match watchdog.as_mut() {
+                        Some(w) => { w.tick().await; }
+                        None => std::future::pending().await,
+                    }
+                } => crate::service::watchdog(),
+            }
+        }
         Ok::<(), anyhow::Error>(())
     });
     // Every handle is gone with the runtime's tasks: wait for the database to close.

@@ -133,10 +133,12 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
         voice.sync_kick = Some(kick.clone());
         let mut sync_token = start_sync(&cfg, &history, &kick, &tracker, &shutdown);
         tracker.spawn(daemon::run(voice, ptt_rx, control_rx, shutdown.clone()));
+        // Reload requests are taken from here on (before READY: systemd may
+        // send one as soon as it sees READY).
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tracing::info!("{ready} (in {} ms)", started.elapsed().as_millis());
         crate::service::ready("listening for push-to-talk");
 
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut current = cfg;
         loop {
             tokio::select! {
