@@ -26,3 +26,5 @@ echo "==> end-to-end on the real engines"
 cargo test --test e2e_engines -- --ignored --test-threads=1
 echo "==> aarch64 (the Pi): cross build, pichat --version and the unit tests under qemu"
 scripts/build-arm64.sh
+echo "==> the arm64 .deb: packaged and its contents checked"
+scripts/build-deb.sh --arch arm64 --no-build

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod fakes;
 mod history;
 mod server;
+mod service;
 mod sync;
 mod voice;
 
@@ -25,6 +26,8 @@ pub enum BenchCmd {
     Server(server::Args),
     /// The sync: catching up a new device, pushing an outage's turns, device-to-device latency.
     Sync(sync::Args),
+    /// The services as systemd sees them: cold start to READY, reload time.
+    Service(service::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -34,6 +37,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Voice(a) => voice::run(a),
         BenchCmd::Server(a) => server::run(a),
         BenchCmd::Sync(a) => sync::run(a),
+        BenchCmd::Service(a) => service::run(a),
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -266,19 +266,7 @@ async fn real(args: &Args, token: &CancellationToken) -> anyhow::Result<()> {
 
 fn idle(seconds: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let wav = dir.path().join("in.wav");
-    crate::audio::wav::write(&wav, &[0; 1600], 16_000)?;
-    let cfg = dir.path().join("idle.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[audio]\ninput = \"wav:{}\"\noutput = \"wav:{}\"\n[ptt]\nsource = \"none\"\nsocket = \"{}\"\n[history]\npath = \"{}\"\n",
-            wav.display(),
-            dir.path().join("out.wav").display(),
-            dir.path().join("ctl.sock").display(),
-            dir.path().join("h.db").display()
-        ),
-    )?;
+    let cfg = super::service::daemon_config(dir.path())?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(["--config", cfg.to_str().unwrap_or_default(), "run"])
         .stdout(std::process::Stdio::null())
