@@ -5,8 +5,8 @@
 # checks what `systemd-analyze` cannot: the hardened pichat.service starts,
 # its socket is 0660 in a 0750 /run/pichat, a member of group pichat can use
 # it and others cannot, `systemctl reload` keeps the same process, stop
-# removes /run/pichat; pichat-server.service the same once `pichat serve`
-# exists. Not part of CI (needs root, namespaces and ~150 MB of Debian
+# removes /run/pichat; pichat-server.service starts, reloads in place and
+# stops. Not part of CI (needs root, namespaces and ~150 MB of Debian
 # packages); run it after changing the units or the sd_notify/SIGHUP code.
 #
 # Usage: scripts/check-units-nspawn.sh [BINARY]   (default target/release/pichat)
@@ -128,7 +128,14 @@ log "pichat-server.service"
 if in_ct pichat serve --help >/dev/null 2>&1; then
   in_ct systemctl start pichat-server.service || true
   check "pichat-server.service is active" wait_active pichat-server.service
+  before="$(in_ct systemctl show -P MainPID pichat-server.service)"
+  in_ct systemctl reload pichat-server.service || true
+  sleep 1
+  check "systemctl reload pichat-server keeps the same process ($before)" \
+    bash -c "[[ \"\$(nsenter -t $pid1 -a systemctl show -P MainPID pichat-server.service)\" == $before ]] && nsenter -t $pid1 -a systemctl is-active --quiet pichat-server.service"
   in_ct systemctl stop pichat-server.service || true
+  check "pichat-server stop: inactive" \
+    bash -c "! nsenter -t $pid1 -a systemctl is-active --quiet pichat-server.service"
 else
   echo "  SKIP this pichat has no 'serve' command yet"
 fi
