@@ -1,7 +1,9 @@
 //! `pichat run` as systemd sees it: sd_notify messages on a real
 //! `$NOTIFY_SOCKET` (READY, WATCHDOG, RELOADING with MONOTONIC_USEC,
 //! STOPPING), live reload on SIGHUP (a valid config applied, an invalid one
-//! refused with its line), SIGTERM ending it cleanly.
+//! refused with its line; a reload in the middle of a turn lets the turn
+//! finish with its engines and gives the next turn the new ones), SIGTERM
+//! ending it cleanly.
 
 mod common;
 
@@ -185,5 +187,136 @@ fn the_server_notifies_and_survives_a_reload() {
     unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
     notify.wait_for("STOPPING=1", Duration::from_secs(10));
     let status = wait_timeout(&mut server.0, Duration::from_secs(10)).expect("stops on SIGTERM");
+    assert!(status.success());
+}
+
+/// The daemon's config with fake engines; `llm` names the LLM engine.
+fn engines_config(env: &Env, stt: &str, llm: &str, llm_url: &str, tts: &str) -> String {
+    format!(
+        "{}[stt]\nengines = [\"s\"]\n[llm]\nengines = [\"{llm}\"]\n[tts]\nengines = [\"t\"]\n\
+         [engines.s]\nkind = \"wyoming\"\nurl = \"{stt}\"\n\
+         [engines.{llm}]\nkind = \"openai\"\nurl = \"{llm_url}\"\nmodel = \"{llm}-model\"\n\
+         [engines.t]\nkind = \"wyoming\"\nurl = \"{tts}\"\n",
+        config(env, "0.8", "ctl.sock")
+    )
+}
+
+/// The messages of the newest conversation, as `pichat history show --json`.
+fn messages(env: &Env) -> Vec<serde_json::Value> {
+    let db = env.path("h.db");
+    let db = db.to_str().unwrap();
+    let list = env.run(&["history", "--db", db, "list", "--json"]).json();
+    let Some(id) = list["conversations"][0]["id"].as_str() else {
+        return Vec::new();
+    };
+    env.run(&["history", "--db", db, "show", id, "--json"])
+        .json()["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until the newest conversation holds `n` messages.
+async fn wait_messages(env: &Env, n: usize) -> Vec<serde_json::Value> {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = messages(env);
+        if m.len() >= n || Instant::now() > end {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A reload while a turn is running: the turn ends with the engines it
+/// started with, nothing dropped or cut; the next turn uses the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_mid_turn_keeps_the_turn_and_applies_to_the_next() {
+    use common::fakes::{self, LlmMode, SttMode, TtsMode};
+    let env = Env::new();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(env.path("in.wav"), spec).unwrap();
+    (0..16_000).for_each(|_| w.write_sample(0i16).unwrap());
+    w.finalize().unwrap();
+    let stt = fakes::wyoming_stt(SttMode::Text("Which engine answers?".into())).await;
+    let slow = fakes::llm(LlmMode::Tokens {
+        tokens: ["The", " old", " engine", " answers", " this", " one."]
+            .map(String::from)
+            .to_vec(),
+        gap: Duration::from_millis(250),
+    })
+    .await;
+    let fast = fakes::llm(LlmMode::Tokens {
+        tokens: ["The", " new", " one."].map(String::from).to_vec(),
+        gap: Duration::ZERO,
+    })
+    .await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 100 }).await;
+    env.write_config(&engines_config(
+        &env,
+        &stt.tcp(),
+        "old",
+        &slow.url(),
+        &tts.tcp(),
+    ));
+    let mut notify = Notify::bind(&env.path("notify.sock"));
+    let mut daemon = common::KillOnDrop(
+        env.cmd(&["run"])
+            .env("NOTIFY_SOCKET", env.path("notify.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    notify.wait_for("READY=1", Duration::from_secs(10));
+
+    let turn = |env: &Env| {
+        assert_eq!(env.run(&["ptt", "press"]).code(), 0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(env.run(&["ptt", "release"]).code(), 0);
+    };
+    turn(&env);
+    // The old engine is streaming its answer (1.5 s of tokens): reload now.
+    let end = Instant::now() + Duration::from_secs(10);
+    while slow.count() == 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(slow.count(), 1, "the turn never reached the LLM");
+    env.write_config(&engines_config(
+        &env,
+        &stt.tcp(),
+        "new",
+        &fast.url(),
+        &tts.tcp(),
+    ));
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
+    notify.wait_for("RELOADING=1", Duration::from_secs(5));
+    notify.wait_for("READY=1", Duration::from_secs(5));
+
+    let m = wait_messages(&env, 2).await;
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(m[0]["content"], "Which engine answers?");
+    assert_eq!(m[1]["content"], "The old engine answers this one.");
+    assert_eq!(m[1]["model_id"], "old-model");
+    assert!(
+        m[1]["metadata"]["interrupted"].is_null(),
+        "the reload cut the turn: {:?}",
+        m[1]
+    );
+
+    turn(&env);
+    let m = wait_messages(&env, 4).await;
+    assert_eq!(m.len(), 4, "{m:?}");
+    assert_eq!(m[3]["content"], "The new one.");
+    assert_eq!(m[3]["model_id"], "new-model");
+    assert_eq!((slow.count(), fast.count()), (1, 1));
+
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let status = wait_timeout(&mut daemon.0, Duration::from_secs(10)).expect("stops on SIGTERM");
     assert!(status.success());
 }
