@@ -2,7 +2,8 @@
 //! devices and a web-like client changing things at once converge; a
 //! fault-injecting TCP proxy drops, stalls and cuts connections mid-frame;
 //! `kill -9` of a syncing process loses and duplicates nothing; a server
-//! restart mid-sync; device clocks hours off change nothing.
+//! restart mid-sync; device clocks hours off change nothing; `wss://`
+//! through a TLS front with a private CA.
 
 mod common;
 mod server_support;
@@ -593,5 +594,98 @@ async fn the_server_answers_as_the_llm_and_the_local_llm_takes_over_when_it_is_d
     env.write_config(&config(srv.addr.to_string()));
     let s = common::run_async(env.cmd(&["sync", "--json"])).await.json();
     assert_eq!(s["pushed_messages"], 2, "{s}");
+    srv.stop().await;
+}
+
+/// A TLS front for `upstream` (as nginx or caddy would be in front of the
+/// server): a certificate for `localhost` signed by a private CA, whose PEM
+/// is written to `ca_pem`.
+async fn tls_front(upstream: SocketAddr, ca_pem: &std::path::Path) -> SocketAddr {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "pichat test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(ca_pem, ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `wss://` through a TLS front with a private CA: with `sync.ca_file` the
+/// sync works; without it the certificate is refused, as a connect error
+/// that says so, and nothing is lost locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_a_private_ca() {
+    let srv = TestServer::start(engines(vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = dir.path().join("ca.pem");
+    let front = tls_front(srv.addr, &ca_pem).await;
+    let mut a = device(dir.path(), "a", srv.addr, &srv.token("alice").await);
+    a.cfg.url = Some(
+        format!("wss://localhost:{}/ws", front.port())
+            .parse()
+            .unwrap(),
+    );
+    let conv = turn(&a, None, "over tls", 0).await;
+
+    // The system roots alone do not know the private CA.
+    let err = pichat::sync::once(&a.cfg, &a.h).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, pichat::sync::SyncError::Connect { .. })
+            && text.contains("certificate")
+            && text.contains("sync.ca_file"),
+        "{text}"
+    );
+
+    a.cfg.ca_file = Some(ca_pem);
+    let report = pichat::sync::once(&a.cfg, &a.h).await.unwrap();
+    assert_eq!(
+        (report.pushed_conversations, report.pushed_messages),
+        (1, 2),
+        "{report:?}"
+    );
+    // Another device reads it back over plain ws:// from the same server.
+    let b = device(dir.path(), "b", srv.addr, &srv.token("alice").await);
+    sync_once(&b).await;
+    assert_eq!(snapshot(&a).await, snapshot(&b).await);
+    let s = snapshot(&b).await;
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].0, conv);
+    assert_eq!(s[0].3.len(), 2);
     srv.stop().await;
 }

@@ -125,10 +125,21 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(r))) if r.status().as_u16() == 401 => {
             Err(SyncError::Unauthorized)
         }
-        Ok(Err(e)) => Err(SyncError::Connect {
-            url: url.to_string(),
-            cause: e.to_string(),
-        }),
+        Ok(Err(e)) => {
+            let mut cause = e.to_string();
+            if cause.contains("invalid peer certificate") {
+                cause.push_str(match cfg.ca_file {
+                    None => {
+                        " (a server with a private CA needs sync.ca_file = \"/path/to/ca.pem\")"
+                    }
+                    Some(_) => " (the certificate is not signed by sync.ca_file or a system root)",
+                });
+            }
+            Err(SyncError::Connect {
+                url: url.to_string(),
+                cause,
+            })
+        }
     }
 }
 
