@@ -56,6 +56,9 @@ pub fn default_engines() -> BTreeMap<String, RawEngine> {
             kind: "openai".into(),
             url: Some("http://127.0.0.1:8081/v1".into()),
             model: Some("smollm2".into()),
+            // A 135M model samples nonsense at the server's default
+            // temperature; greedy decoding keeps its answers on topic.
+            temperature: Some(0.0),
             ..RawEngine::default()
         },
     );
