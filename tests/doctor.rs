@@ -22,15 +22,7 @@ impl Rig {
     async fn new() -> Rig {
         let srv = TestServer::start(engines(vec![])).await;
         let env = common::Env::new();
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(env.path("in.wav"), spec).unwrap();
-        (0..8000).for_each(|_| w.write_sample(0i16).unwrap());
-        w.finalize().unwrap();
+        env.write_silence("in.wav", 8000);
         std::fs::write(env.path("t.token"), srv.token("alice").await).unwrap();
         Rig {
             stt: fakes::wyoming_stt(SttMode::Text("".into())).await,

@@ -69,23 +69,7 @@ fn setup(env: &Env, stt: &str, tts: &str, extra: &str) {
 }
 
 fn history(env: &Env) -> serde_json::Value {
-    let db = env.path("h.db");
-    let list = env
-        .run(&["history", "--db", db.to_str().unwrap(), "list", "--json"])
-        .json();
-    let id = list["conversations"][0]["id"]
-        .as_str()
-        .expect("a conversation")
-        .to_string();
-    env.run(&[
-        "history",
-        "--db",
-        db.to_str().unwrap(),
-        "show",
-        &id,
-        "--json",
-    ])
-    .json()
+    env.newest_conversation().expect("a conversation")
 }
 
 fn ask_and_check(env: &Env) {

@@ -60,15 +60,7 @@ fn config(env: &Env, volume: &str, socket: &str) -> String {
 #[test]
 fn notify_watchdog_reload_and_stop() {
     let env = Env::new();
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(env.path("in.wav"), spec).unwrap();
-    (0..1600).for_each(|_| w.write_sample(0i16).unwrap());
-    w.finalize().unwrap();
+    env.write_silence("in.wav", 1600);
     env.write_config(&config(&env, "0.5", "a.sock"));
     let mut notify = Notify::bind(&env.path("notify.sock"));
     let mut daemon = common::KillOnDrop(
@@ -201,18 +193,10 @@ fn engines_config(env: &Env, stt: &str, llm: &str, llm_url: &str, tts: &str) -> 
     )
 }
 
-/// The messages of the newest conversation, as `pichat history show --json`.
+/// The messages of the newest conversation (none while there is none).
 fn messages(env: &Env) -> Vec<serde_json::Value> {
-    let db = env.path("h.db");
-    let db = db.to_str().unwrap();
-    let list = env.run(&["history", "--db", db, "list", "--json"]).json();
-    let Some(id) = list["conversations"][0]["id"].as_str() else {
-        return Vec::new();
-    };
-    env.run(&["history", "--db", db, "show", id, "--json"])
-        .json()["messages"]
-        .as_array()
-        .cloned()
+    env.newest_conversation()
+        .and_then(|c| c["messages"].as_array().cloned())
         .unwrap_or_default()
 }
 
@@ -234,15 +218,7 @@ async fn wait_messages(env: &Env, n: usize) -> Vec<serde_json::Value> {
 async fn a_reload_mid_turn_keeps_the_turn_and_applies_to_the_next() {
     use common::fakes::{self, LlmMode, SttMode, TtsMode};
     let env = Env::new();
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(env.path("in.wav"), spec).unwrap();
-    (0..16_000).for_each(|_| w.write_sample(0i16).unwrap());
-    w.finalize().unwrap();
+    env.write_silence("in.wav", 16_000);
     let stt = fakes::wyoming_stt(SttMode::Text("Which engine answers?".into())).await;
     let slow = fakes::llm(LlmMode::Tokens {
         tokens: ["The", " old", " engine", " answers", " this", " one."]

@@ -48,23 +48,7 @@ fn wyoming(url: &str, timeout_ms: u64) -> String {
 }
 
 fn history(env: &Env) -> serde_json::Value {
-    let db = env.path("h.db");
-    let list = env
-        .run(&["history", "--db", db.to_str().unwrap(), "list", "--json"])
-        .json();
-    let id = list["conversations"][0]["id"]
-        .as_str()
-        .expect("a conversation")
-        .to_string();
-    env.run(&[
-        "history",
-        "--db",
-        db.to_str().unwrap(),
-        "show",
-        &id,
-        "--json",
-    ])
-    .json()
+    env.newest_conversation().expect("a conversation")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

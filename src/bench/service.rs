@@ -53,12 +53,6 @@ fn write_daemon_config(dir: &Path, cfg: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    let cfg = dir.join("server.toml");
-    write_server_config(dir, &cfg, 0)?;
-    Ok(cfg)
-}
-
 /// Variant `n` of the server's config: the rate limit changes with `n`.
 fn write_server_config(dir: &Path, cfg: &Path, n: usize) -> anyhow::Result<()> {
     std::fs::write(
@@ -197,7 +191,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let cfg = daemon_config(d)?;
             measure(d, &cfg, sub, rounds, &|n| write_daemon_config(d, &cfg, n))?
         } else {
-            let cfg = server_config(d)?;
+            // `measure` writes it before each start.
+            let cfg = d.join("server.toml");
             measure(d, &cfg, sub, rounds, &|n| write_server_config(d, &cfg, n))?
         };
         let starts = Percentiles::new(t.starts);

@@ -125,20 +125,30 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(r))) if r.status().as_u16() == 401 => {
             Err(SyncError::Unauthorized)
         }
-        Ok(Err(e)) => {
-            let mut cause = e.to_string();
-            if cause.contains("invalid peer certificate") {
-                cause.push_str(match cfg.ca_file {
-                    None => {
-                        " (a server with a private CA needs sync.ca_file = \"/path/to/ca.pem\")"
-                    }
-                    Some(_) => " (the certificate is not signed by sync.ca_file or a system root)",
-                });
-            }
-            Err(SyncError::Connect {
-                url: url.to_string(),
-                cause,
-            })
+        Ok(Err(e)) => Err(SyncError::Connect {
+            url: url.to_string(),
+            cause: connect_cause(&e, cfg.ca_file.is_some()),
+        }),
+    }
+}
+
+/// What went wrong connecting; a certificate the TLS layer refused says
+/// which setting decides what is trusted.
+fn connect_cause(e: &tokio_tungstenite::tungstenite::Error, has_ca_file: bool) -> String {
+    let refused_cert = match e {
+        tokio_tungstenite::tungstenite::Error::Io(io) => matches!(
+            io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(_))
+        ),
+        _ => false,
+    };
+    match (refused_cert, has_ca_file) {
+        (false, _) => e.to_string(),
+        (true, false) => {
+            format!("{e} (a server with a private CA needs sync.ca_file = \"/path/to/ca.pem\")")
+        }
+        (true, true) => {
+            format!("{e} (the certificate is not signed by sync.ca_file or a system root)")
         }
     }
 }

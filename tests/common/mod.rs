@@ -50,6 +50,24 @@ impl Env {
     pub fn run(&self, args: &[&str]) -> Run {
         Run(self.cmd(args).output().unwrap())
     }
+
+    /// Writes `samples` of 16 kHz mono silence to `name` (a `wav:` microphone).
+    pub fn write_silence(&self, name: &str, samples: usize) {
+        pichat::audio::wav::write(&self.path(name), &vec![0; samples], 16_000).unwrap();
+    }
+
+    /// The newest conversation of `h.db` with its messages, as
+    /// `pichat history show --json` prints it; `None` while there is none.
+    pub fn newest_conversation(&self) -> Option<serde_json::Value> {
+        let db = self.path("h.db");
+        let db = db.to_str().unwrap();
+        let list = self.run(&["history", "--db", db, "list", "--json"]).json();
+        let id = list["conversations"][0]["id"].as_str()?.to_string();
+        Some(
+            self.run(&["history", "--db", db, "show", &id, "--json"])
+                .json(),
+        )
+    }
 }
 
 pub struct Run(pub Output);
