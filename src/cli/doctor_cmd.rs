@@ -299,7 +299,7 @@ async fn check_engine(cfg: &Config, stage: &str, name: &str) -> anyhow::Result<S
             Ok(format!("{kind}: answered {:?}", text.trim()))
         }
         _ => {
-            let tts = engines::build_tts(e)?;
+            let tts = engines::build_tts(e, cfg.tts.max_duration)?;
             let a = engines::synthesize_all(tts.as_ref(), "OK.").await?;
             Ok(format!(
                 "{kind}: {} ms of speech at {} Hz",

@@ -311,9 +311,10 @@ pub fn ask(args: AskArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode>
         let (history, store) = open_history(&cfg)?;
         let sink = output(&cfg, args.out.as_deref())?;
         let source: Option<Box<dyn AudioSource>> = match &args.wav {
-            Some(p) => Some(Box::new(audio::wav::WavSource::open(
+            Some(p) => Some(Box::new(audio::wav::WavSource::open_limited(
                 p,
                 audio::wav::Pace::Fast,
+                audio::wav::Limits::stt(cfg.stt.max_duration),
             )?)),
             None => None,
         };
@@ -418,9 +419,7 @@ pub fn say(args: SayArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode>
 
 pub fn transcribe(args: TranscribeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(cli_config)?.config;
-    let clip = audio::wav::read(&args.file)?;
-    let frames = audio::wav::frames_of(&clip)?;
-    let pcm: Vec<i16> = frames.concat();
+    let pcm = audio::wav::read_16k(&args.file, &audio::wav::Limits::stt(cfg.stt.max_duration))?;
     engines::init_tls();
     let rt = runtime()?;
     rt.block_on(async {

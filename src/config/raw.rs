@@ -148,7 +148,7 @@ impl Default for RawStt {
         RawStt {
             engines: vec!["whisper".into()],
             language: "en".into(),
-            max_seconds: 30,
+            max_seconds: 60,
         }
     }
 }
@@ -179,6 +179,7 @@ impl Default for RawLlm {
 pub struct RawTts {
     pub engines: Vec<String>,
     pub max_chunk_chars: i64,
+    pub max_seconds: i64,
 }
 
 impl Default for RawTts {
@@ -186,6 +187,7 @@ impl Default for RawTts {
         RawTts {
             engines: vec!["piper".into(), "espeak".into()],
             max_chunk_chars: 200,
+            max_seconds: 600,
         }
     }
 }

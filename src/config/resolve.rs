@@ -129,6 +129,8 @@ pub struct LlmConfig {
 pub struct TtsConfig {
     pub engines: Vec<String>,
     pub max_chunk_chars: usize,
+    /// Longest speech an engine may send for one text (`tts.max_seconds`).
+    pub max_duration: Duration,
 }
 
 /// Where an engine's secret comes from. The secret itself is only read when
@@ -609,6 +611,9 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let tts = TtsConfig {
         engines: raw.tts.engines.clone(),
         max_chunk_chars: c.range("tts.max_chunk_chars", raw.tts.max_chunk_chars, 20, 2000) as usize,
+        max_duration: Duration::from_secs(
+            c.range("tts.max_seconds", raw.tts.max_seconds, 1, 3600) as u64
+        ),
     };
 
     let mut engines = BTreeMap::new();

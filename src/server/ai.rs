@@ -704,8 +704,9 @@ pub(super) fn speech_to_text(
         action: "speech_to_text",
     };
     s.spawn_job(async move {
+        let limits = crate::audio::wav::Limits::stt(state.opts.stt_max);
         let work = async {
-            let pcm = tokio::task::spawn_blocking(move || decode_audio(&req.audio_data))
+            let pcm = tokio::task::spawn_blocking(move || decode_audio(&req.audio_data, &limits))
                 .await
                 .map_err(|e| ErrorPayload::new(ErrorCode::Internal, e.to_string()))??;
             let chain = fallback::SttChain {
@@ -733,17 +734,18 @@ pub(super) fn speech_to_text(
     })
 }
 
-/// base64 WAV → 16 kHz mono s16, as the engines take it.
-fn decode_audio(b64: &str) -> Result<Vec<i16>, ErrorPayload> {
+/// base64 WAV → 16 kHz mono s16, as the engines take it. The WAV is
+/// checked from its header before anything is decoded (see
+/// `audio::wav::decode`); a refusal names the field.
+fn decode_audio(b64: &str, limits: &crate::audio::wav::Limits) -> Result<Vec<i16>, ErrorPayload> {
     let bad = |m: String| ErrorPayload::new(ErrorCode::BadRequest, m);
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| bad(format!("payload.audio_data is not base64 ({e})")))?;
-    let clip = crate::audio::wav::read_bytes(&bytes, std::path::Path::new("payload.audio_data"))
-        .map_err(|e| bad(e.to_string()))?;
-    if clip.samples.is_empty() {
+    let pcm = crate::audio::wav::decode::pcm16k_from_bytes(&bytes, limits)
+        .map_err(|e| bad(format!("payload.audio_data: {e}")))?;
+    if pcm.is_empty() {
         return Err(bad("payload.audio_data holds no audio".into()));
     }
-    let frames = crate::audio::wav::frames_of(&clip).map_err(|e| bad(e.to_string()))?;
-    Ok(frames.concat())
+    Ok(pcm)
 }
