@@ -239,6 +239,7 @@ async fn check_all(cfg: &Config, rep: &mut Report) {
             &OpenOptions {
                 busy_timeout: cfg.history.busy_timeout,
                 create: false,
+                ..OpenOptions::default()
             },
         )
         .and_then(|s| s.integrity_check());

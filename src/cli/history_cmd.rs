@@ -145,6 +145,7 @@ fn open(args: &HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<(Store,
             &OpenOptions {
                 busy_timeout: busy,
                 create,
+                ..OpenOptions::default()
             },
         )?,
         !existed,

@@ -38,6 +38,7 @@ pub fn run(args: SyncArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode
         let opts = OpenOptions {
             busy_timeout: cfg.history.busy_timeout,
             create: args.cmd.is_none(),
+            ..OpenOptions::default()
         };
         let (history, store) = HistoryHandle::open(&db, &opts)?;
         let code = match args.cmd {

@@ -67,6 +67,7 @@ fn open_history(
         &OpenOptions {
             busy_timeout: cfg.history.busy_timeout,
             create: true,
+            ..OpenOptions::default()
         },
     )?)
 }

@@ -271,6 +271,7 @@ impl Default for RawSync {
 pub struct RawServer {
     pub listen: String,
     pub database: String,
+    pub read_connections: i64,
     pub llm_engines: Vec<String>,
     pub stt_engines: Vec<String>,
     pub tts_engines: Vec<String>,
@@ -283,6 +284,7 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8080".into(),
             database: String::new(),
+            read_connections: 4,
             llm_engines: vec!["home".into()],
             stt_engines: vec!["whisper".into()],
             tts_engines: vec!["piper".into(), "espeak".into()],

@@ -239,6 +239,8 @@ pub struct SyncConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub database: PathBuf,
+    /// Read-only database connections for reads beside the writer.
+    pub read_connections: usize,
     pub llm_engines: Vec<String>,
     pub stt_engines: Vec<String>,
     pub tts_engines: Vec<String>,
@@ -712,6 +714,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         database: c
             .path_opt(&sv.database)
             .unwrap_or_else(|| paths::data_dir().join("server.db")),
+        read_connections: c.range("server.read_connections", sv.read_connections, 0, 64) as usize,
         llm_engines: sv.llm_engines.clone(),
         stt_engines: sv.stt_engines.clone(),
         tts_engines: sv.tts_engines.clone(),

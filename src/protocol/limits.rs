@@ -5,6 +5,19 @@
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest `speech_to_text` frame, in bytes (base64 WAV inside).
 pub const MAX_STT_FRAME: usize = 8 << 20;
+/// Room an `append_messages` frame needs besides its messages (action,
+/// request id of at most [`MAX_REQUEST_ID_CHARS`] escaped characters,
+/// brackets), so that a batch of messages within `MAX_FRAME - APPEND_ENVELOPE`
+/// is a frame within [`MAX_FRAME`].
+pub const APPEND_ENVELOPE: usize = 1024;
+/// Most bytes of records in one page (`sync_batch`, `messages_list`,
+/// `search_results`): the server stops adding records there and says
+/// `has_more` (a single record larger than this still goes, alone).
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+/// Largest frame a client must take from the server: a page (at most
+/// [`MAX_PAGE_BYTES`] and one record), or a `text_to_speech_result` (at most
+/// 8 MiB of WAV, as base64).
+pub const MAX_SERVER_FRAME: usize = 16 << 20;
 /// Message content, in characters (Unicode scalar values).
 pub const MAX_CONTENT_CHARS: usize = 32_000;
 /// Conversation title, in characters, after trimming.
