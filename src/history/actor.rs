@@ -628,4 +628,112 @@ mod tests {
         drop(h);
         thread.join();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_call_is_a_bug_error_and_the_thread_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        let e = h
+            .call(|_| -> Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, HistoryError::Bug(m) if m == "boom"), "{e}");
+        let e = h
+            .call_batched(|_| -> Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HistoryError::Bug(_)), "{e}");
+        let e = h
+            .read(1, |_| -> Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HistoryError::Bug(_)), "{e}");
+        // Writer and readers still answer.
+        let c = h
+            .call(|s| s.create_conversation(NewConversation::default()))
+            .await
+            .unwrap();
+        let id = c.id.clone();
+        let got = h.read(1, move |s| s.get_conversation(&id)).await.unwrap();
+        assert_eq!(got.id, c.id);
+        drop(h);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn a_store_that_is_gone_says_so() {
+        let (tx, rx) = mpsc::channel::<Job>();
+        drop(rx);
+        let h = HistoryHandle {
+            tx,
+            readers: Arc::new(ReadersGuard(None)),
+        };
+        let e = h.call(|s| s.schema_version()).await.unwrap_err();
+        assert!(matches!(e, HistoryError::StoreGone(_)), "{e}");
+        assert!(!e.is_retryable());
+        let e = h.read(1, |s| s.schema_version()).await.unwrap_err();
+        assert!(matches!(e, HistoryError::StoreGone(_)), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_beside_the_writer_and_beside_each_other_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        h.call(|s| s.create_conversation(NewConversation::default()))
+            .await
+            .unwrap();
+        // The writer is held, and so is one reader (key 1).
+        let (release_w, wait_w) = std::sync::mpsc::channel::<()>();
+        let (release_r, wait_r) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call(move |_| {
+                    let _ = wait_w.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        let slow = {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.read(1, move |_| {
+                    let _ = wait_r.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Another key's read is served meanwhile, on a read-only connection.
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            h.read(2, |s| {
+                Ok(s.list_conversations(&crate::history::ListQuery {
+                    limit: 10,
+                    ..Default::default()
+                })?
+                .conversations
+                .len())
+            }),
+        )
+        .await
+        .expect("not queued behind the writer or the other read")
+        .unwrap();
+        assert_eq!(n, 1);
+        let e = h
+            .read(2, |s| s.create_conversation(NewConversation::default()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HistoryError::ReadOnly { .. }), "{e}");
+        release_r.send(()).unwrap();
+        release_w.send(()).unwrap();
+        slow.await.unwrap().unwrap();
+        writer.await.unwrap().unwrap();
+        drop(h);
+        thread.join();
+    }
 }

@@ -244,7 +244,7 @@ impl AppendMessages {
         let (mut start, mut bytes) = (0, 0);
         for (i, m) in messages.iter().enumerate() {
             // The message and the comma before it.
-            let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX) + 1;
+            let size = encoded_len(m) + 1;
             if size > budget {
                 if start < i {
                     out.push(AppendBatch::Send(start..i));

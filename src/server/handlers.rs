@@ -307,8 +307,14 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
             ) as usize;
             let conv = q.conversation_id.to_string();
             let before = q.before.map(|b| b.to_string());
+            let mut budget = p::limits::PageBudget::default();
             let (list, has_more) = s
-                .db(move |st| st.server().messages(user, &conv, limit, before.as_deref()))
+                .db(move |st| {
+                    st.server()
+                        .messages_within(user, &conv, limit, before.as_deref(), &mut |m| {
+                            p::Message::try_from(m).is_ok_and(|m| budget.fits(&m))
+                        })
+                })
                 .await?;
             Ok(Reply::MessagesList(p::MessagesList {
                 conversation_id: q.conversation_id,
@@ -323,8 +329,18 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 p::limits::SEARCH_MAX_LIMIT,
             ) as usize;
             let conv = q.conversation_id.map(|c| c.to_string());
+            let mut budget = p::limits::PageBudget::default();
             let hits = s
-                .db(move |st| st.server().search(user, &q.query, conv.as_deref(), limit))
+                .db(move |st| {
+                    st.server()
+                        .search_within(user, &q.query, conv.as_deref(), limit, &mut |h| {
+                            p::Message::try_from(&h.message).is_ok_and(|m| {
+                                budget.fits(&m)
+                                    && budget.fits(&h.snippet)
+                                    && budget.fits(&h.conversation_title)
+                            })
+                        })
+                })
                 .await?;
             Ok(Reply::SearchResults(p::SearchResults {
                 hits: hits
@@ -401,8 +417,13 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 p::limits::SYNC_DEFAULT_LIMIT,
                 p::limits::SYNC_MAX_LIMIT,
             ) as usize;
+            let mut budget = p::limits::PageBudget::default();
             let page = s
-                .db(move |st| st.server().changes(user, q.since, limit))
+                .db(move |st| {
+                    st.server().changes_within(user, q.since, limit, &mut |c| {
+                        p::Change::try_from(c).is_ok_and(|c| budget.fits(&c))
+                    })
+                })
                 .await?;
             Ok(Reply::SyncBatch(p::SyncBatch {
                 changes: page.changes.iter().map(wire).collect::<Result<_, _>>()?,
@@ -442,5 +463,47 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
         Request::SendMessage(_) | Request::TextToSpeech(_) | Request::SpeechToText(_) => Err(
             ErrorPayload::new(ErrorCode::Internal, "dispatched to the wrong handler"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn store_errors_get_the_wire_code_a_client_can_act_on() {
+        let path = PathBuf::from("/x/server.db");
+        let e = db_error(HistoryError::DiskFull { path: path.clone() });
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::Unavailable, Some(5000))
+        );
+        let e = db_error(HistoryError::CommitFailed {
+            path: path.clone(),
+            detail: "disk I/O error".into(),
+        });
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::Unavailable, Some(1000))
+        );
+        let e = db_error(HistoryError::Locked { path });
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::Unavailable, Some(1000))
+        );
+        for internal in [
+            HistoryError::StoreGone("the store thread stopped".into()),
+            HistoryError::Bug("boom".into()),
+            HistoryError::BadStoredId {
+                what: "message",
+                id: "x".into(),
+            },
+        ] {
+            let e = db_error(internal);
+            assert_eq!((e.code, e.retry_after_ms), (ErrorCode::Internal, None));
+        }
+        let e = db_error(HistoryError::Invalid("a title must have...".into()));
+        assert_eq!(e.code, ErrorCode::BadRequest);
     }
 }
