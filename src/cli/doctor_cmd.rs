@@ -43,7 +43,13 @@ impl Report {
             Status::Warn => "warn",
             Status::Fail => "FAIL",
         };
-        println!("{:<26} {mark}  {}", r.check, r.detail);
+        // Details quote URLs, errors and engines' answers: no secret, no escape.
+        let detail = super::safe_text::redact(&r.detail);
+        println!(
+            "{:<26} {mark}  {}",
+            r.check,
+            super::safe_text::line(&detail)
+        );
         self.rows.push(r);
     }
 

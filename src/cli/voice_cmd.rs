@@ -357,10 +357,10 @@ pub fn ask(args: AskArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode>
             );
         } else {
             if let Some(q) = &report.question {
-                println!("you: {q}");
+                println!("you: {}", super::safe_text::text(q));
             }
             if let Some(a) = &report.answer {
-                println!("assistant: {a}");
+                println!("assistant: {}", super::safe_text::text(a));
             }
             eprintln!("{}", report.times.summary());
         }
@@ -429,7 +429,7 @@ pub fn transcribe(args: TranscribeArgs, cli_config: Option<&Path>) -> anyhow::Re
             engines: engines.stt,
         };
         let text = engines::transcribe(&chain, &pcm).await?;
-        println!("{text}");
+        println!("{}", super::safe_text::text(&text));
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

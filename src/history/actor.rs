@@ -17,8 +17,9 @@
 //! nor behind each other: they run on read-only connections of their own
 //! (WAL lets readers run beside the writer), opened on demand up to
 //! [`OpenOptions::readers`], each on its thread. Reads are taken in turn by
-//! key (the server's user): one user's storm of reads waits behind itself,
-//! while another user's read takes the next free reader.
+//! key (the server's user), and one key never holds every reader: one
+//! user's storm of reads waits behind itself, while another user's read
+//! finds a free reader at once.
 //!
 //! A call that panics is reported to its caller as [`HistoryError::Bug`];
 //! the thread and its connection go on.
@@ -165,6 +166,10 @@ struct Readers {
 #[derive(Default)]
 struct ReadQueue {
     waiting: HashMap<u64, VecDeque<ReadJob>>,
+    /// Reads running, by key.
+    running: HashMap<u64, usize>,
+    /// Most readers one key may hold at once.
+    per_key: usize,
     /// Keys with reads waiting, in the order they are served.
     turn: VecDeque<u64>,
     /// Reads waiting, in all.
@@ -177,17 +182,41 @@ struct ReadQueue {
 }
 
 impl ReadQueue {
-    fn pop(&mut self) -> Option<ReadJob> {
-        let key = self.turn.pop_front()?;
+    /// The next read to run: the first key in turn that holds fewer than
+    /// `per_key` readers. Counted as running until [`ReadQueue::done`].
+    fn pop(&mut self) -> Option<(u64, ReadJob)> {
+        let per_key = self.per_key.max(1);
+        let at = self
+            .turn
+            .iter()
+            .position(|k| self.running.get(k).copied().unwrap_or(0) < per_key)?;
+        let key = self.turn.remove(at)?;
         let q = self.waiting.get_mut(&key)?;
-        let job = q.pop_front();
+        let job = q.pop_front()?;
         self.queued -= 1;
         if q.is_empty() {
             self.waiting.remove(&key);
         } else {
             self.turn.push_back(key);
         }
-        job
+        *self.running.entry(key).or_default() += 1;
+        Some((key, job))
+    }
+
+    fn done(&mut self, key: u64) {
+        if let Some(n) = self.running.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(&key);
+            }
+        }
+    }
+
+    /// Everything waiting, for the writer to run (no reader can).
+    fn drain(&mut self) -> Vec<ReadJob> {
+        self.turn.clear();
+        self.queued = 0;
+        self.waiting.drain().flat_map(|(_, q)| q).collect()
     }
 }
 
@@ -217,7 +246,7 @@ impl Readers {
                 if q.threads == 0 {
                     // No reader at all: the writer takes what waits.
                     q.broken = true;
-                    while let Some(job) = q.pop() {
+                    for job in q.drain() {
                         let _ = self.writer.send(Job::Plain(job));
                     }
                 }
@@ -238,15 +267,19 @@ impl Readers {
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 q.broken = true;
                 q.threads -= 1;
-                while let Some(job) = q.pop() {
+                for job in q.drain() {
                     let _ = self.writer.send(Job::Plain(job));
                 }
                 return;
             }
         };
+        let mut finished: Option<u64> = None;
         loop {
-            let job = {
+            let (key, job) = {
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(k) = finished.take() {
+                    q.done(k);
+                }
                 loop {
                     if let Some(j) = q.pop() {
                         break j;
@@ -266,6 +299,7 @@ impl Readers {
             if snapshot || !store.conn.is_autocommit() {
                 let _ = store.conn.execute_batch("COMMIT");
             }
+            finished = Some(key);
         }
     }
 
@@ -356,7 +390,11 @@ impl HistoryHandle {
             Arc::new(Readers {
                 path,
                 opts: opts.clone(),
-                queue: Mutex::new(ReadQueue::default()),
+                // One key leaves a reader free for the others.
+                queue: Mutex::new(ReadQueue {
+                    per_key: opts.readers.saturating_sub(1).max(1),
+                    ..ReadQueue::default()
+                }),
                 wake: Condvar::new(),
                 writer: tx.clone(),
             })
@@ -684,9 +722,10 @@ mod tests {
         h.call(|s| s.create_conversation(NewConversation::default()))
             .await
             .unwrap();
-        // The writer is held, and so is one reader (key 1).
+        // The writer is held, and key 1 holds every reader it may (3 of 4)
+        // with a fourth read waiting.
         let (release_w, wait_w) = std::sync::mpsc::channel::<()>();
-        let (release_r, wait_r) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let writer = {
             let h = h.clone();
             tokio::spawn(async move {
@@ -697,16 +736,21 @@ mod tests {
                 .await
             })
         };
-        let slow = {
-            let h = h.clone();
-            tokio::spawn(async move {
+        let mut slow = Vec::new();
+        for _ in 0..4 {
+            let (h, gate) = (h.clone(), gate.clone());
+            slow.push(tokio::spawn(async move {
                 h.read(1, move |_| {
-                    let _ = wait_r.recv();
+                    let (open, cv) = &*gate;
+                    let mut o = open.lock().unwrap();
+                    while !*o {
+                        o = cv.wait(o).unwrap();
+                    }
                     Ok(())
                 })
                 .await
-            })
-        };
+            }));
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         // Another key's read is served meanwhile, on a read-only connection.
         let n = tokio::time::timeout(
@@ -729,9 +773,12 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, HistoryError::ReadOnly { .. }), "{e}");
-        release_r.send(()).unwrap();
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
         release_w.send(()).unwrap();
-        slow.await.unwrap().unwrap();
+        for s in slow {
+            s.await.unwrap().unwrap();
+        }
         writer.await.unwrap().unwrap();
         drop(h);
         thread.join();

@@ -94,10 +94,33 @@ impl Store {
                 });
             }
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| HistoryError::CantOpen {
-                    path: path.to_path_buf(),
-                    detail: format!("cannot create directory {}: {e}", dir.display()),
-                })?;
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| HistoryError::CantOpen {
+                        path: path.to_path_buf(),
+                        detail: format!("cannot create directory {}: {e}", dir.display()),
+                    })?;
+            }
+            // Only this user reads the history (SQLite gives its -wal and
+            // -shm files the database's mode), whatever the umask says.
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(HistoryError::CantOpen {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    });
+                }
             }
         } else if path.is_dir() {
             return Err(HistoryError::CantOpen {

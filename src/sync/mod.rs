@@ -106,7 +106,7 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
         .as_str()
         .into_client_request()
         .map_err(|e| SyncError::Connect {
-            url: url.to_string(),
+            url: shown(url),
             cause: e.to_string(),
         })?;
     req.headers_mut().insert(
@@ -117,7 +117,7 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
     );
     let connector = match &cfg.ca_file {
         Some(ca) => Some(tls_with_ca(ca).map_err(|cause| SyncError::Connect {
-            url: url.to_string(),
+            url: shown(url),
             cause,
         })?),
         None => None,
@@ -135,10 +135,19 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
             Err(SyncError::Unauthorized)
         }
         Ok(Err(e)) => Err(SyncError::Connect {
-            url: url.to_string(),
+            url: shown(url),
             cause: connect_cause(&e, cfg.ca_file.is_some()),
         }),
     }
+}
+
+/// The server's URL for logs and errors: without a password or a query
+/// (which may carry a token).
+fn shown(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.to_string()
 }
 
 /// What went wrong connecting; a certificate the TLS layer refused says
@@ -709,7 +718,7 @@ pub async fn run(
             let mut s = Session::open(&cfg, history.clone()).await?;
             tracing::info!(
                 "sync: connected to {}",
-                cfg.url.as_ref().map(|u| u.as_str()).unwrap_or("")
+                cfg.url.as_ref().map(shown).unwrap_or_default()
             );
             failures = 0;
             s.pull().await?;
