@@ -379,7 +379,9 @@ impl<R: Read> Decoder<R> {
                 SampleFormat::Float(_) => {
                     for s in self.reader.samples::<f32>().take(ch) {
                         let s = s.map_err(damaged)?;
-                        self.frame.push(if s.is_finite() { s } else { 0.0 });
+                        // Full scale at most: a huge (or infinite, or NaN)
+                        // float would overflow the resampler's FFT.
+                        self.frame.push(if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) });
                     }
                 }
                 SampleFormat::Int(_) => {
@@ -564,11 +566,11 @@ mod tests {
         let c = clip_from_bytes(&wav(1, 1, 8_000, 24, &[0, 0, 0x40]), &stt()).unwrap();
         assert_eq!(c.pcm, vec![16384]);
         let mut f = Vec::new();
-        for s in [0.5f32, f32::NAN, f32::INFINITY, -2.0] {
+        for s in [0.5f32, f32::NAN, f32::INFINITY, -2.0, 1e30] {
             f.extend_from_slice(&s.to_le_bytes());
         }
         let c = clip_from_bytes(&wav(3, 1, 8_000, 32, &f), &stt()).unwrap();
-        assert_eq!(c.pcm, vec![16384, 0, 0, -32768]);
+        assert_eq!(c.pcm, vec![16384, 0, 32767, -32768, 32767]);
     }
 
     #[test]
