@@ -616,3 +616,28 @@ fn config_show_and_doctor_redact_passwords_and_tokens() {
         "the addresses are still shown: {doctor}"
     );
 }
+
+#[test]
+fn the_new_limits_are_checked_at_the_limit_and_one_past_it() {
+    let env = Env::new();
+    let f = env.path("limits.toml");
+    for (table, key, ok, past) in [
+        ("stt", "max_seconds", 600, 601),
+        ("tts", "max_seconds", 3600, 3601),
+        ("server", "read_connections", 64, 65),
+    ] {
+        std::fs::write(&f, format!("[{table}]\n{key} = {ok}\n")).unwrap();
+        env.run(&["config", "check", f.to_str().unwrap()]).ok();
+        std::fs::write(&f, format!("[{table}]\n{key} = {past}\n")).unwrap();
+        let r = env.run(&["config", "check", f.to_str().unwrap()]);
+        assert_eq!(r.code(), 1, "{table}.{key} = {past}");
+        assert!(
+            r.stdout()
+                .contains(&format!("{table}.{key}: {past} is out of range")),
+            "{}",
+            r.stdout()
+        );
+    }
+    std::fs::write(&f, "[server]\nread_connections = 0\n").unwrap();
+    env.run(&["config", "check", f.to_str().unwrap()]).ok();
+}

@@ -79,8 +79,9 @@ async fn hostile_headers_get_bad_request_naming_the_field_and_the_server_goes_on
     let mut attacker = srv.hello(&srv.token("mallory").await, "api").await;
     let mut alice = srv.hello(&srv.token("alice").await, "web").await;
 
-    // 8 KB of samples claiming 4,294,967,291 Hz: once a 34 GB allocation.
-    let big_rate = wav(1, 1, 4_294_967_291, 16, &[0; 8192]);
+    // 8 KB of 8-bit samples claiming 4,294,967,291 Hz (a consistent header:
+    // its byte rate fits in 32 bits): once a 34 GB allocation.
+    let big_rate = wav(1, 1, 4_294_967_291, 8, &[128; 8192]);
     assert!(big_rate.len() < 8300);
     // A 1 Hz header with 200,000 samples: once 3 GB of resampled audio.
     let one_hz = wav(1, 1, 1, 16, &vec![0; 400_000]);

@@ -829,15 +829,17 @@ async fn a_message_of_32000_four_byte_characters_syncs_both_ways() {
     let b = device(dir.path(), "b", srv.addr, &token);
     let big = "😀".repeat(32_000);
     assert_eq!(big.len(), 128_000);
-    // Device → server → another device.
-    let conv = offline_messages(&a, 1, |_| "😀".repeat(32_000)).await;
-    assert_eq!(sync_once(&a).await.pushed_messages, 1);
+    // Device → server → another device: ten of them, made offline, are
+    // 1.28 MB (more than one frame).
+    let conv = offline_messages(&a, 10, |_| "😀".repeat(32_000)).await;
+    assert_eq!(sync_once(&a).await.pushed_messages, 10);
     let on_server = server_messages(&srv, "alice", &conv).await;
-    assert_eq!(on_server.len(), 1);
-    assert_eq!(on_server[0].1, big);
+    assert_eq!(on_server.len(), 10);
+    assert!(on_server.iter().all(|(_, c)| *c == big));
     sync_once(&b).await;
     let snap = snapshot(&b).await;
-    assert_eq!(snap[0].3[0].1, big);
+    assert_eq!(snap[0].3.len(), 10);
+    assert!(snap[0].3.iter().all(|(_, c)| *c == big));
     // Web → server → device, and as a notification to a live device.
     let mut web = srv.hello(&token, "web").await;
     let id = pichat::history::new_id();

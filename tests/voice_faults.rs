@@ -335,7 +335,7 @@ async fn hostile_wav_files_are_refused_from_the_header_by_transcribe_and_ask() {
     let cases = [
         (
             "rate.wav",
-            wav_with(1, 4_294_967_291, 16, &[0; 8192]),
+            wav_with(1, 4_294_967_291, 8, &[128; 8192]),
             "sample rate 4294967291 Hz is out of range",
         ),
         (

@@ -381,7 +381,8 @@ impl<R: Read> Decoder<R> {
                         let s = s.map_err(damaged)?;
                         // Full scale at most: a huge (or infinite, or NaN)
                         // float would overflow the resampler's FFT.
-                        self.frame.push(if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) });
+                        self.frame
+                            .push(if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) });
                     }
                 }
                 SampleFormat::Int(_) => {
