@@ -8,6 +8,8 @@
 //! 3. A fresh client pulling N messages with `sync` (pages of 5000).
 //! 4. Notification latency: a change on one connection until the user's
 //!    other connection has the notification (p50, p99).
+//! 5. A healthy user's latency during another user's search storm
+//!    (`server_reads.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +38,7 @@ pub enum Part {
     Send,
     Sync,
     Notify,
+    Reads,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +64,8 @@ pub struct Args {
     /// Directory for the databases, kept [default: a temporary directory]
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    reads: super::server_reads::ReadArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -96,6 +101,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         if wants(Part::Notify) {
             notify(&a, &dir).await.context("notifications")?;
+        }
+        if wants(Part::Reads) {
+            super::server_reads::run(&a.reads, &dir)
+                .await
+                .context("reads during a search storm")?;
         }
         Ok::<(), anyhow::Error>(())
     })

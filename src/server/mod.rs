@@ -95,6 +95,8 @@ pub struct ServerOptions {
     pub system_prompt: String,
     /// Token budget of the LLM context.
     pub context_tokens: usize,
+    /// Longest `speech_to_text` audio (`stt.max_seconds`).
+    pub stt_max: Duration,
 }
 
 impl Default for ServerOptions {
@@ -115,6 +117,7 @@ impl Default for ServerOptions {
             max_jobs_per_connection: 4,
             system_prompt: "You are a helpful assistant.".into(),
             context_tokens: 3000,
+            stt_max: Duration::from_secs(60),
         }
     }
 }
@@ -126,6 +129,7 @@ impl ServerOptions {
             max_connections: cfg.server.max_connections,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
+            stt_max: cfg.stt.max_duration,
             ..ServerOptions::default()
         }
     }
