@@ -147,6 +147,34 @@ async fn garbage_from_the_first_llm_moves_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_line_from_the_first_llm_is_refused_and_the_next_answers() {
+    let env = Env::new();
+    let endless = fakes::llm(LlmMode::EndlessLine).await;
+    let good = fakes::llm(tokens(&["Fine."])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("endless", openai(&endless.url(), 2000)),
+            ("good", openai(&good.url(), 2000)),
+            ("voice", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["whisper"],
+        &["endless", "good"],
+        &["voice"],
+    );
+    let r =
+        run_async(env.cmd(&["ask", "hello", "--out", env.path("o.wav").to_str().unwrap()])).await;
+    assert!(r.ok().contains("assistant: Fine."));
+    assert!(
+        r.stderr()
+            .contains("endless: an event of the stream is over 1048576 bytes"),
+        "{}",
+        r.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_mid_stream_keeps_what_was_said() {
     let env = Env::new();
     let stall = fakes::llm(LlmMode::StallAfter(vec![

@@ -103,6 +103,9 @@ pub enum LlmMode {
     StallAfter(Vec<String>),
     /// Sends a chunk that is not JSON.
     Garbage,
+    /// Sends one `data:` line that never ends, 64 KiB at a time, until the
+    /// client hangs up (or 64 MiB are sent).
+    EndlessLine,
 }
 
 async fn read_http_request(s: &mut BufReader<TcpStream>) -> Option<Value> {
@@ -196,6 +199,16 @@ pub async fn llm(mode: LlmMode) -> Fake {
                     let _ = s.write_all(sse_head.as_bytes()).await;
                     let _ = s.write_all(b"data: {this is not json\n\n").await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                LlmMode::EndlessLine => {
+                    let _ = s.write_all(sse_head.as_bytes()).await;
+                    let _ = s.write_all(b"data: {\"choices\":[{\"delta\":{\"content\":\"").await;
+                    let chunk = vec![b'x'; 64 << 10];
+                    for _ in 0..1024 {
+                        if s.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
             let _ = s.shutdown().await;

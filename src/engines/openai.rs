@@ -431,14 +431,30 @@ impl Llm for OpenAiLlm {
                         return;
                     }
                 };
+                let too_long = |e: super::sse::TooLong| EngineError::Protocol {
+                    engine: ep.name.clone(),
+                    message: e.to_string(),
+                };
                 let datas = match next {
-                    Some(Ok(b)) => sse.push(&b),
+                    Some(Ok(b)) => match sse.push(&b) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = tx.send(Err(too_long(e))).await;
+                            return;
+                        }
+                    },
                     Some(Err(e)) => {
                         let _ = tx.send(Err(ep.map_err(e))).await;
                         return;
                     }
                     None => {
-                        let tail = sse.finish();
+                        let tail = match sse.finish() {
+                            Ok(t) => t,
+                            Err(e) => {
+                                let _ = tx.send(Err(too_long(e))).await;
+                                return;
+                            }
+                        };
                         if tail.as_deref() != Some("[DONE]") {
                             let _ = tx
                                 .send(Err(EngineError::Protocol {
