@@ -135,7 +135,7 @@ impl Default for ServerOptions {
             max_connections: 10_000,
             max_connections_per_user: 64,
             max_handshakes: 512,
-            max_handshakes_per_address: 16,
+            max_handshakes_per_address: 64,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             send_queue_bytes: 1 << 20,
