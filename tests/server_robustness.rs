@@ -1057,6 +1057,80 @@ async fn frames_in_progress_share_the_read_budget() {
     assert_eq!(r["action"], "pong");
 }
 
+/// A conversation whose `sync` page is ~200 KiB.
+async fn large_history(c: &mut Client) {
+    let conv = conversation(c).await;
+    let text = "lorem ipsum ".repeat(170);
+    let batch: Vec<Value> = (0..100)
+        .map(|_| json!({"id": new_id(), "conversation_id": conv, "role": "user", "content": text}))
+        .collect();
+    let r = c
+        .request("append_messages", json!({"messages": batch}))
+        .await;
+    assert_eq!(r["payload"]["stored"].as_array().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn a_client_reading_slowly_is_not_dropped() {
+    use tokio::io::AsyncReadExt;
+    let srv = TestServer::start_with(
+        engines(vec![]),
+        ServerOptions {
+            send_queue_bytes: 64 * 1024,
+            send_timeout: Duration::from_millis(300),
+            ..options()
+        },
+    )
+    .await;
+    let t = srv.token("alice").await;
+    let mut c = srv.hello(&t, "web").await;
+    // A ~6 MB reply: more than the socket buffers hold, so it takes the
+    // slow reader well over `send_timeout` to get it.
+    let conv = conversation(&mut c).await;
+    let text = "lorem ipsum ".repeat(500);
+    for _ in 0..7 {
+        let batch: Vec<Value> = (0..143)
+            .map(|_| json!({"id": new_id(), "conversation_id": conv, "role": "user", "content": text}))
+            .collect();
+        let r = c
+            .request("append_messages", json!({"messages": batch}))
+            .await;
+        assert_eq!(r["payload"]["stored"].as_array().unwrap().len(), 143);
+    }
+    let mut slow = raw_ws_with_buffer(srv.addr, &t, 64 * 1024).await;
+    let f = format!(
+        r#"{{"action":"get_messages","request_id":"m","payload":{{"conversation_id":"{conv}","limit":1000}}}}"#
+    );
+    write_frame(&mut slow, f.as_bytes()).await;
+    // Read 64 KiB every 20 ms: the socket takes bytes all along.
+    let mut buf = Vec::new();
+    let reply = loop {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(WAIT, slow.read(&mut chunk))
+            .await
+            .expect("bytes within the wait")
+            .unwrap();
+        assert!(n > 0, "closed after {} bytes", buf.len());
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() >= 10 && buf[1] & 0x7f == 127 {
+            let len = u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize;
+            if buf.len() >= 10 + len {
+                break serde_json::from_slice::<Value>(&buf[10..10 + len]).unwrap();
+            }
+        } else if buf.len() >= 2 {
+            panic!("not the big reply: {:?}", String::from_utf8_lossy(&buf));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(reply["action"], "messages_list");
+    assert_eq!(reply["payload"]["messages"].as_array().unwrap().len(), 1000);
+    // Still connected, and served.
+    write_frame(&mut slow, br#"{"action":"ping","request_id":"p"}"#).await;
+    let (_, pong) = read_frame(&mut slow).await.unwrap();
+    assert!(String::from_utf8_lossy(&pong).contains("pong"));
+    c.assert_quiet().await;
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_its_pages_is_dropped_with_1013() {
     let srv = TestServer::start_with(
@@ -1070,16 +1144,7 @@ async fn a_client_that_never_reads_its_pages_is_dropped_with_1013() {
     .await;
     let t = srv.token("alice").await;
     let mut healthy = srv.hello(&t, "web").await;
-    // A history whose sync page is ~200 KiB.
-    let conv = conversation(&mut healthy).await;
-    let text = "lorem ipsum ".repeat(170);
-    let batch: Vec<Value> = (0..100)
-        .map(|_| json!({"id": new_id(), "conversation_id": conv, "role": "user", "content": text}))
-        .collect();
-    let r = healthy
-        .request("append_messages", json!({"messages": batch}))
-        .await;
-    assert_eq!(r["payload"]["stored"].as_array().unwrap().len(), 100);
+    large_history(&mut healthy).await;
     // 40 pages asked for (8 MiB of replies), none read.
     let mut greedy = srv.connect_small_buffer(&t).await;
     srv.wait_connections(2).await;

@@ -15,6 +15,7 @@
 //! client does not read, or the server is too busy reading others.
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,14 +158,27 @@ enum Incoming {
     Failed(WsError),
 }
 
-/// The next message, once the unsent replies are within the limit.
-async fn next_message(conn: &Conn, stream: &mut SplitStream<Ws>, state: &State) -> Incoming {
-    if !conn.queue.wait_unsent_within(state.opts.send_timeout).await {
-        return if conn.queue.is_closed() {
-            Incoming::Gone
-        } else {
-            Incoming::NotReading
-        };
+/// The next message, once the unsent replies are within the limit. A client
+/// that reads slowly is waited for as long as it acknowledges bytes
+/// (`sockinfo.rs`; else: as long as its socket takes bytes); one that
+/// acknowledged none for `send_timeout` does not read.
+async fn next_message(
+    conn: &Conn,
+    progress: &impl Fn() -> u64,
+    stream: &mut SplitStream<Ws>,
+    state: &State,
+) -> Incoming {
+    loop {
+        let before = progress();
+        if conn.queue.wait_unsent_within(state.opts.send_timeout).await {
+            break;
+        }
+        if conn.queue.is_closed() {
+            return Incoming::Gone;
+        }
+        if progress() == before {
+            return Incoming::NotReading;
+        }
     }
     match tokio::time::timeout(state.opts.idle_timeout, stream.next()).await {
         Err(_) => Incoming::Silent,
@@ -216,6 +230,7 @@ pub(crate) async fn run(
     state: Arc<State>,
     ws: Ws,
     marks: Arc<Marks>,
+    fd: RawFd,
     user: AuthUser,
     peer: SocketAddr,
     admission: Admission,
@@ -228,6 +243,8 @@ pub(crate) async fn run(
         .tracker
         .spawn(writer(sink, conn.clone(), state.opts.ping_interval));
     let mut session = Session::new(state.clone(), conn.clone());
+    // `fd` is the socket `ws` owns, alive as long as this function runs.
+    let progress = || super::sockinfo::bytes_acked(fd).unwrap_or_else(|| marks.written());
     let mut stopping = false;
     // The peer closed or broke the connection: no closing handshake to wait for.
     let mut peer_gone = false;
@@ -236,7 +253,7 @@ pub(crate) async fn run(
             biased;
             _ = conn.kill.cancelled() => break,
             _ = state.shutdown.cancelled() => { stopping = true; break }
-            next = next_message(&conn, &mut stream, &state) => next,
+            next = next_message(&conn, &progress, &mut stream, &state) => next,
         };
         match next {
             Incoming::Silent => {

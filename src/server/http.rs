@@ -15,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The client's address, given to the handlers with each request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub SocketAddr);
+
+/// The connection's socket, given to the handlers with each request (for
+/// what the kernel knows about it: `sockinfo.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketFd(pub RawFd);
 
 /// The largest frame the WebSocket layer reads: 1 MiB over the largest
 /// limit of the protocol, so a frame a little too large is read whole and
@@ -189,6 +195,7 @@ async fn with_device(state: &Arc<State>, mut user: AuthUser) -> AuthUser {
 async fn ws(
     With(state): With<Arc<State>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(SocketFd(fd)): Extension<SocketFd>,
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
@@ -279,7 +286,7 @@ async fn ws(
         };
         let (io, marks) = Metered::new(io, &st.read_budget, st.opts.frame_timeout);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        super::conn::run(st, ws, marks, user, peer, admission).await;
+        super::conn::run(st, ws, marks, fd, user, peer, admission).await;
     });
     response
 }
@@ -294,8 +301,10 @@ pub(crate) async fn serve(
     slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
+    let fd = SocketFd(tcp.as_raw_fd());
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(fd);
         let mut router = router.clone();
         async move {
             let resp = tower_service::Service::call(&mut router, req).await;

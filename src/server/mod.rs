@@ -57,6 +57,7 @@ mod limiter;
 mod queue;
 mod reading;
 mod registry;
+mod sockinfo;
 mod tokens;
 mod upgrade;
 

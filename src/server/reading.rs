@@ -20,7 +20,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -81,6 +81,8 @@ pub(crate) struct Marks {
     message_done: AtomicBool,
     /// Bytes of control frames (ping, pong) delivered since.
     control: AtomicUsize,
+    /// Bytes written to the socket so far (the writer's progress).
+    written: AtomicU64,
 }
 
 impl Marks {
@@ -95,6 +97,11 @@ impl Marks {
     /// control frame: 2, and the 4 of the mask).
     pub fn control_done(&self, payload: usize) {
         self.control.fetch_add(payload + 6, Ordering::AcqRel);
+    }
+
+    /// Bytes written to the socket so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 }
 
@@ -147,6 +154,12 @@ impl<S> Metered<S> {
             self.held = None;
             self.acquiring = None;
             self.deadline = None;
+        }
+    }
+
+    fn count_written(&self, r: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.marks.written.fetch_add(*n as u64, Ordering::AcqRel);
         }
     }
 
@@ -255,7 +268,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.count_written(&r);
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -271,7 +287,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.count_written(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

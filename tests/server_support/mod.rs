@@ -543,8 +543,18 @@ pub async fn still_open(tcp: &mut TcpStream) -> bool {
 /// A WebSocket opened by hand (no WebSocket library): the handshake is
 /// sent, the `101` read; frames are then written with [`write_frame`].
 pub async fn raw_ws(addr: SocketAddr, token: &str) -> TcpStream {
+    raw_ws_with(TcpStream::connect(addr).await.unwrap(), token).await
+}
+
+/// [`raw_ws`] over a socket whose receive buffer is `size` bytes.
+pub async fn raw_ws_with_buffer(addr: SocketAddr, token: &str, size: u32) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(size).unwrap();
+    raw_ws_with(sock.connect(addr).await.unwrap(), token).await
+}
+
+async fn raw_ws_with(mut tcp: TcpStream, token: &str) -> TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
