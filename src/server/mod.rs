@@ -387,3 +387,61 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_config() {
+        let text = "[server]\nmax_connections = 7\nmax_connections_per_user = 3\nmax_handshakes = 9\n\
+                    max_handshakes_per_address = 2\nheader_timeout_s = 4\nsend_queue_kib = 32\n\
+                    read_budget_mib = 5\nframe_timeout_s = 6\n";
+        let (_, cfg) = crate::config::parse_str(text, std::path::Path::new("t.toml")).unwrap();
+        let o = ServerOptions::from_config(&cfg);
+        assert_eq!(
+            (
+                o.max_connections,
+                o.max_connections_per_user,
+                o.max_handshakes,
+                o.max_handshakes_per_address
+            ),
+            (7, 3, 9, 2)
+        );
+        assert_eq!(o.header_timeout, Duration::from_secs(4));
+        assert_eq!(
+            (o.send_queue_bytes, o.read_budget_bytes),
+            (32 << 10, 5 << 20)
+        );
+        assert_eq!(o.frame_timeout, Duration::from_secs(6));
+        // The defaults are the shipped config's.
+        let (_, cfg) = crate::config::parse_str("", std::path::Path::new("t.toml")).unwrap();
+        let (o, d) = (ServerOptions::from_config(&cfg), ServerOptions::default());
+        assert_eq!(
+            (
+                o.max_connections_per_user,
+                o.max_handshakes,
+                o.max_handshakes_per_address
+            ),
+            (
+                d.max_connections_per_user,
+                d.max_handshakes,
+                d.max_handshakes_per_address
+            )
+        );
+        assert_eq!(
+            (
+                o.send_queue_bytes,
+                o.read_budget_bytes,
+                o.frame_timeout,
+                o.header_timeout
+            ),
+            (
+                d.send_queue_bytes,
+                d.read_budget_bytes,
+                d.frame_timeout,
+                d.header_timeout
+            )
+        );
+    }
+}
