@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::State;
-use super::audit::{Event, Who};
+use super::audit::{Audit, Event, Who};
 use super::auth::AuthUser;
 use super::limiter::Bucket;
 pub(crate) use super::queue::Out;
@@ -59,6 +59,7 @@ pub(crate) struct Conn {
     /// Why it was killed (first reason wins): the close code and reason.
     killed_for: Mutex<Option<(u16, String)>>,
     send_timeout: Duration,
+    audit: Arc<Audit>,
 }
 
 impl Conn {
@@ -72,6 +73,7 @@ impl Conn {
             kill: CancellationToken::new(),
             killed_for: Mutex::new(None),
             send_timeout: state.opts.send_timeout,
+            audit: state.audit.clone(),
         })
     }
 
@@ -90,13 +92,17 @@ impl Conn {
         self.kill.is_cancelled() || self.queue.is_closed()
     }
 
+    /// Who this is, for the audit trail.
+    pub fn who(&self) -> Who {
+        Who::of(&self.user, self.peer.ip())
+    }
+
     fn too_slow(&self, what: &str) {
-        tracing::warn!(
-            "{}: connection {} from {} does not read {what}; disconnecting it",
-            self.user.name,
-            self.id,
-            self.peer
+        let why = format!(
+            "connection {} closed (1013): it does not read {what} (server.send_queue_kib)",
+            self.id
         );
+        self.audit.repeated(Event::LimitRefused, self.who(), why);
         self.kill(close::TRY_AGAIN_LATER, "too slow reading");
     }
 
@@ -212,14 +218,14 @@ fn failure(e: &WsError) -> Option<(Option<ErrorPayload>, u16, String)> {
             tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
         ) => None,
         WsError::Protocol(p) => Some((None, close::PROTOCOL_ERROR, p.to_string())),
-        WsError::Io(io) => match ReadLimit::of(io)? {
-            ReadLimit::FrameTimeout(_) => Some((
-                None,
-                close::POLICY_VIOLATION,
-                ReadLimit::of(io)?.to_string(),
-            )),
-            ReadLimit::Busy => Some((None, close::TRY_AGAIN_LATER, ReadLimit::of(io)?.to_string())),
-        },
+        WsError::Io(io) => {
+            let limit = ReadLimit::of(io)?;
+            let code = match limit {
+                ReadLimit::FrameTimeout(_) => close::POLICY_VIOLATION,
+                ReadLimit::Busy => close::TRY_AGAIN_LATER,
+            };
+            Some((None, code, limit.to_string()))
+        }
         _ => None,
     }
 }
@@ -281,16 +287,16 @@ pub(crate) async fn run(
                     conn.kill(close::GOING_AWAY, "");
                     break;
                 };
-                tracing::info!(
-                    "{}: connection {} from {peer} closed ({code}): {e}",
-                    conn.user.name,
-                    conn.id
-                );
                 if matches!(code, close::POLICY_VIOLATION | close::TRY_AGAIN_LATER) {
-                    let who = Who::of(&conn.user, peer.ip());
-                    state
-                        .audit
-                        .repeated(Event::LimitRefused, who, reason.clone());
+                    // A read limit (reading.rs).
+                    let why = format!("connection {} closed ({code}): {reason}", conn.id);
+                    state.audit.repeated(Event::LimitRefused, conn.who(), why);
+                } else {
+                    tracing::info!(
+                        "{}: connection {} from {peer} closed ({code}): {e}",
+                        conn.user.name,
+                        conn.id
+                    );
                 }
                 if let Some(e) = frame {
                     conn.send(&ServerFrame::error(None, e)).await;
@@ -506,7 +512,7 @@ impl Session {
     }
 
     fn audit_rate_limited(&self, action: &str, limit: &str) {
-        let who = Who::of(&self.conn.user, self.conn.peer.ip());
+        let who = self.conn.who();
         let reason = format!("{action}: over the {limit}");
         self.state.audit.repeated(Event::RateLimited, who, reason);
     }

@@ -37,7 +37,7 @@ use super::audit::{Event, Who};
 use super::auth::{self, AuthUser};
 use super::handshakes::Slot;
 use super::reading::Metered;
-use super::registry::Refusal;
+use super::registry::{Admission, Refusal};
 use super::upgrade::Upgrade;
 use crate::protocol::{ErrorCode, Health, HttpError, limits};
 
@@ -192,6 +192,77 @@ async fn with_device(state: &Arc<State>, mut user: AuthUser) -> AuthUser {
     user
 }
 
+/// The user of a present token, or the answer refusing it.
+async fn authenticate(
+    state: &Arc<State>,
+    token: String,
+    peer: SocketAddr,
+) -> Result<AuthUser, Response> {
+    match state.db.call(move |s| auth::check(s, &token)).await {
+        Ok(Some(u)) => Ok(with_device(state, u).await),
+        Ok(None) => {
+            let who = Who::addr(peer.ip());
+            let reason = "unknown or revoked token";
+            state.audit.repeated(Event::AuthRefused, who, reason);
+            Err(unauthorized(reason, "Bearer error=\"invalid_token\""))
+        }
+        Err(e) => {
+            tracing::error!("cannot check a token: {e}");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "cannot check the token now",
+            ))
+        }
+    }
+}
+
+/// A connection place for `user`, or the answer refusing it.
+#[allow(clippy::result_large_err)] // the error is the answer, made once per refusal
+fn admit(state: &Arc<State>, user: &AuthUser, peer: SocketAddr) -> Result<Admission, Response> {
+    let busy = |message: &str| {
+        with_header(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+            header::RETRY_AFTER,
+            "5",
+        )
+    };
+    if state.shutdown.is_cancelled() {
+        return Err(busy("the server is shutting down"));
+    }
+    let refusal = match state.registry.admit(user.id) {
+        Ok(a) => return Ok(a),
+        Err(r) => r,
+    };
+    let who = Who::of(user, peer.ip());
+    Err(match refusal {
+        Refusal::Full { max } => {
+            let reason = format!("server.max_connections ({max}) are open");
+            state.audit.repeated(Event::LimitRefused, who, reason);
+            busy("too many connections; try again later")
+        }
+        Refusal::UserFull { max } => {
+            let reason = format!("server.max_connections_per_user ({max}) are open");
+            state.audit.repeated(Event::LimitRefused, who, reason);
+            let message = format!(
+                "{} has {max} connections open, the most allowed (server.max_connections_per_user); close one first",
+                user.name
+            );
+            with_header(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                &message,
+                header::RETRY_AFTER,
+                "5",
+            )
+        }
+    })
+}
+
+/// `GET /ws`: a token, a well-formed upgrade, a user, a place; then `101`,
+/// and the connection runs as a task of its own.
 async fn ws(
     With(state): With<Arc<State>>,
     Extension(Peer(peer)): Extension<Peer>,
@@ -212,66 +283,18 @@ async fn ws(
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    let user = match state.db.call(move |s| auth::check(s, &token)).await {
-        Ok(Some(u)) => with_device(&state, u).await,
-        Ok(None) => {
-            state.audit.repeated(
-                Event::AuthRefused,
-                Who::addr(peer.ip()),
-                "unknown or revoked token",
-            );
-            return unauthorized("unknown or revoked token", "Bearer error=\"invalid_token\"");
-        }
-        Err(e) => {
-            tracing::error!("cannot check a token: {e}");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                "cannot check the token now",
-            );
-        }
+    let user = match authenticate(&state, token, peer).await {
+        Ok(u) => u,
+        Err(refused) => return refused,
     };
-    let who = Who::of(&user, peer.ip());
     if state.tokens.first_use_from(user.token_id, peer.ip()) {
         let reason = format!("first use of token {} from this address", user.token_id);
+        let who = Who::of(&user, peer.ip());
         state.audit.once(Event::NewAddress, &who, &reason);
     }
-    if state.shutdown.is_cancelled() {
-        return with_header(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the server is shutting down",
-            header::RETRY_AFTER,
-            "5",
-        );
-    }
-    let admission = match state.registry.admit(user.id) {
+    let admission = match admit(&state, &user, peer) {
         Ok(a) => a,
-        Err(Refusal::Full { max }) => {
-            let reason = format!("server.max_connections ({max}) are open");
-            state.audit.repeated(Event::LimitRefused, who, reason);
-            return with_header(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                "too many connections; try again later",
-                header::RETRY_AFTER,
-                "5",
-            );
-        }
-        Err(Refusal::UserFull { max }) => {
-            let reason = format!("server.max_connections_per_user ({max}) are open");
-            state.audit.repeated(Event::LimitRefused, who, reason);
-            return with_header(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                &format!(
-                    "{} has {max} connections open, the most allowed (server.max_connections_per_user); close one first",
-                    user.name
-                ),
-                header::RETRY_AFTER,
-                "5",
-            );
-        }
+        Err(refused) => return refused,
     };
     let (response, upgraded) = upgrade.accept();
     let st = state.clone();

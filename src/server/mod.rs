@@ -207,7 +207,7 @@ pub(crate) struct State {
     registry: Arc<registry::Registry>,
     read_budget: reading::ReadBudget,
     tokens: tokens::TokenBook,
-    audit: audit::Audit,
+    audit: Arc<audit::Audit>,
 }
 
 impl State {
@@ -226,7 +226,7 @@ impl State {
             registry: registry::Registry::new(opts.max_connections, opts.max_connections_per_user),
             read_budget: reading::ReadBudget::new(opts.read_budget_bytes),
             tokens: tokens::TokenBook::default(),
-            audit: audit::Audit::default(),
+            audit: Arc::new(audit::Audit::default()),
             opts,
             db,
             engines,
