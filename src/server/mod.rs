@@ -300,6 +300,42 @@ fn out_of_files(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// A new socket: served by hyper in a handshake place (`handshakes.rs`),
+/// or closed when its address has all the places it may have.
+fn accepted_socket(
+    state: &Arc<State>,
+    router: &axum::Router,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let admitted = match state.handshakes.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(full) => {
+            let reason = format!(
+                "socket closed: server.max_handshakes_per_address ({}) unauthenticated sockets from this address",
+                full.max
+            );
+            let who = audit::Who::addr(peer.ip());
+            state
+                .audit
+                .repeated(audit::Event::LimitRefused, who, reason);
+            return;
+        }
+    };
+    if let Some(ip) = admitted.evicted {
+        let reason = format!(
+            "unauthenticated socket dropped to make room: all server.max_handshakes ({}) in use",
+            state.opts.max_handshakes
+        );
+        let who = audit::Who::addr(ip);
+        state
+            .audit
+            .repeated(audit::Event::LimitRefused, who, reason);
+    }
+    let serve = http::serve(state.clone(), router.clone(), tcp, peer, admitted.slot);
+    state.tracker.spawn(serve);
+}
+
 /// Serves the protocol on `listener` until `shutdown` is cancelled, then
 /// stops cleanly (see the module docs) and returns.
 pub async fn run(
@@ -328,35 +364,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     backoff.succeeded();
-                    match state.handshakes.admit(peer.ip()) {
-                        Ok(admitted) => {
-                            if let Some(ip) = admitted.evicted {
-                                state.audit.repeated(
-                                    audit::Event::LimitRefused,
-                                    audit::Who::addr(ip),
-                                    format!(
-                                        "unauthenticated socket dropped to make room: all server.max_handshakes ({}) in use",
-                                        state.opts.max_handshakes
-                                    ),
-                                );
-                            }
-                            state.tracker.spawn(http::serve(
-                                state.clone(),
-                                router.clone(),
-                                tcp,
-                                peer,
-                                admitted.slot,
-                            ));
-                        }
-                        Err(full) => state.audit.repeated(
-                            audit::Event::LimitRefused,
-                            audit::Who::addr(peer.ip()),
-                            format!(
-                                "socket closed: server.max_handshakes_per_address ({}) unauthenticated sockets from this address",
-                                full.max
-                            ),
-                        ),
-                    }
+                    accepted_socket(&state, &router, tcp, peer);
                 }
                 Err(e) => {
                     if out_of_files(&e) {
@@ -443,5 +451,16 @@ mod tests {
                 d.header_timeout
             )
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_failures_back_off_up_to_a_second() {
+        let mut b = AcceptBackoff::new();
+        let e = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(out_of_files(&e));
+        let waits: Vec<u128> = (0..10).map(|_| b.failed(&e).as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed(&e).as_millis(), 5);
     }
 }
