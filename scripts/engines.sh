@@ -11,71 +11,154 @@
 #
 # Usage: scripts/engines.sh start|stop|status|restart
 # Env: ENGINES_DIR (as for setup-local-engines.sh), LLM_THREADS (default 1:
-# llama.cpp threads spin, so with 2 cores leave one to the rest).
+# llama.cpp threads spin, so with 2 cores leave one to the rest);
+# LLAMA_PORT, WHISPER_PORT, PIPER_PORT, FWS_PORT, LOCALTTS_PORT move an engine
+# off its default port (the tests use spare ports).
+#
+# Each engine runs as its own process group whose leader's pid is in
+# $ENGINES_DIR/run/NAME.pid; `stop` ends the whole group. An engine is "ours"
+# when its command line names $ENGINES_DIR: `stop` also ends one of ours that
+# holds an engine's port without a pid file (an older engines.sh lost track of
+# them), and leaves any other program on that port alone.
 set -euo pipefail
 
 if [[ $(id -u) -eq 0 ]]; then E="${ENGINES_DIR:-/var/cache/pichat-engines}"; else E="${ENGINES_DIR:-$HOME/.cache/pichat-engines}"; fi
+E="${E%/}"
 V="$E/venv/bin"
 RUN="$E/run"
 LOGS="$E/logs"
 mkdir -p "$RUN" "$LOGS"
 
-# name port health-check command...
+# name port
 services() {
-  echo "llama 8081"
-  echo "whisper 10300"
-  echo "piper 10200"
+  echo "llama ${LLAMA_PORT:-8081}"
+  echo "whisper ${WHISPER_PORT:-10300}"
+  echo "piper ${PIPER_PORT:-10200}"
   if [[ "${WITH_OPENAI:-0}" == 1 ]]; then
-    echo "fws 18000"
-    echo "localtts 17878"
+    echo "fws ${FWS_PORT:-18000}"
+    echo "localtts ${LOCALTTS_PORT:-17878}"
   fi
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-running() {
-  local pid
-  [[ -f "$RUN/$1.pid" ]] && pid=$(cat "$RUN/$1.pid") && kill -0 "$pid" 2>/dev/null
+# The pid of the process listening on 127.0.0.1 (or any address) at TCP port
+# $1, from /proc (no ss/lsof needed); empty when none is visible to us.
+port_pid() {
+  local hex inode fd
+  hex=$(printf '%04X' "$1")
+  # /proc/net/tcp{,6}: local_address is ADDR:PORT in hex, st 0A is LISTEN, field 10 the inode.
+  inode=$(awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10; exit }' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null || true)
+  [[ -n "$inode" && "$inode" != 0 ]] || return 0
+  fd=$(find /proc/[0-9]*/fd -maxdepth 1 -lname "socket:\\[$inode\\]" -print -quit 2>/dev/null || true)
+  [[ -n "$fd" ]] && { fd=${fd#/proc/}; echo "${fd%%/*}"; }
+  return 0
 }
 
+cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
+
+# True when pid $1 is alive and one of our engines (its command names $E).
+ours() { [[ -n "$1" ]] && living "$1" && [[ "$(cmdline "$1")" == *"$E/"* ]]; }
+
+# The pid in NAME's pid file when that process is alive and ours.
+pid_of() {
+  local pid
+  [[ -f "$RUN/$1.pid" ]] && pid=$(<"$RUN/$1.pid") && ours "$pid" && echo "$pid"
+  return 0
+}
+
+# The process group of pid $1 (from /proc/PID/stat: the fields after "(comm) "
+# are state, ppid, pgrp).
+pgid_of() {
+  local stat rest pgrp
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  rest=${stat##*) }
+  read -r _ _ pgrp _ <<<"$rest"
+  echo "$pgrp"
+}
+
+# Ends pid $1 with its process group when the group is one of ours (an engine
+# started by launch leads its own group, so its children go with it):
+# SIGTERM, up to 5 s, then SIGKILL.
+stop_pid() {
+  local pid=$1 target=$1 pgid
+  pgid=$(pgid_of "$pid")
+  if [[ "$pgid" == "$pid" ]] || ours "$pgid"; then target="-$pgid"; fi
+  kill -TERM -- "$target" 2>/dev/null || true
+  for _ in $(seq 50); do living "$target" || return 0; sleep 0.1; done
+  kill -KILL -- "$target" 2>/dev/null || true
+  for _ in $(seq 20); do living "$target" || return 0; sleep 0.1; done
+  return 1
+}
+
+# True while pid $1 (or, for -N, any process of group N) has not exited: some
+# thread of it is not a zombie. (A process's first thread turns zombie while
+# the others still run; and where nothing reaps orphans at once, a zombie
+# lingers.)
+living() {
+  local g=${1#-} files
+  if [[ "$1" == -* ]]; then files=(/proc/[0-9]*/task/*/stat); else files=(/proc/"$g"/task/*/stat); fi
+  # (awk reads to the end: an early exit would fail cat with SIGPIPE, and so the pipeline.)
+  cat "${files[@]}" 2>/dev/null |
+    awk -v g="$g" -v grp="${1:0:1}" '{
+      sub(/.*\) /, "")
+      if ($1 != "Z" && (grp != "-" || $3 == g)) found = 1
+    } END { exit !found }'
+}
+
+# Runs engine $1 on port $2 in place of this (sub)shell, in a session and
+# process group of its own, so the pid that start records is the engine's.
 launch() {
   local name=$1 port=$2
   case $name in
     llama)
       [[ -x "$E/bin/llama-server" ]] || { echo "engines.sh: $E/bin/llama-server is missing; run scripts/setup-local-engines.sh" >&2; return 1; }
-      "$E/bin/llama-server" -m "$E/models/SmolLM2-135M-Instruct.Q4_1.gguf" --host 127.0.0.1 --port "$port" \
+      exec setsid "$E/bin/llama-server" -m "$E/models/SmolLM2-135M-Instruct.Q4_1.gguf" --host 127.0.0.1 --port "$port" \
         -t "${LLM_THREADS:-1}" -c 2048 -np 1 -a smollm2 --offline ;;
     whisper)
-      HF_HUB_OFFLINE=1 "$V/wyoming-faster-whisper" --uri "tcp://127.0.0.1:$port" \
+      HF_HUB_OFFLINE=1 exec setsid "$V/wyoming-faster-whisper" --uri "tcp://127.0.0.1:$port" \
         --model "$E/models/whisper-tiny.en-ct2" --language en --local-files-only \
         --data-dir "$E/data/wyoming-fw" --download-dir "$E/data/wyoming-fw" ;;
     piper)
-      "$V/wyoming-piper" --uri "tcp://127.0.0.1:$port" --voice en_US-joe-medium \
+      exec setsid "$V/wyoming-piper" --uri "tcp://127.0.0.1:$port" --voice en_US-joe-medium \
         --data-dir "$E/models/piper" --download-dir "$E/data/wyoming-piper" ;;
     fws)
-      HF_HUB_OFFLINE=1 "$V/faster-whisper-server" "$E/models/whisper-tiny.en-ct2" --host 127.0.0.1 --port "$port" ;;
+      HF_HUB_OFFLINE=1 exec setsid "$V/faster-whisper-server" "$E/models/whisper-tiny.en-ct2" --host 127.0.0.1 --port "$port" ;;
     localtts)
-      LOCAL_TTS_DATA_DIR="$E/data/local-tts" "$V/local-tts" --host 127.0.0.1 --port "$port" ;;
+      LOCAL_TTS_DATA_DIR="$E/data/local-tts" exec setsid "$V/local-tts" --host 127.0.0.1 --port "$port" ;;
   esac
 }
 
 start() {
   [[ -x "$V/python" ]] || { echo "engines.sh: no engines in $E; run scripts/setup-local-engines.sh first" >&2; exit 1; }
-  local name port
+  local name port pid started=()
   while read -r name port; do
-    if running "$name" || port_open "$port"; then
-      echo "  $name: already running on 127.0.0.1:$port"
+    pid=$(pid_of "$name")
+    if [[ -n "$pid" ]]; then
+      echo "  $name: already running on 127.0.0.1:$port (pid $pid)"
       continue
     fi
-    launch "$name" "$port" >"$LOGS/$name.log" 2>&1 &
+    if port_open "$port"; then
+      pid=$(port_pid "$port")
+      if ours "$pid"; then
+        echo "$pid" >"$RUN/$name.pid"
+        echo "  $name: already running on 127.0.0.1:$port (pid $pid, found on its port)"
+      else
+        echo "  $name: port $port is in use by ${pid:+pid $pid: }$( [[ -n "$pid" ]] && cmdline "$pid" || echo "another program"); using it as it is"
+      fi
+      continue
+    fi
+    launch "$name" "$port" >"$LOGS/$name.log" 2>&1 </dev/null &
     echo $! >"$RUN/$name.pid"
-    echo "  $name: starting on 127.0.0.1:$port (log $LOGS/$name.log)"
+    started+=("$name")
+    echo "  $name: starting on 127.0.0.1:$port (pid $!, log $LOGS/$name.log)"
   done < <(services)
   # Wait until every port answers (models load in a few seconds).
   local t0=$SECONDS
   while read -r name port; do
     until port_open "$port"; do
-      if ! running "$name"; then
+      if [[ -z "$(pid_of "$name")" ]]; then
         echo "engines.sh: $name exited; see $LOGS/$name.log:" >&2
         tail -5 "$LOGS/$name.log" >&2
         exit 1
@@ -91,23 +174,45 @@ start() {
 }
 
 stop() {
-  local name port pid
+  local name port pid failed=0
   while read -r name port; do
-    if running "$name"; then
-      pid=$(cat "$RUN/$name.pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-      echo "  $name: stopped"
+    pid=$(pid_of "$name")
+    if [[ -n "$pid" ]]; then
+      if stop_pid "$pid"; then echo "  $name: stopped (pid $pid)"; else echo "  $name: pid $pid did not stop" >&2; failed=1; fi
+    elif [[ -f "$RUN/$name.pid" ]]; then
+      echo "  $name: its pid file named a process that is gone; removed it"
     fi
     rm -f "$RUN/$name.pid"
+    # Whatever still holds the port: one of ours without a pid file, or not ours.
+    pid=$(port_pid "$port")
+    if ours "$pid"; then
+      if stop_pid "$pid"; then
+        echo "  $name: stopped pid $pid, found on port $port without a pid file"
+      else
+        echo "  $name: pid $pid on port $port did not stop" >&2; failed=1
+      fi
+    elif [[ -n "$pid" ]]; then
+      echo "  $name: port $port is held by pid $pid ($(cmdline "$pid")), not an engine of ours; left alone"
+    elif port_open "$port"; then
+      echo "  $name: port $port is held by a process we cannot see; left alone"
+    fi
   done < <(WITH_OPENAI=1 services)
+  return $failed
 }
 
 status() {
-  local name port bad=0
+  local name port pid bad=0
   while read -r name port; do
-    if port_open "$port"; then echo "  $name: up on 127.0.0.1:$port"; else echo "  $name: down"; bad=1; fi
+    pid=$(pid_of "$name")
+    if port_open "$port"; then
+      [[ -n "$pid" ]] || pid=$(port_pid "$port")
+      if ours "$pid"; then echo "  $name: up on 127.0.0.1:$port (pid $pid)"
+      else echo "  $name: up on 127.0.0.1:$port (${pid:+pid $pid, }not started by engines.sh)"; fi
+    elif [[ -n "$pid" ]]; then
+      echo "  $name: starting (pid $pid, port $port not open yet)"; bad=1
+    else
+      echo "  $name: down"; bad=1
+    fi
   done < <(services)
   return $bad
 }

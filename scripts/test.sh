@@ -14,7 +14,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 echo "==> local engines (Whisper, SmolLM2 on llama-server, Piper)"
 scripts/setup-local-engines.sh
 WITH_OPENAI=1 scripts/engines.sh start
-trap 'WITH_OPENAI=1 scripts/engines.sh stop >/dev/null 2>&1 || true' EXIT
+trap 'echo "==> stopping the local engines"; WITH_OPENAI=1 scripts/engines.sh stop || true' EXIT
 
 echo "==> cargo fmt --check"
 cargo fmt --check

@@ -11,10 +11,12 @@
 //! 3. A fresh client pulling N messages with `sync` (pages of 5000).
 //! 4. Notification latency: a change on one connection until the user's
 //!    other connection has the notification (p50, p99).
-//! 5. Storm: clients that ask for large `sync` pages again and again and
+//! 5. A healthy user's latency during another user's search storm
+//!    (`server_reads.rs`).
+//! 6. Storm: clients that ask for large `sync` pages again and again and
 //!    never read (reconnecting when dropped), against a `pichat serve`
 //!    child: its peak resident memory, and the bound it must stay under.
-//! 6. Slowloris: N sockets from 127.0.0.2 and up that never finish their
+//! 7. Slowloris: N sockets from 127.0.0.2 and up that never finish their
 //!    request head (reopened when closed), against a `pichat serve` child:
 //!    how many legitimate connections (from 127.0.0.1) are refused
 //!    meanwhile, how long they take, and the server's CPU.
@@ -46,6 +48,7 @@ pub enum Part {
     Send,
     Sync,
     Notify,
+    Reads,
     Storm,
     Slowloris,
 }
@@ -95,6 +98,8 @@ pub struct Args {
     /// Directory for the databases, kept [default: a temporary directory]
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    reads: super::server_reads::ReadArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -130,6 +135,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         if wants(Part::Notify) {
             notify(&a, &dir).await.context("notifications")?;
+        }
+        if wants(Part::Reads) {
+            super::server_reads::run(&a.reads, &dir)
+                .await
+                .context("reads during a search storm")?;
         }
         if wants(Part::Storm) {
             storm(&a, &dir)
@@ -817,7 +827,7 @@ async fn storm_client(
 async fn storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
     let k = a.storm_clients.max(1);
     println!(
-        "\n5. a storm of {k} clients asking for `sync` pages (since 0, limit 5000) every 50 ms and never reading them, for {} s (a `pichat serve` child, default config)",
+        "\n6. a storm of {k} clients asking for `sync` pages (since 0, limit 5000) every 50 ms and never reading them, for {} s (a `pichat serve` child, default config)",
         a.storm_seconds
     );
     let db = dir.join("storm.db");
@@ -992,7 +1002,7 @@ async fn slowloris(a: &Args, dir: &Path) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let n = a.slowloris;
     println!(
-        "\n6. legitimate connections while {n} slowloris sockets from 127.0.0.2 and up are open (a `pichat serve` child, default config)"
+        "\n7. legitimate connections while {n} slowloris sockets from 127.0.0.2 and up are open (a `pichat serve` child, default config)"
     );
     for &per_address in &a.slowloris_per_address {
         let per_address = per_address.max(1);

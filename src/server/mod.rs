@@ -127,6 +127,8 @@ pub struct ServerOptions {
     pub system_prompt: String,
     /// Token budget of the LLM context.
     pub context_tokens: usize,
+    /// Longest `speech_to_text` audio (`stt.max_seconds`).
+    pub stt_max: Duration,
 }
 
 impl Default for ServerOptions {
@@ -152,6 +154,7 @@ impl Default for ServerOptions {
             max_jobs_per_connection: 4,
             system_prompt: "You are a helpful assistant.".into(),
             context_tokens: 3000,
+            stt_max: Duration::from_secs(60),
         }
     }
 }
@@ -171,6 +174,7 @@ impl ServerOptions {
             frame_timeout: s.frame_timeout,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
+            stt_max: cfg.stt.max_duration,
             ..ServerOptions::default()
         }
     }
