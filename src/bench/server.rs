@@ -521,6 +521,7 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    conns.push(warm);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(pid).unwrap_or(0);
     // Are they all still served? Each answers a ping.
@@ -531,7 +532,6 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
             alive += 1;
         }
     }
-    conns.push(warm);
     let held = conns.len();
     println!(
         "   connections held:        {held} of {n} ({failed} failed{}), opened in {:.1} s ({users} users)",
@@ -908,28 +908,30 @@ async fn unread_storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
     for c in clients {
         dropped += c.await.unwrap_or(0);
     }
-    let last = samples.iter().rev().take(50).copied().max().unwrap_or(0);
-    // Per connection: its queue (1 MiB) and the page being written (in the
-    // WebSocket layer's buffer; the reader reads nothing more meanwhile);
-    // and a page being built (rows, records, JSON: 3 pages) on each runtime
-    // worker and the store thread.
+    // Per connection: its queue (1 MiB, or one page when a page is larger)
+    // and the page being written (in the WebSocket layer's buffer; the
+    // reader reads nothing more meanwhile); and a page being built (rows,
+    // records, JSON: 3 pages) on each runtime worker and the store thread.
     let queue = 1 << 20;
     let builders = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
-    let bound =
-        before as f64 / 1024.0 + k as f64 * mib(queue + page) + builders as f64 * mib(3 * page);
+    let per_client = mib(queue.max(page) + page);
+    let bound = before as f64 / 1024.0 + k as f64 * per_client + builders as f64 * mib(3 * page);
     println!(
         "   page asked for: {:.1} MiB; {dropped} disconnections of the non-reading clients (1013)",
         mib(page)
     );
+    let at = |s: usize| samples.get(s).map_or(0.0, |&k| k as f64 / 1024.0);
     println!(
-        "   server memory (RSS): {:.1} MiB before, peak {:.1} MiB, {:.1} MiB over the last 5 s",
+        "   server memory (RSS): {:.1} MiB before; peak {:.1} MiB; at 10 / 20 / 30 s: {:.1} / {:.1} / {:.1} MiB",
         before as f64 / 1024.0,
         peak as f64 / 1024.0,
-        last as f64 / 1024.0
+        at(samples.len() / 3),
+        at(samples.len() * 2 / 3),
+        at(samples.len().saturating_sub(1)),
     );
     println!(
-        "   bound: before + {k} clients x (send queue 1 MiB + the page being written) + {builders} x 3 pages being built = {bound:.1} MiB"
+        "   model: before + {k} clients x (queue max(1 MiB, page) + the page being written = {per_client:.1} MiB) + {builders} x 3 pages being built = {bound:.1} MiB (RSS adds the allocator's slack)"
     );
     let p = Percentiles::new(pings);
     println!(

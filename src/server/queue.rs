@@ -1,15 +1,15 @@
 //! A connection's send queue, bounded in bytes (`send_queue_bytes`), with
 //! its policy written down here:
 //!
-//! - A frame enters while the queue holds less than the limit, so the queue
-//!   never holds more than the limit plus one frame (a reply larger than the
-//!   limit still goes, alone).
+//! - A frame enters when it fits in the limit with what is queued, or when
+//!   nothing is queued: the queue never holds more than the limit, or one
+//!   frame (a reply larger than the limit still goes, alone).
 //! - Replies wait for that room (up to `send_timeout`); notifications never
 //!   wait: no room means the client does not read, and it is dropped (1013).
 //! - The frame the writer has taken counts as *unsent* until it is written;
 //!   the reader reads no further request while unsent bytes exceed the
-//!   limit, so a client that asks and never reads holds at most one reply
-//!   being written, a full queue and the one reply waiting for room.
+//!   limit, so a client that asks and never reads holds at most the reply
+//!   being written and a full queue.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -81,7 +81,8 @@ impl SendQueue {
         if g.closed {
             return Some(Err(Refused::Closed));
         }
-        if g.queued >= self.limit {
+        let size = out.as_ref().map_or(0, Out::len);
+        if g.queued > 0 && g.queued + size > self.limit {
             return None;
         }
         let out = out.take()?;
@@ -216,7 +217,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_frame_enters_while_the_queue_is_below_its_limit() {
+    async fn a_frame_enters_when_it_fits_or_the_queue_is_empty() {
         let q = SendQueue::new(100);
         // One frame larger than the limit goes, alone.
         q.try_push(text(250)).unwrap();
@@ -227,13 +228,18 @@ mod tests {
         let o = q.pop().await.unwrap();
         assert_eq!(q.unsent(), 250);
         assert!(!q.wait_unsent_within(wait).await);
+        // At the limit, then one past it.
         q.try_push(text(60)).unwrap();
-        q.try_push(text(60)).unwrap(); // 60 < 100: enters, 120 queued
+        q.try_push(text(40)).unwrap();
         assert_eq!(q.try_push(text(1)), Err(Refused::Full));
         q.written(size_of(&o));
-        assert_eq!(q.unsent(), 120);
+        assert_eq!(q.unsent(), 100);
+        assert!(q.wait_unsent_within(wait).await);
+        q.pop().await.unwrap(); // the 60: 40 queued
+        assert_eq!(q.try_push(text(61)), Err(Refused::Full));
+        q.try_push(text(60)).unwrap();
+        assert_eq!(q.unsent(), 160);
         assert!(!q.wait_unsent_within(wait).await);
-        q.pop().await.unwrap();
         q.written(60);
         assert!(q.wait_unsent_within(wait).await);
     }
