@@ -53,7 +53,7 @@ enum TokenCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token by its id (new connections with it are refused).
+    /// Revoke a token by its id (new connections with it are refused, open ones closed within 25 s).
     Revoke { id: i64 },
 }
 
@@ -148,7 +148,7 @@ pub fn token(args: TokenArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             })?;
             writeln!(
                 out,
-                "token {} of {} revoked: new connections with it are refused",
+                "token {} of {} revoked: new connections with it are refused, and a running server closes the open ones within its ping interval (25 s)",
                 t.id, t.user
             )?;
         }
