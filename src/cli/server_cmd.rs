@@ -53,7 +53,7 @@ enum TokenCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token by its id (new connections with it are refused).
+    /// Revoke a token by its id (new connections with it are refused, open ones closed within 25 s).
     Revoke { id: i64 },
 }
 
@@ -148,7 +148,7 @@ pub fn token(args: TokenArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             })?;
             writeln!(
                 out,
-                "token {} of {} revoked: new connections with it are refused",
+                "token {} of {} revoked: new connections with it are refused, and a running server closes the open ones within its ping interval (25 s)",
                 t.id, t.user
             )?;
         }
@@ -160,6 +160,12 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
     let loaded = super::load_config(cli_config)?;
     let cfg = loaded.config;
     crate::logging::init(&cfg.log.level, cfg.log.format);
+    // Every connection is a file descriptor: use all the hard limit allows
+    // (`server::run` fits the connection limits to it).
+    match server::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!("open-files limit: {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     let listen = args.listen.unwrap_or(cfg.server.listen);
     let db = args
         .db
