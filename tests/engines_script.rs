@@ -70,17 +70,9 @@ impl Engines {
         ] {
             write_exe(&e.join(rel), STUB);
         }
-        // Spare ports: bound by the kernel, then released for the stubs.
-        let listeners: Vec<TcpListener> = (0..5)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
         Engines {
             dir,
-            ports: ports.try_into().unwrap(),
+            ports: std::array::from_fn(|_| spare_port()),
         }
     }
 
@@ -136,6 +128,25 @@ impl Drop for Engines {
         // Whatever a failed test left behind.
         for (pid, _) in self.ours() {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A port the kernel just gave out and released, never one handed to
+/// another test of this run (the tests run side by side, and a released
+/// port can come back from the next `bind(0)`).
+fn spare_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
         }
     }
 }
