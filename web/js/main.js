@@ -910,7 +910,7 @@ async function toggleMic() {
       toast(`Cannot transcribe: ${explain(e)}`, "error");
     } finally {
       btn.disabled = false;
-      $("composer-input").placeholder = "Write a message (Enter sends, Shift+Enter: new line)";
+      $("composer-input").placeholder = "Message (Enter sends)";
     }
     return;
   }
