@@ -28,6 +28,7 @@ impl From<&ServerConversation> for Conversation {
             model_id: c.model_id.clone(),
             rev: c.rev,
             deleted: c.deleted,
+            origins: c.origins.clone(),
         }
     }
 }
