@@ -142,6 +142,14 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 rev,
                 server_time: time::now_ms(),
                 features: features.into_iter().map(str::to_string).collect(),
+                models: e
+                    .llm
+                    .iter()
+                    .map(|l| p::ModelInfo {
+                        engine: l.name().to_string(),
+                        model: l.model(),
+                    })
+                    .collect(),
             }))
         }
         Request::Ping(_) => Ok(Reply::Pong(p::Pong {
