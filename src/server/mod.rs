@@ -35,6 +35,7 @@
 
 mod ai;
 pub mod auth;
+pub mod certs;
 mod conn;
 mod handlers;
 mod http;
