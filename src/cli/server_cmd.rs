@@ -160,6 +160,12 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
     let loaded = super::load_config(cli_config)?;
     let cfg = loaded.config;
     crate::logging::init(&cfg.log.level, cfg.log.format);
+    // Every connection is a file descriptor: use all the hard limit allows
+    // (`server::run` fits the connection limits to it).
+    match server::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!("open-files limit: {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     let listen = args.listen.unwrap_or(cfg.server.listen);
     let db = args
         .db

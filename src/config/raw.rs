@@ -274,6 +274,13 @@ pub struct RawServer {
     pub tts_engines: Vec<String>,
     pub rate_limit_per_min: i64,
     pub max_connections: i64,
+    pub max_connections_per_user: i64,
+    pub max_handshakes: i64,
+    pub max_handshakes_per_address: i64,
+    pub header_timeout_s: i64,
+    pub send_queue_kib: i64,
+    pub read_budget_mib: i64,
+    pub frame_timeout_s: i64,
 }
 
 impl Default for RawServer {
@@ -286,6 +293,13 @@ impl Default for RawServer {
             tts_engines: vec!["piper".into(), "espeak".into()],
             rate_limit_per_min: 5,
             max_connections: 10000,
+            max_connections_per_user: 64,
+            max_handshakes: 512,
+            max_handshakes_per_address: 16,
+            header_timeout_s: 10,
+            send_queue_kib: 1024,
+            read_budget_mib: 64,
+            frame_timeout_s: 20,
         }
     }
 }

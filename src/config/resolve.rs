@@ -242,6 +242,13 @@ pub struct ServerConfig {
     pub tts_engines: Vec<String>,
     pub rate_limit_per_min: u32,
     pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
+    pub header_timeout: Duration,
+    pub send_queue_bytes: usize,
+    pub read_budget_bytes: usize,
+    pub frame_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -718,6 +725,36 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         ) as u32,
         max_connections: c.range("server.max_connections", sv.max_connections, 1, 1_000_000)
             as usize,
+        max_connections_per_user: c.range(
+            "server.max_connections_per_user",
+            sv.max_connections_per_user,
+            1,
+            1_000_000,
+        ) as usize,
+        max_handshakes: c.range("server.max_handshakes", sv.max_handshakes, 1, 1_000_000) as usize,
+        max_handshakes_per_address: c.range(
+            "server.max_handshakes_per_address",
+            sv.max_handshakes_per_address,
+            1,
+            1_000_000,
+        ) as usize,
+        header_timeout: Duration::from_secs(c.range(
+            "server.header_timeout_s",
+            sv.header_timeout_s,
+            1,
+            300,
+        ) as u64),
+        send_queue_bytes: c.range("server.send_queue_kib", sv.send_queue_kib, 16, 1 << 20) as usize
+            * 1024,
+        read_budget_bytes: c.range("server.read_budget_mib", sv.read_budget_mib, 1, 1 << 14)
+            as usize
+            * (1 << 20),
+        frame_timeout: Duration::from_secs(c.range(
+            "server.frame_timeout_s",
+            sv.frame_timeout_s,
+            1,
+            600,
+        ) as u64),
     };
 
     let level = raw.log.level.trim().to_ascii_lowercase();

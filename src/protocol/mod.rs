@@ -40,13 +40,18 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub mod close {
     /// Server shutting down, or the peer was silent too long.
     pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket protocol violation (RFC 6455: unmasked or malformed frames).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A binary frame (the protocol is JSON text frames).
     pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// A text frame that is not JSON.
+    /// A text frame that is not UTF-8, or not JSON.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A policy: the token was revoked, or a frame took too long to arrive.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over the size limit.
     pub const TOO_BIG: u16 = 1009;
-    /// The client reads too slowly (its send queue filled up); reconnect and `sync`.
+    /// The client reads too slowly (its send queue filled up), or the server
+    /// is busy receiving other large frames; reconnect (and `sync`).
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 

@@ -53,16 +53,6 @@ fn uuid(s: &str) -> Uuid {
     Uuid::parse_str(s).unwrap_or_else(|_| Uuid::nil())
 }
 
-fn rate_limited(what: &str, wait: std::time::Duration) -> ErrorPayload {
-    ErrorPayload {
-        retry_after_ms: Some(wait.as_millis().max(1) as u64),
-        ..ErrorPayload::new(
-            ErrorCode::RateLimited,
-            format!("too many {what} requests for this user; try again later"),
-        )
-    }
-}
-
 fn engine_failed(e: &EngineError) -> ErrorPayload {
     ErrorPayload::new(ErrorCode::AiFailed, e.to_string())
 }
@@ -174,7 +164,7 @@ pub(super) async fn send_message(
     state
         .user_limits
         .take(user, Costly::SendMessage)
-        .map_err(|w| rate_limited("send_message", w))?;
+        .map_err(|w| s.user_rate_limited("send_message", w))?;
     // The job's slot is taken before anything is stored.
     let slot = s.job_slot()?;
     let (duplicate, question) = match existing {
@@ -592,7 +582,7 @@ pub(super) fn text_to_speech(
     state
         .user_limits
         .take(s.user(), Costly::TextToSpeech)
-        .map_err(|w| rate_limited("text_to_speech", w))?;
+        .map_err(|w| s.user_rate_limited("text_to_speech", w))?;
     let out = Responder {
         conn: s.conn.clone(),
         rid,
@@ -697,7 +687,7 @@ pub(super) fn speech_to_text(
     state
         .user_limits
         .take(s.user(), Costly::SpeechToText)
-        .map_err(|w| rate_limited("speech_to_text", w))?;
+        .map_err(|w| s.user_rate_limited("speech_to_text", w))?;
     let out = Responder {
         conn: s.conn.clone(),
         rid,

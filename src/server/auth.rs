@@ -57,6 +57,8 @@ pub struct AuthUser {
     pub id: UserId,
     pub name: String,
     pub token_id: i64,
+    /// The token's device name (`--device`), when it has one.
+    pub device: Option<String>,
 }
 
 /// Checks a presented token against the store (on the store thread).
@@ -75,6 +77,7 @@ pub(crate) fn check(store: &mut Store, token: &str) -> Result<Option<AuthUser>, 
         id: found.user_id,
         name: found.user,
         token_id: found.token_id,
+        device: None,
     }))
 }
 

@@ -1,20 +1,29 @@
 //! One WebSocket connection: a reader (this task: frames in, actions run in
-//! order) and a writer task draining a bounded queue of frames out.
+//! order) and a writer task draining the send queue (`queue.rs`).
 //!
 //! Backpressure: the connection's own replies wait for room in the queue up
-//! to `send_timeout` (an AI stream so slows down to the client's pace);
-//! notifications from elsewhere never wait. Either way, a queue that stays
-//! full means the client is not reading: it is disconnected with 1013.
-//! A peer silent for `idle_timeout` (pings unanswered) is dropped.
+//! to `send_timeout` (an AI stream so slows down to the client's pace), and
+//! the reader reads no further request while the replies not yet written
+//! pass `send_queue_bytes`; notifications from elsewhere never wait. A
+//! client that does not read is disconnected with 1013. A peer silent for
+//! `idle_timeout` (pings unanswered) is dropped.
+//!
+//! Reads go through `reading.rs` (a global budget for frames in progress, a
+//! deadline per frame). Close codes, as RFC 6455 says: 1002 a protocol
+//! violation, 1007 a text frame that is not UTF-8 (or not JSON), 1008 a
+//! policy (token revoked, a frame too slow), 1009 too large, 1013 the
+//! client does not read, or the server is too busy reading others.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,27 +32,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::State;
+use super::audit::{Event, Who};
 use super::auth::AuthUser;
 use super::limiter::Bucket;
+pub(crate) use super::queue::Out;
+use super::queue::{Refused, SendQueue, size_of};
+use super::reading::{Marks, Metered, ReadLimit};
+use super::registry::Admission;
 use crate::protocol::{ClientKind, ErrorCode, ErrorPayload, ServerFrame, close};
 
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<Metered<TokioIo<Upgraded>>>;
 
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the writer is asked to do.
-pub(crate) enum Out {
-    Text(Utf8Bytes),
-    /// Send what is queued before this, then close with this code.
-    Close(u16, String),
-}
+/// A close frame's reason is at most 123 bytes (RFC 6455 §5.5).
+const MAX_CLOSE_REASON: usize = 123;
 
 /// The shared handle of a connection: its queue and its kill switch.
 pub(crate) struct Conn {
     pub id: u64,
     pub user: AuthUser,
-    tx: mpsc::Sender<Out>,
+    pub peer: SocketAddr,
+    queue: SendQueue,
     kill: CancellationToken,
     /// Why it was killed (first reason wins): the close code and reason.
     killed_for: Mutex<Option<(u16, String)>>,
@@ -51,18 +61,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// A new connection of `user` and the receiving end of its queue.
-    pub fn new(state: &State, user: AuthUser) -> (Arc<Conn>, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(state.opts.send_queue.max(1));
-        let conn = Arc::new(Conn {
+    /// A new connection of `user`.
+    pub fn new(state: &State, user: AuthUser, peer: SocketAddr) -> Arc<Conn> {
+        Arc::new(Conn {
             id: state.next_conn.fetch_add(1, Ordering::Relaxed),
             user,
-            tx,
+            peer,
+            queue: SendQueue::new(state.opts.send_queue_bytes),
             kill: CancellationToken::new(),
             killed_for: Mutex::new(None),
             send_timeout: state.opts.send_timeout,
-        });
-        (conn, rx)
+        })
     }
 
     /// Drops the connection now (queued frames may be lost).
@@ -77,7 +86,17 @@ impl Conn {
     }
 
     pub fn is_dead(&self) -> bool {
-        self.kill.is_cancelled() || self.tx.is_closed()
+        self.kill.is_cancelled() || self.queue.is_closed()
+    }
+
+    fn too_slow(&self, what: &str) {
+        tracing::warn!(
+            "{}: connection {} from {} does not read {what}; disconnecting it",
+            self.user.name,
+            self.id,
+            self.peer
+        );
+        self.kill(close::TRY_AGAIN_LATER, "too slow reading");
     }
 
     /// Queues a reply, waiting up to `send_timeout` for room. False when the
@@ -90,16 +109,11 @@ impl Conn {
     }
 
     async fn send_out(&self, out: Out) -> bool {
-        match tokio::time::timeout(self.send_timeout, self.tx.send(out)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) => {
-                tracing::warn!(
-                    "{}: connection {} does not read its replies; disconnecting it",
-                    self.user.name,
-                    self.id
-                );
-                self.kill(close::TRY_AGAIN_LATER, "too slow reading");
+        match self.queue.push_wait(out, self.send_timeout).await {
+            Ok(()) => true,
+            Err(Refused::Closed) => false,
+            Err(Refused::Full) => {
+                self.too_slow("its replies");
                 false
             }
         }
@@ -108,18 +122,13 @@ impl Conn {
     /// Queues a notification without waiting; a full queue drops the
     /// connection. True when queued.
     pub fn push(&self, text: Utf8Bytes) -> bool {
-        match self.tx.try_send(Out::Text(text)) {
+        match self.queue.try_push(Out::Text(text)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    "{}: connection {} is not reading (queue full); disconnecting it",
-                    self.user.name,
-                    self.id
-                );
-                self.kill(close::TRY_AGAIN_LATER, "too slow reading");
+            Err(Refused::Full) => {
+                self.too_slow("its notifications (queue full)");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
@@ -129,17 +138,95 @@ impl Conn {
             self.kill(code, reason);
         }
     }
+
+    /// Frames queued and not yet written (for the socket-free fuzz harness).
+    pub(crate) fn drain(&self) -> Vec<Out> {
+        self.queue.drain()
+    }
 }
 
-/// Serves an upgraded connection until it ends.
-pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::net::SocketAddr) {
+/// What the reader got from the socket.
+enum Incoming {
+    Message(Message),
+    /// Nothing, not even a pong, for `idle_timeout`.
+    Silent,
+    /// Its replies were not read within `send_timeout`.
+    NotReading,
+    /// Closed or broken by the peer.
+    Gone,
+    Failed(WsError),
+}
+
+/// The next message, once the unsent replies are within the limit.
+async fn next_message(conn: &Conn, stream: &mut SplitStream<Ws>, state: &State) -> Incoming {
+    if !conn.queue.wait_unsent_within(state.opts.send_timeout).await {
+        return if conn.queue.is_closed() {
+            Incoming::Gone
+        } else {
+            Incoming::NotReading
+        };
+    }
+    match tokio::time::timeout(state.opts.idle_timeout, stream.next()).await {
+        Err(_) => Incoming::Silent,
+        Ok(None) => Incoming::Gone,
+        Ok(Some(Ok(m))) => Incoming::Message(m),
+        Ok(Some(Err(e))) => Incoming::Failed(e),
+    }
+}
+
+/// How a failed read ends the connection: an error frame to send first
+/// (if any), and the close code and reason; `None` when the peer is gone.
+fn failure(e: &WsError) -> Option<(Option<ErrorPayload>, u16, String)> {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
+            Some(ErrorPayload::new(
+                ErrorCode::TooLarge,
+                format!("the frame has {size} bytes; the limit is {max_size}"),
+            )),
+            close::TOO_BIG,
+            "frame too large".into(),
+        )),
+        WsError::Utf8(_) => Some((
+            Some(ErrorPayload::new(
+                ErrorCode::BadRequest,
+                "a text frame is not valid UTF-8",
+            )),
+            close::INVALID_PAYLOAD,
+            "text frame not UTF-8".into(),
+        )),
+        WsError::Protocol(
+            tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
+        WsError::Protocol(p) => Some((None, close::PROTOCOL_ERROR, p.to_string())),
+        WsError::Io(io) => match ReadLimit::of(io)? {
+            ReadLimit::FrameTimeout(_) => Some((
+                None,
+                close::POLICY_VIOLATION,
+                ReadLimit::of(io)?.to_string(),
+            )),
+            ReadLimit::Busy => Some((None, close::TRY_AGAIN_LATER, ReadLimit::of(io)?.to_string())),
+        },
+        _ => None,
+    }
+}
+
+/// Serves an upgraded connection until it ends; `admission` is its place
+/// (given back when it ends).
+pub(crate) async fn run(
+    state: Arc<State>,
+    ws: Ws,
+    marks: Arc<Marks>,
+    user: AuthUser,
+    peer: SocketAddr,
+    admission: Admission,
+) {
     let (sink, mut stream) = ws.split();
-    let (conn, rx) = Conn::new(&state, user);
-    state.connections.fetch_add(1, Ordering::Relaxed);
+    let conn = Conn::new(&state, user, peer);
+    state.registry.track(&conn);
     tracing::debug!("{}: connection {} from {peer}", conn.user.name, conn.id);
     let writer = state
         .tracker
-        .spawn(writer(sink, rx, conn.clone(), state.opts.ping_interval));
+        .spawn(writer(sink, conn.clone(), state.opts.ping_interval));
     let mut session = Session::new(state.clone(), conn.clone());
     let mut stopping = false;
     // The peer closed or broke the connection: no closing handshake to wait for.
@@ -149,10 +236,10 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
             biased;
             _ = conn.kill.cancelled() => break,
             _ = state.shutdown.cancelled() => { stopping = true; break }
-            next = tokio::time::timeout(state.opts.idle_timeout, stream.next()) => next,
+            next = next_message(&conn, &mut stream, &state) => next,
         };
         match next {
-            Err(_) => {
+            Incoming::Silent => {
                 tracing::info!(
                     "{}: connection {} silent for {} s; dropping it",
                     conn.user.name,
@@ -162,34 +249,47 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
                 conn.kill(close::GOING_AWAY, "silent too long");
                 break;
             }
-            Ok(None) => {
+            Incoming::NotReading => {
+                conn.too_slow("its replies");
+                break;
+            }
+            Incoming::Gone => {
                 peer_gone = true;
                 break;
             }
-            Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })))) => {
-                let e = ErrorPayload::new(
-                    ErrorCode::TooLarge,
-                    format!("the frame has {size} bytes; the limit is {max_size}"),
+            Incoming::Failed(e) => {
+                peer_gone = true;
+                let Some((frame, code, reason)) = failure(&e) else {
+                    tracing::debug!("{}: connection {}: {e}", conn.user.name, conn.id);
+                    conn.kill(close::GOING_AWAY, "");
+                    break;
+                };
+                tracing::info!(
+                    "{}: connection {} from {peer} closed ({code}): {e}",
+                    conn.user.name,
+                    conn.id
                 );
-                conn.send(&ServerFrame::error(None, e)).await;
-                conn.close_after_queue(close::TOO_BIG, "frame too large")
-                    .await;
-                peer_gone = true;
+                if matches!(code, close::POLICY_VIOLATION | close::TRY_AGAIN_LATER) {
+                    let who = Who::of(&conn.user, peer.ip());
+                    state
+                        .audit
+                        .repeated(Event::LimitRefused, who, reason.clone());
+                }
+                if let Some(e) = frame {
+                    conn.send(&ServerFrame::error(None, e)).await;
+                }
+                conn.close_after_queue(code, &reason).await;
                 break;
             }
-            Ok(Some(Err(e))) => {
-                tracing::debug!("{}: connection {}: {e}", conn.user.name, conn.id);
-                conn.kill(close::GOING_AWAY, "");
-                peer_gone = true;
-                break;
-            }
-            Ok(Some(Ok(msg))) => match msg {
+            Incoming::Message(msg) => match msg {
                 Message::Text(text) => {
+                    marks.message_done();
                     if !session.handle_text(text.as_str()).await {
                         break;
                     }
                 }
                 Message::Binary(_) => {
+                    marks.message_done();
                     let e = ErrorPayload::new(
                         ErrorCode::BadRequest,
                         "binary frames are not part of the protocol; send JSON text frames",
@@ -203,12 +303,14 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
                     peer_gone = true;
                     break;
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Ping(p) | Message::Pong(p) => marks.control_done(p.len()),
+                Message::Frame(_) => {}
             },
         }
     }
     state.hub.leave(&conn);
-    state.connections.fetch_sub(1, Ordering::Relaxed);
+    state.registry.untrack(conn.id);
+    drop(admission);
     if stopping {
         // Let this connection's AI replies end (they are cut after the
         // grace period) so their last frames reach the client, then close.
@@ -238,12 +340,19 @@ pub(crate) async fn run(state: Arc<State>, ws: Ws, user: AuthUser, peer: std::ne
     tracing::debug!("{}: connection {} closed", conn.user.name, conn.id);
 }
 
-async fn writer(
-    mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Out>,
-    conn: Arc<Conn>,
-    ping_every: Duration,
-) {
+/// Cuts a close reason to what a close frame holds, at a character boundary.
+fn close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+async fn writer(mut sink: SplitSink<Ws, Message>, conn: Arc<Conn>, ping_every: Duration) {
     let start = tokio::time::Instant::now() + ping_every;
     let mut ping = tokio::time::interval_at(start, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,7 +361,7 @@ async fn writer(
         let out = tokio::select! {
             biased;
             _ = conn.kill.cancelled() => break,
-            out = rx.recv() => match out {
+            out = conn.queue.pop() => match out {
                 Some(out) => out,
                 None => break,
             },
@@ -267,6 +376,7 @@ async fn writer(
                 continue;
             }
         };
+        let n = size_of(&out);
         match out {
             Out::Text(text) => {
                 // Frames are fed, and flushed when nothing else is queued:
@@ -275,23 +385,26 @@ async fn writer(
                     _ = conn.kill.cancelled() => break,
                     r = async {
                         sink.feed(Message::Text(text)).await?;
-                        if rx.is_empty() {
+                        if conn.queue.is_empty() {
                             sink.flush().await?;
                         }
                         Ok::<(), WsError>(())
                     } => r,
                 };
+                conn.queue.written(n);
                 if r.is_err() {
                     conn.kill(close::GOING_AWAY, "");
                     break;
                 }
             }
             Out::Close(code, reason) => {
+                conn.queue.written(n);
                 close_with = Some((code, reason));
                 break;
             }
         }
     }
+    conn.queue.close();
     let (code, reason) = close_with
         .or_else(|| {
             conn.killed_for
@@ -304,7 +417,7 @@ async fn writer(
     conn.kill.cancel();
     let frame = CloseFrame {
         code: code.into(),
-        reason: reason.into(),
+        reason: close_reason(reason).into(),
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = sink.send(Message::Close(Some(frame))).await;
@@ -354,13 +467,15 @@ impl Session {
             }
             Ok(frame) => {
                 if let Err(wait) = self.limiter.take() {
+                    let action = frame.body.action();
+                    self.audit_rate_limited(action, "server's per-connection request rate");
                     let e = ErrorPayload {
                         retry_after_ms: Some(wait.as_millis().max(1) as u64),
                         ..ErrorPayload::new(
                             ErrorCode::RateLimited,
                             "too many requests on this connection; slow down",
                         )
-                        .for_action(frame.body.action())
+                        .for_action(action)
                     };
                     self.conn
                         .send(&ServerFrame::error(frame.request_id, e))
@@ -371,5 +486,24 @@ impl Session {
             }
         }
         !self.conn.is_dead()
+    }
+
+    fn audit_rate_limited(&self, action: &str, limit: &str) {
+        let who = Who::of(&self.conn.user, self.conn.peer.ip());
+        let reason = format!("{action}: over the {limit}");
+        self.state.audit.repeated(Event::RateLimited, who, reason);
+    }
+
+    /// A request over a per-user rate limit (`send_message`, speech):
+    /// audited, and answered with when to try again.
+    pub(super) fn user_rate_limited(&self, action: &str, wait: Duration) -> ErrorPayload {
+        self.audit_rate_limited(action, "user's limit (server.rate_limit_per_min)");
+        ErrorPayload {
+            retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            ..ErrorPayload::new(
+                ErrorCode::RateLimited,
+                format!("too many {action} requests for this user; try again later"),
+            )
+        }
     }
 }

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{Conn, Out, Session};
@@ -44,7 +43,6 @@ impl Llm for EchoLlm {
 pub struct Harness {
     rt: tokio::runtime::Runtime,
     session: Option<Session>,
-    rx: mpsc::Receiver<Out>,
     thread: Option<StoreThread>,
     _dir: tempfile::TempDir,
 }
@@ -66,7 +64,7 @@ impl Harness {
             rate_limit_per_min: 1_000_000,
             requests_per_sec: 1_000_000,
             request_burst: 1_000_000,
-            send_queue: 1 << 16,
+            send_queue_bytes: 1 << 30,
             ..ServerOptions::default()
         };
         let engines = Engines {
@@ -83,17 +81,17 @@ impl Harness {
                     id,
                     name: "fuzz".into(),
                     token_id: 1,
+                    device: None,
                 })
             })
             .await
             .expect("user")
         });
-        let (conn, rx) = Conn::new(&state, user);
+        let conn = Conn::new(&state, user, ([127, 0, 0, 1], 0).into());
         let session = Session::new(state, conn);
         Harness {
             rt,
             session: Some(session),
-            rx,
             thread: Some(thread),
             _dir: dir,
         }
@@ -111,7 +109,7 @@ impl Harness {
             open
         });
         let mut out = Vec::new();
-        while let Ok(o) = self.rx.try_recv() {
+        for o in session.conn.drain() {
             match o {
                 Out::Text(t) => out.push(t.as_str().to_string()),
                 Out::Close(code, _) => out.push(format!("<close {code}>")),

@@ -1,143 +1,54 @@
-//! The HTTP side of a new socket: the request head is peeked (left in the
-//! socket for the WebSocket handshake), then `GET /health` is answered here,
-//! `/ws` is authenticated (Bearer header, else `?token=`) and refused with
-//! 401 **before** any upgrade, and everything else gets 404.
+//! The HTTP side of `pichat serve`: hyper's HTTP/1.1 under an axum router.
+//!
+//! - Each accepted socket is served by [`serve`] while it holds a handshake
+//!   place (`handshakes.rs`): hyper reads the request head within
+//!   `header_timeout` (else it closes the socket) and at most [`MAX_HEAD`]
+//!   bytes of it (else `431`).
+//! - [`router`] has the routes: `GET /health`, and `GET /ws`, where the
+//!   token (Bearer header, else `?token=`) is checked **before** anything is
+//!   upgraded, then the connection is given its place (`registry.rs`), and
+//!   only then is the upgrade answered (`upgrade.rs`) and the connection
+//!   run (`conn.rs`). New endpoints are new routes here.
+//! - Errors have JSON bodies (`{"error": code, "message": ...}`). Every
+//!   answer but the `101` closes the HTTP connection (`Connection: close`):
+//!   a socket is either upgraded or done after one request.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::{Request, State as With};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::State;
+use super::audit::{Event, Who};
 use super::auth::{self, AuthUser};
+use super::handshakes::Slot;
+use super::reading::Metered;
+use super::registry::Refusal;
+use super::upgrade::Upgrade;
 use crate::protocol::{ErrorCode, Health, HttpError, limits};
 
-/// Longest request head read.
-const MAX_HEAD: usize = 8192;
+/// Longest request head (hyper's smallest read buffer): over it, `431`.
+pub(crate) const MAX_HEAD: usize = 8192;
 
-/// What the request head says.
-#[derive(Debug)]
-struct Head {
-    method: String,
-    path: String,
-    query: Option<String>,
-    bearer: Option<String>,
-    upgrade: bool,
-    /// Bytes of the head (request line, headers, blank line).
-    len: usize,
-}
+/// How long in-flight requests may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug)]
-enum HeadError {
-    /// Closed, or too slow: nothing to answer.
-    Gone,
-    Bad(&'static str),
-    TooLarge,
-}
-
-/// Peeks until the head is complete, without consuming it.
-async fn peek_head(tcp: &TcpStream, timeout: Duration) -> Result<Head, HeadError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = vec![0u8; MAX_HEAD];
-    loop {
-        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
-            .await
-            .map_err(|_| HeadError::Gone)?
-            .map_err(|_| HeadError::Gone)?;
-        if n == 0 {
-            return Err(HeadError::Gone);
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 48];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..n]) {
-            Ok(httparse::Status::Complete(len)) => {
-                let target = req.path.unwrap_or("/");
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_string(), Some(q.to_string())),
-                    None => (target.to_string(), None),
-                };
-                let header = |name: &str| {
-                    req.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .and_then(|h| std::str::from_utf8(h.value).ok())
-                };
-                let bearer = header("authorization").and_then(|v| {
-                    let (scheme, token) = v.trim().split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| token.trim().to_string())
-                });
-                let upgrade =
-                    header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-                return Ok(Head {
-                    method: req.method.unwrap_or("").to_string(),
-                    path,
-                    query,
-                    bearer,
-                    upgrade,
-                    len,
-                });
-            }
-            Ok(httparse::Status::Partial) if n == buf.len() => return Err(HeadError::TooLarge),
-            Ok(httparse::Status::Partial) => {
-                // More is coming; peek returns at once while data is pending.
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(HeadError::Gone);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(_) => return Err(HeadError::Bad("not an HTTP request")),
-        }
-    }
-}
-
-/// Writes a whole HTTP response with a JSON body and closes. The request is
-/// read first, and what the client still sends is drained after, so that
-/// closing does not reset the connection before the client has read it.
-async fn respond(tcp: &mut TcpStream, head_len: usize, status: &str, extra: &str, body: &str) {
-    let text = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut head = vec![0u8; head_len];
-        let _ = tcp.read_exact(&mut head).await;
-        let _ = tcp.write_all(text.as_bytes()).await;
-        let _ = tcp.shutdown().await;
-        let mut sink = [0u8; 4096];
-        while let Ok(n) = tcp.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-fn error_body(code: ErrorCode, message: &str) -> String {
-    serde_json::to_string(&HttpError {
-        error: code,
-        message: message.to_string(),
-    })
-    .unwrap_or_default()
-}
-
-/// The token of a request: the Bearer header, else `?token=`.
-fn token_of(head: &Head) -> Option<String> {
-    if let Some(t) = &head.bearer {
-        return Some(t.clone());
-    }
-    let q = head.query.as_deref()?;
-    url::form_urlencoded::parse(q.as_bytes())
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
-}
+/// The client's address, given to the handlers with each request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
 
 /// The largest frame the WebSocket layer reads: 1 MiB over the largest
 /// limit of the protocol, so a frame a little too large is read whole and
@@ -155,153 +66,260 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(WS_LIMIT))
 }
 
-/// Serves one accepted socket. `permit` is `None` when the server is full.
-pub(crate) async fn serve(
-    state: Arc<State>,
-    mut tcp: TcpStream,
-    peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let head = match peek_head(&tcp, state.opts.header_timeout).await {
-        Ok(h) => h,
-        Err(HeadError::Gone) => return,
-        Err(HeadError::TooLarge) => {
-            let body = error_body(ErrorCode::TooLarge, "the request head is too large");
-            return respond(
-                &mut tcp,
-                0,
-                "431 Request Header Fields Too Large",
-                "",
-                &body,
-            )
-            .await;
-        }
-        Err(HeadError::Bad(m)) => {
-            let body = error_body(ErrorCode::BadRequest, m);
-            return respond(&mut tcp, 0, "400 Bad Request", "", &body).await;
-        }
+/// An answer with a JSON error body.
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+    mut headers: HeaderMap,
+) -> Response {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let body = HttpError {
+        error: code,
+        message: message.to_string(),
     };
-    let stopping = state.shutdown.is_cancelled();
-    match (head.method.as_str(), head.path.as_str()) {
-        ("GET", "/health") => {
-            let health = Health {
-                status: if stopping { "stopping" } else { "ok" }.into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                uptime_s: state.started.elapsed().as_secs(),
-                connections: state.connections.load(Ordering::Relaxed),
-            };
-            let body = serde_json::to_string(&health).unwrap_or_default();
-            let status = if stopping {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            };
-            respond(&mut tcp, head.len, status, "", &body).await;
-        }
-        ("GET", "/ws") => {
-            let Some(token) = token_of(&head) else {
-                let body = error_body(
-                    ErrorCode::Unauthorized,
-                    "no token: send `Authorization: Bearer <token>` or `?token=<token>` (make one with `pichat token add USER`)",
-                );
-                return respond(
-                    &mut tcp,
-                    head.len,
-                    "401 Unauthorized",
-                    "WWW-Authenticate: Bearer\r\n",
-                    &body,
-                )
-                .await;
-            };
-            let user = match state.db.call(move |s| auth::check(s, &token)).await {
-                Ok(Some(u)) => u,
-                Ok(None) => {
-                    tracing::info!("refused a connection from {peer}: unknown or revoked token");
-                    let body = error_body(ErrorCode::Unauthorized, "unknown or revoked token");
-                    return respond(
-                        &mut tcp,
-                        head.len,
-                        "401 Unauthorized",
-                        "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n",
-                        &body,
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    tracing::error!("cannot check a token: {e}");
-                    let body = error_body(ErrorCode::Unavailable, "cannot check the token now");
-                    return respond(&mut tcp, head.len, "503 Service Unavailable", "", &body).await;
-                }
-            };
-            if stopping || permit.is_none() {
-                let body = error_body(
-                    ErrorCode::Unavailable,
-                    if stopping {
-                        "the server is shutting down"
-                    } else {
-                        "too many connections; try again later"
-                    },
-                );
-                return respond(
-                    &mut tcp,
-                    head.len,
-                    "503 Service Unavailable",
-                    "Retry-After: 5\r\n",
-                    &body,
-                )
-                .await;
-            }
-            if !head.upgrade {
-                let body = error_body(
-                    ErrorCode::BadRequest,
-                    "/ws is a WebSocket endpoint: send an Upgrade: websocket request",
-                );
-                return respond(
-                    &mut tcp,
-                    head.len,
-                    "426 Upgrade Required",
-                    "Upgrade: websocket\r\n",
-                    &body,
-                )
-                .await;
-            }
-            upgrade(state, tcp, peer, user, permit).await;
-        }
-        (_, "/health" | "/ws") => {
-            let body = error_body(ErrorCode::BadRequest, "only GET is allowed here");
-            respond(
-                &mut tcp,
-                head.len,
-                "405 Method Not Allowed",
-                "Allow: GET\r\n",
-                &body,
-            )
-            .await;
-        }
-        _ => {
-            let body = error_body(ErrorCode::NotFound, "no such path: use /ws or /health");
-            respond(&mut tcp, head.len, "404 Not Found", "", &body).await;
-        }
-    }
+    (status, headers, Json(body)).into_response()
 }
 
-async fn upgrade(
+fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    error_response(status, code, message, HeaderMap::new())
+}
+
+fn with_header(
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+    name: header::HeaderName,
+    value: &'static str,
+) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(name, HeaderValue::from_static(value));
+    error_response(status, code, message, h)
+}
+
+/// The routes.
+pub(crate) fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/health", get(health).fallback(only_get))
+        .route("/ws", get(ws).fallback(only_get))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn only_get() -> Response {
+    with_header(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::BadRequest,
+        "only GET is allowed here",
+        header::ALLOW,
+        "GET",
+    )
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such path: use /ws or /health",
+    )
+}
+
+async fn health(With(state): With<Arc<State>>) -> Response {
+    let stopping = state.shutdown.is_cancelled();
+    let body = Health {
+        status: if stopping { "stopping" } else { "ok" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: state.started.elapsed().as_secs(),
+        connections: state.registry.len(),
+    };
+    let status = if stopping {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let headers = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONNECTION, "close"),
+    ];
+    (status, headers, Json(body)).into_response()
+}
+
+/// The token of a request: the Bearer header, else `?token=`.
+fn token_of(parts: &Parts) -> Option<String> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        });
+    if bearer.is_some() {
+        return bearer;
+    }
+    let q = parts.uri.query()?;
+    url::form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn unauthorized(message: &str, challenge: &'static str) -> Response {
+    with_header(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        message,
+        header::WWW_AUTHENTICATE,
+        challenge,
+    )
+}
+
+/// The device name of the token (from the token book, read again when the
+/// token is newer than the book).
+async fn with_device(state: &Arc<State>, mut user: AuthUser) -> AuthUser {
+    if state.tokens.device(user.token_id).is_none() {
+        super::tokens::refresh(state).await;
+    }
+    user.device = state.tokens.device(user.token_id).flatten();
+    user
+}
+
+async fn ws(
+    With(state): With<Arc<State>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    req: Request,
+) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let Some(token) = token_of(&parts) else {
+        state
+            .audit
+            .repeated(Event::AuthRefused, Who::addr(peer.ip()), "no token");
+        return unauthorized(
+            "no token: send `Authorization: Bearer <token>` or `?token=<token>` (make one with `pichat token add USER`)",
+            "Bearer",
+        );
+    };
+    let upgrade = match Upgrade::check(&mut parts) {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    let user = match state.db.call(move |s| auth::check(s, &token)).await {
+        Ok(Some(u)) => with_device(&state, u).await,
+        Ok(None) => {
+            state.audit.repeated(
+                Event::AuthRefused,
+                Who::addr(peer.ip()),
+                "unknown or revoked token",
+            );
+            return unauthorized("unknown or revoked token", "Bearer error=\"invalid_token\"");
+        }
+        Err(e) => {
+            tracing::error!("cannot check a token: {e}");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "cannot check the token now",
+            );
+        }
+    };
+    let who = Who::of(&user, peer.ip());
+    if state.tokens.first_use_from(user.token_id, peer.ip()) {
+        let reason = format!("first use of token {} from this address", user.token_id);
+        state.audit.once(Event::NewAddress, &who, &reason);
+    }
+    if state.shutdown.is_cancelled() {
+        return with_header(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the server is shutting down",
+            header::RETRY_AFTER,
+            "5",
+        );
+    }
+    let admission = match state.registry.admit(user.id) {
+        Ok(a) => a,
+        Err(Refusal::Full { max }) => {
+            let reason = format!("server.max_connections ({max}) are open");
+            state.audit.repeated(Event::LimitRefused, who, reason);
+            return with_header(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "too many connections; try again later",
+                header::RETRY_AFTER,
+                "5",
+            );
+        }
+        Err(Refusal::UserFull { max }) => {
+            let reason = format!("server.max_connections_per_user ({max}) are open");
+            state.audit.repeated(Event::LimitRefused, who, reason);
+            return with_header(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                &format!(
+                    "{} has {max} connections open, the most allowed (server.max_connections_per_user); close one first",
+                    user.name
+                ),
+                header::RETRY_AFTER,
+                "5",
+            );
+        }
+    };
+    let (response, upgraded) = upgrade.accept();
+    let st = state.clone();
+    state.tracker.spawn(async move {
+        let io = match tokio::time::timeout(st.opts.header_timeout, upgraded.socket()).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                tracing::debug!("the upgrade of {peer} failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let (io, marks) = Metered::new(io, &st.read_budget, st.opts.frame_timeout);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+        super::conn::run(st, ws, marks, user, peer, admission).await;
+    });
+    response
+}
+
+/// Serves one accepted socket over HTTP/1.1 until it is done, upgraded,
+/// evicted from its handshake place, or the server stops.
+pub(crate) async fn serve(
     state: Arc<State>,
+    router: Router,
     tcp: TcpStream,
     peer: SocketAddr,
-    user: AuthUser,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Slot,
 ) {
-    let handshake = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config()));
-    let ws = match tokio::time::timeout(state.opts.header_timeout, handshake).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            tracing::debug!("WebSocket handshake with {peer} failed: {e}");
-            return;
+    let _ = tcp.set_nodelay(true);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        let mut router = router.clone();
+        async move {
+            let resp = tower_service::Service::call(&mut router, req).await;
+            Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
         }
-        Err(_) => return,
-    };
-    super::conn::run(state, ws, user, peer).await;
-    drop(permit);
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.opts.header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("HTTP connection from {peer}: {e}");
+            }
+        }
+        // Taken for a newer socket (handshakes.rs): just close.
+        _ = slot.evicted() => {}
+        _ = state.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
 }

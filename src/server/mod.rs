@@ -4,17 +4,25 @@
 //!
 //! How it is put together:
 //!
-//! - [`run`] accepts TCP connections until its shutdown token is cancelled.
-//!   Each socket is served by `http.rs`: it peeks at the request head and
-//!   answers `GET /health` itself, refuses `/ws` without a valid token with
-//!   HTTP 401 **before** the upgrade (tokens are compared as SHA-256
-//!   digests, in constant time: `auth.rs`), then upgrades.
+//! - [`run`] accepts TCP connections until its shutdown token is cancelled,
+//!   backing off when `accept` fails (out of file descriptors: the limits
+//!   are fitted to `RLIMIT_NOFILE` first, `fdlimit.rs`). A new socket gets
+//!   a handshake place (`handshakes.rs`: a small budget of its own, per
+//!   client address too) and is served by hyper with an axum router
+//!   (`http.rs`): `GET /health`, and `/ws`, whose token is checked (SHA-256
+//!   digests compared in constant time: `auth.rs`) **before** the upgrade.
+//!   Only then does it get a connection place (`registry.rs`:
+//!   `max_connections`, `max_connections_per_user`), and the upgrade is
+//!   answered (`upgrade.rs`).
 //! - A connection (`conn.rs`) is a reader task, which decodes frames and runs
 //!   the database actions in order (`handlers.rs`), and a writer task fed by
-//!   a bounded queue. The connection's own replies wait for room in the
-//!   queue up to `send_timeout`; notifications from other connections never
-//!   wait: a full queue means a slow reader, which is disconnected (1013)
-//!   and never stalls anyone else.
+//!   a queue bounded in bytes (`queue.rs`). The connection's own replies
+//!   wait for room up to `send_timeout`, and no further request is read
+//!   while its unsent replies pass the limit; notifications from other
+//!   connections never wait: a full queue means a slow reader, which is
+//!   disconnected (1013) and never stalls anyone else. Frames being
+//!   received share a global budget in bytes and have a deadline
+//!   (`reading.rs`).
 //! - Notifications go through the per-user hub (`hub.rs`) to the user's
 //!   other connections that said `hello`. They are sent from the store
 //!   thread right after the change commits, so they leave in `rev` order.
@@ -22,6 +30,9 @@
 //!   (`ai.rs`), so the reader keeps serving `sync` and the rest while a
 //!   reply streams. A reply is stored when its stream ends, whether or not
 //!   the client is still there.
+//! - Tokens are read again every `ping_interval` (`tokens.rs`): a revoked
+//!   token's connections are closed (1008). Security events go to the
+//!   audit trail (`audit.rs`), repeated ones as summaries.
 //! - Shutdown: the token stops the accept loop and every reader; running
 //!   AI streams get `shutdown_grace` to finish, then are cut and what they
 //!   produced is stored; then each connection is closed with 1001. Every
@@ -34,25 +45,35 @@
 //! use fakes.
 
 mod ai;
+mod audit;
 pub mod auth;
 pub mod certs;
 mod conn;
+mod fdlimit;
 mod handlers;
+mod handshakes;
 mod http;
 mod hub;
 mod limiter;
+mod queue;
+mod reading;
+mod registry;
+mod tokens;
+mod upgrade;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use fdlimit::{open_files_limit, raise_open_files_limit};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,15 +90,25 @@ pub struct ServerOptions {
     pub rate_limit_per_min: u32,
     /// Connections held at once; more are refused with HTTP 503.
     pub max_connections: usize,
-    /// WebSocket ping period.
+    /// Connections of one user held at once; more are refused with HTTP 429.
+    pub max_connections_per_user: usize,
+    /// Sockets not yet authenticated, in all (the oldest makes room for a
+    /// new one) and per client address (more are closed).
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
+    /// WebSocket ping period; also how often revoked tokens are looked for.
     pub ping_interval: Duration,
     /// A peer that sends nothing (not even a pong) for this long is dropped.
     pub idle_timeout: Duration,
-    /// Frames queued for one connection's writer.
-    pub send_queue: usize,
+    /// Bytes queued for one connection's writer (see `queue.rs`).
+    pub send_queue_bytes: usize,
     /// How long a connection's own replies wait for room in its queue
     /// before it is dropped as too slow.
     pub send_timeout: Duration,
+    /// Bytes of frames being received, all connections together.
+    pub read_budget_bytes: usize,
+    /// A frame must be received whole within this time of its first byte.
+    pub frame_timeout: Duration,
     /// An LLM silent for this long is cut (what it said is stored).
     pub stall_timeout: Duration,
     /// Longest a text-to-speech or speech-to-text request may take.
@@ -103,10 +134,15 @@ impl Default for ServerOptions {
         ServerOptions {
             rate_limit_per_min: 5,
             max_connections: 10_000,
+            max_connections_per_user: 64,
+            max_handshakes: 512,
+            max_handshakes_per_address: 16,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
-            send_queue: 1024,
+            send_queue_bytes: 1 << 20,
             send_timeout: Duration::from_secs(10),
+            read_budget_bytes: 64 << 20,
+            frame_timeout: Duration::from_secs(20),
             stall_timeout: Duration::from_secs(60),
             engine_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
@@ -122,9 +158,17 @@ impl Default for ServerOptions {
 
 impl ServerOptions {
     pub fn from_config(cfg: &Config) -> Self {
+        let s = &cfg.server;
         ServerOptions {
-            rate_limit_per_min: cfg.server.rate_limit_per_min,
-            max_connections: cfg.server.max_connections,
+            rate_limit_per_min: s.rate_limit_per_min,
+            max_connections: s.max_connections,
+            max_connections_per_user: s.max_connections_per_user,
+            max_handshakes: s.max_handshakes,
+            max_handshakes_per_address: s.max_handshakes_per_address,
+            header_timeout: s.header_timeout,
+            send_queue_bytes: s.send_queue_bytes,
+            read_budget_bytes: s.read_budget_bytes,
+            frame_timeout: s.frame_timeout,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
             ..ServerOptions::default()
@@ -157,7 +201,13 @@ pub(crate) struct State {
     cut_streams: CancellationToken,
     tracker: TaskTracker,
     next_conn: AtomicU64,
-    connections: AtomicUsize,
+    /// Places of unauthenticated sockets.
+    handshakes: Arc<handshakes::Handshakes>,
+    /// Places and handles of the connections.
+    registry: Arc<registry::Registry>,
+    read_budget: reading::ReadBudget,
+    tokens: tokens::TokenBook,
+    audit: audit::Audit,
 }
 
 impl State {
@@ -169,6 +219,14 @@ impl State {
     ) -> Arc<State> {
         Arc::new(State {
             user_limits: limiter::UserLimits::new(opts.rate_limit_per_min),
+            handshakes: handshakes::Handshakes::new(
+                opts.max_handshakes,
+                opts.max_handshakes_per_address,
+            ),
+            registry: registry::Registry::new(opts.max_connections, opts.max_connections_per_user),
+            read_budget: reading::ReadBudget::new(opts.read_budget_bytes),
+            tokens: tokens::TokenBook::default(),
+            audit: audit::Audit::default(),
             opts,
             db,
             engines,
@@ -179,7 +237,6 @@ impl State {
             cut_streams: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
         })
     }
 }
@@ -192,41 +249,131 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|cause| ServerError::Bind { addr, cause })
 }
 
+/// `accept` failed: waits before trying again, longer each time in a row
+/// (5 ms doubling to 1 s), and logs one line per second at most.
+struct AcceptBackoff {
+    delay: Duration,
+    failures: u64,
+    last_log: Option<tokio::time::Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        AcceptBackoff {
+            delay: Self::FIRST,
+            failures: 0,
+            last_log: None,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// How long to wait after this failure.
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.failures += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now - t >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                "accept failed ({} time(s) since the last report): {e}; retrying in {} ms",
+                self.failures,
+                self.delay.as_millis()
+            );
+            self.failures = 0;
+            self.last_log = Some(now);
+        }
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        wait
+    }
+}
+
+/// Out of file descriptors (ours or the system's).
+fn out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// Serves the protocol on `listener` until `shutdown` is cancelled, then
 /// stops cleanly (see the module docs) and returns.
 pub async fn run(
     listener: TcpListener,
     db: HistoryHandle,
     engines: Engines,
-    opts: ServerOptions,
+    mut opts: ServerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    if let Some(limit) = fdlimit::open_files_limit()
+        && let Some(warning) = fdlimit::fit(&mut opts, limit)
+    {
+        tracing::warn!("{warning}");
+    }
     let state = State::new(db, engines, opts, shutdown.clone());
-    let permits = Arc::new(Semaphore::new(state.opts.max_connections));
+    tokens::refresh(&state).await;
+    state.tracker.spawn(tokens::watch(state.clone()));
+    let router = http::router(state.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("listening on {addr}");
     }
+    let mut backoff = AcceptBackoff::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let permit = permits.clone().try_acquire_owned().ok();
-                    state.tracker.spawn(http::serve(state.clone(), tcp, peer, permit));
+                    backoff.succeeded();
+                    match state.handshakes.admit(peer.ip()) {
+                        Ok(admitted) => {
+                            if let Some(ip) = admitted.evicted {
+                                state.audit.repeated(
+                                    audit::Event::LimitRefused,
+                                    audit::Who::addr(ip),
+                                    format!(
+                                        "unauthenticated socket dropped to make room: all server.max_handshakes ({}) in use",
+                                        state.opts.max_handshakes
+                                    ),
+                                );
+                            }
+                            state.tracker.spawn(http::serve(
+                                state.clone(),
+                                router.clone(),
+                                tcp,
+                                peer,
+                                admitted.slot,
+                            ));
+                        }
+                        Err(full) => state.audit.repeated(
+                            audit::Event::LimitRefused,
+                            audit::Who::addr(peer.ip()),
+                            format!(
+                                "socket closed: server.max_handshakes_per_address ({}) unauthenticated sockets from this address",
+                                full.max
+                            ),
+                        ),
+                    }
                 }
                 Err(e) => {
-                    // Out of file descriptors, mostly: wait for some to close.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if out_of_files(&e) {
+                        // Make one free: the oldest socket still in its handshake.
+                        state.handshakes.evict_oldest();
+                    }
+                    let wait = backoff.failed(&e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                 }
             },
         }
     }
     drop(listener);
-    tracing::info!(
-        "stopping: {} connection(s) to close",
-        state.connections.load(Ordering::Relaxed)
-    );
+    tracing::info!("stopping: {} connection(s) to close", state.registry.len());
     state.tracker.close();
     tokio::select! {
         _ = state.tracker.wait() => {}
@@ -236,6 +383,7 @@ pub async fn run(
             state.tracker.wait().await;
         }
     }
+    state.audit.flush();
     tracing::info!("stopped");
     Ok(())
 }
