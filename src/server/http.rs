@@ -103,6 +103,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/health", get(health).fallback(only_get))
         .route("/ws", get(ws).fallback(only_get))
+        .merge(super::web::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -121,7 +122,7 @@ async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,
-        "no such path: use /ws or /health",
+        "no such path: the app is at /, the protocol at /ws, the status at /health",
     )
 }
 
@@ -143,6 +144,13 @@ async fn health(With(state): With<Arc<State>>) -> Response {
         (header::CONNECTION, "close"),
     ];
     (status, headers, Json(body)).into_response()
+}
+
+/// What a `/ws` request authenticates with.
+enum Credential {
+    Token(String),
+    /// The value of the session cookie.
+    Session(String),
 }
 
 /// The token of a request: the Bearer header, else `?token=`.
@@ -192,20 +200,50 @@ async fn ws(
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let Some(token) = token_of(&parts) else {
-        state
-            .audit
-            .repeated(Event::AuthRefused, Who::addr(peer.ip()), "no token");
-        return unauthorized(
-            "no token: send `Authorization: Bearer <token>` or `?token=<token>` (make one with `pichat token add USER`)",
-            "Bearer",
-        );
+    // A device's token (Bearer, else `?token=`), else a browser's session
+    // cookie, which counts only from this server's own page (`web.rs`).
+    let cred = match token_of(&parts) {
+        Some(t) => Credential::Token(t),
+        None => match super::web::session_cookie(&parts.headers) {
+            Some(v) => Credential::Session(v),
+            None => {
+                state
+                    .audit
+                    .repeated(Event::AuthRefused, Who::addr(peer.ip()), "no token");
+                return unauthorized(
+                    "no token: send `Authorization: Bearer <token>` or `?token=<token>` (make one with `pichat token add USER`), or sign in at /signin",
+                    "Bearer",
+                );
+            }
+        },
     };
+    if matches!(cred, Credential::Session(_))
+        && !super::web::same_origin(&parts.headers, state.opts.tls.is_some())
+    {
+        state.audit.repeated(
+            Event::AuthRefused,
+            Who::addr(peer.ip()),
+            "session cookie from a foreign Origin",
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Unauthorized,
+            "a session cookie is accepted only from this server's own page (its Origin); devices send a token",
+        );
+    }
     let upgrade = match Upgrade::check(&mut parts) {
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    let user = match state.db.call(move |s| auth::check(s, &token)).await {
+    let now = crate::time::now_ms();
+    let checked = state
+        .db
+        .call(move |s| match cred {
+            Credential::Token(t) => auth::check(s, &t),
+            Credential::Session(v) => Ok(auth::check_session(s, &v, now)?.map(|(u, _)| u)),
+        })
+        .await;
+    let user = match checked {
         Ok(Some(u)) => with_device(&state, u).await,
         Ok(None) => {
             state.audit.repeated(
@@ -284,9 +322,9 @@ async fn ws(
     response
 }
 
-/// Serves one accepted socket over HTTP/1.1 until it is done, upgraded,
-/// evicted from its handshake place, or the server stops.
-pub(crate) async fn serve(
+/// Serves one accepted socket: through TLS first when the server has a
+/// certificate (the handshake within `header_timeout`), then HTTP/1.1.
+pub(crate) async fn accept(
     state: Arc<State>,
     router: Router,
     tcp: TcpStream,
@@ -294,6 +332,31 @@ pub(crate) async fn serve(
     slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
+    let Some(tls) = state.opts.tls.clone() else {
+        return serve(state, router, tcp, peer, slot).await;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+    let stream = tokio::select! {
+        r = tokio::time::timeout(state.opts.header_timeout, handshake) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake with {peer} failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        },
+        _ = slot.evicted() => return,
+        _ = state.shutdown.cancelled() => return,
+    };
+    serve(state, router, stream, peer, slot).await;
+}
+
+/// Serves one socket over HTTP/1.1 until it is done, upgraded, evicted
+/// from its handshake place, or the server stops.
+async fn serve<I>(state: Arc<State>, router: Router, io: I, peer: SocketAddr, slot: Slot)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
         let mut router = router.clone();
@@ -306,7 +369,7 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(state.opts.header_timeout)
         .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -58,8 +58,10 @@ mod limiter;
 mod queue;
 mod reading;
 mod registry;
+pub mod tls;
 mod tokens;
 mod upgrade;
+mod web;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -127,6 +129,11 @@ pub struct ServerOptions {
     pub system_prompt: String,
     /// Token budget of the LLM context.
     pub context_tokens: usize,
+    /// How long a browser stays signed in (the session cookie's life).
+    pub session_ttl: Duration,
+    /// Served over TLS (`server.tls_cert`, loaded by [`tls::load`]):
+    /// session cookies are `Secure` and the app's own origin is `https://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -152,6 +159,8 @@ impl Default for ServerOptions {
             max_jobs_per_connection: 4,
             system_prompt: "You are a helpful assistant.".into(),
             context_tokens: 3000,
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            tls: None,
         }
     }
 }
@@ -169,6 +178,8 @@ impl ServerOptions {
             send_queue_bytes: s.send_queue_bytes,
             read_budget_bytes: s.read_budget_bytes,
             frame_timeout: s.frame_timeout,
+            session_ttl: s.session_ttl,
+            tls: None,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
             ..ServerOptions::default()
@@ -340,7 +351,7 @@ pub async fn run(
                                     ),
                                 );
                             }
-                            state.tracker.spawn(http::serve(
+                            state.tracker.spawn(http::accept(
                                 state.clone(),
                                 router.clone(),
                                 tcp,
