@@ -141,7 +141,7 @@ fn file(a: &'static Asset, req: &HeaderMap) -> Response {
         );
         h.insert(
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         );
         h.insert(
             header::HeaderName::from_static("x-frame-options"),

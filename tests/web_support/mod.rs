@@ -66,8 +66,10 @@ pub struct Options {
     pub mic_wav: Option<PathBuf>,
     /// Hosts that count as secure (for the microphone over plain http).
     pub secure_origins: Vec<String>,
-    /// Extra CA-less trust: accept the test server's self-made certificate.
+    /// Accept the test server's self-made certificate.
     pub ignore_cert_errors: bool,
+    /// The system prefers a dark colour scheme.
+    pub dark: bool,
 }
 
 impl Default for Options {
@@ -77,6 +79,7 @@ impl Default for Options {
             mic_wav: None,
             secure_origins: vec![],
             ignore_cert_errors: false,
+            dark: false,
         }
     }
 }
@@ -129,7 +132,10 @@ impl Browser {
         ];
         if let Some(wav) = &opts.mic_wav {
             args.push("--use-fake-device-for-media-stream".into());
-            args.push(format!("--use-file-for-fake-audio-capture={}", wav.display()));
+            args.push(format!(
+                "--use-file-for-fake-audio-capture={}",
+                wav.display()
+            ));
         }
         if !opts.secure_origins.is_empty() {
             args.push(format!(
@@ -137,9 +143,18 @@ impl Browser {
                 opts.secure_origins.join(",")
             ));
         }
+        if opts.dark {
+            args.push("--force-dark-mode".into());
+            args.push("--blink-settings=preferredColorScheme=0".into());
+        }
         if opts.ignore_cert_errors {
             args.push("--ignore-certificate-errors".into());
         }
+        // A phone-sized viewport is emulated (a headless window is at least
+        // 500 px wide), touch and all.
+        let mobile = (opts.size.0 < 500).then(|| {
+            json!({"deviceMetrics": {"width": opts.size.0, "height": opts.size.1, "pixelRatio": 2.0, "touch": true}})
+        });
         let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -153,14 +168,18 @@ impl Browser {
                 },
             },
         });
-        let caps = match caps {
+        let mut caps = match caps {
             Value::Object(m) => m,
             _ => unreachable!(),
         };
+        if let Some(m) = mobile {
+            caps["goog:chromeOptions"]["mobileEmulation"] = m;
+        }
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + WAIT;
         let client = loop {
-            let mut b = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+            let mut b =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
             b.capabilities(caps.clone());
             match b.connect(&url).await {
                 Ok(c) => break c,
@@ -252,7 +271,12 @@ impl Browser {
         let mut seen = Vec::new();
         loop {
             seen.clear();
-            for e in self.client.find_all(Locator::Css(css)).await.unwrap_or_default() {
+            for e in self
+                .client
+                .find_all(Locator::Css(css))
+                .await
+                .unwrap_or_default()
+            {
                 let t = e.text().await.unwrap_or_default();
                 if t.contains(text) {
                     return Ok(e);
@@ -271,14 +295,16 @@ impl Browser {
         let deadline = Instant::now() + WAIT;
         loop {
             let v = self.js(script).await?;
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return Ok(v);
             }
             if Instant::now() > deadline {
-                bail!("waited {} s for {what} (`{script}` gave {v})", WAIT.as_secs());
+                bail!(
+                    "waited {} s for {what} (`{script}` gave {v})",
+                    WAIT.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -305,10 +331,17 @@ impl Browser {
         e.click().await.with_context(|| format!("click {css}"))
     }
 
-    /// Sends keys to the focused element (shortcuts).
+    /// Presses keys as a keyboard does, wherever the focus is (shortcuts;
+    /// WebDriver key codes such as `\u{E007}` for Enter).
     pub async fn keys(&self, text: &str) -> Result<()> {
-        let e = self.client.active_element().await?;
-        e.send_keys(text).await?;
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let mut ka = KeyActions::new("keyboard".into());
+        for c in text.chars() {
+            ka = ka
+                .then(KeyAction::Down { value: c })
+                .then(KeyAction::Up { value: c });
+        }
+        self.client.perform_actions(ka).await?;
         Ok(())
     }
 
@@ -328,7 +361,11 @@ impl Browser {
         loop {
             for e in std::fs::read_dir(&self.downloads)?.flatten() {
                 let p = e.path();
-                let n = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+                let n = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
                 if n.ends_with(ends_with) && !n.ends_with(".crdownload") {
                     return Ok(p);
                 }
