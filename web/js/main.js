@@ -238,13 +238,17 @@ async function loadList(reset) {
     }
     state.hasMore = r.has_more;
     document.body.dataset.listLoaded = "1";
+    listShown = true;
   } catch (e) {
     toast(`Cannot load the conversations: ${explain(e)}`, "error");
   } finally {
     state.loadingList = false;
     renderList();
+    // For the benchmark: when the first list was on screen.
+    if (listShown && !performance.getEntriesByName("pichat:list").length) performance.mark("pichat:list");
   }
 }
+let listShown = false;
 
 function upsertConv(c) {
   if (c.deleted) return dropConv(c.id);
@@ -390,6 +394,7 @@ async function openConversation(id, { refresh = false, jumpTo = null } = {}) {
       if (!vlist.has(page.messages[0]?.id)) state.olderMore = state.olderMore || page.has_more;
     }
     document.body.dataset.convLoaded = id;
+    performance.mark(`pichat:conv:${id}`);
     if (jumpTo) await jump(jumpTo);
   } catch (e) {
     if (state.open !== id) return;
