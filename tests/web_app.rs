@@ -149,6 +149,8 @@ async fn sign_in_list_create_stream_rename_search_export_settings_live_sign_out(
             .to_string();
         b.shot("desktop-conversation").await?;
 
+        // A new conversation is named after its first question.
+        b.find_text("#conv-list li:first-child .conv-name", "Say hello please").await?;
         // Rename (dialog), seen in the list and stored.
         b.click("#btn-rename").await?;
         let input = b.find("#rename-input").await?;

@@ -13,8 +13,9 @@
 //! many fsyncs into one.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -34,14 +35,38 @@ enum Job {
 /// Most jobs in one group commit.
 const MAX_GROUP: usize = 64;
 
+/// A figure of the store thread, for whoever watches it (the server's
+/// `/metrics`): how long a job waited in the queue, how long a group
+/// commit took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    QueueWait(Duration),
+    Commit(Duration),
+}
+
+type Observer = Arc<OnceLock<Box<dyn Fn(Timing) + Send + Sync>>>;
+
+/// A job and when it was queued.
+type Queued = (Instant, Job);
+
+fn note(observer: &Observer, t: Timing) {
+    if let Some(f) = observer.get() {
+        f(t);
+    }
+}
+
 /// The store thread's loop.
-fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>) {
+fn serve(store: &mut Store, rx: &mpsc::Receiver<Queued>, observer: &Observer) {
     let mut next: Option<Job> = None;
+    let started = |(queued, job): Queued| {
+        note(observer, Timing::QueueWait(queued.elapsed()));
+        job
+    };
     loop {
         let job = match next.take() {
             Some(j) => j,
             None => match rx.recv() {
-                Ok(j) => j,
+                Ok(j) => started(j),
                 Err(_) => return,
             },
         };
@@ -56,7 +81,7 @@ fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>) {
                     continue;
                 }
                 while finish.len() < MAX_GROUP {
-                    match rx.try_recv() {
+                    match rx.try_recv().map(started) {
                         Ok(Job::Batched(g)) => finish.push(g(store)),
                         Ok(plain) => {
                             next = Some(plain);
@@ -65,7 +90,10 @@ fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>) {
                         Err(_) => break,
                     }
                 }
-                let committed = match store.conn.execute_batch("COMMIT") {
+                let commit_start = Instant::now();
+                let commit = store.conn.execute_batch("COMMIT");
+                note(observer, Timing::Commit(commit_start.elapsed()));
+                let committed = match commit {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::error!("history: a group of writes failed to commit: {e}");
@@ -83,7 +111,8 @@ fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>) {
 /// the database) when the last handle is dropped.
 #[derive(Clone)]
 pub struct HistoryHandle {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
+    observer: Observer,
 }
 
 impl std::fmt::Debug for HistoryHandle {
@@ -106,8 +135,10 @@ impl StoreThread {
 impl HistoryHandle {
     /// Opens the store on a new thread; returns once it is open (or failed).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<(HistoryHandle, StoreThread)> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let observer: Observer = Arc::default();
+        let watched = observer.clone();
         let path = path.to_path_buf();
         let opts = opts.clone();
         let join = thread::Builder::new()
@@ -123,16 +154,23 @@ impl HistoryHandle {
                         return;
                     }
                 };
-                serve(&mut store, &rx);
+                serve(&mut store, &rx, &watched);
             })
             .map_err(|e| HistoryError::Invalid(format!("cannot start the history thread: {e}")))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok((HistoryHandle { tx }, StoreThread(join))),
+            Ok(Ok(())) => Ok((HistoryHandle { tx, observer }, StoreThread(join))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(HistoryError::Invalid(
                 "the history thread died while opening".into(),
             )),
         }
+    }
+
+    /// Calls `f` with each [`Timing`] of the store thread from now on (the
+    /// first observer set stays; it runs on the store thread, so it must
+    /// be quick).
+    pub fn observe(&self, f: impl Fn(Timing) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(f));
     }
 
     /// Queues `f` on the store thread at once (jobs run in the order they
@@ -152,7 +190,7 @@ impl HistoryHandle {
             }
             let _ = tx.send(result);
         }));
-        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
+        if let Err(mpsc::SendError(job)) = self.tx.send((Instant::now(), job)) {
             drop(job); // drops the sender: the receiver sees the store closed
         }
         rx
@@ -210,7 +248,7 @@ impl HistoryHandle {
 
     async fn send<T>(&self, job: Job, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         self.tx
-            .send(job)
+            .send((Instant::now(), job))
             .map_err(|_| HistoryError::Invalid("the history store is closed".into()))?;
         rx.await
             .map_err(|_| HistoryError::Invalid("the history store thread stopped".into()))?
@@ -240,6 +278,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("pichat-history"));
+        drop(h);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn the_queue_wait_and_the_commits_are_observed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        h.observe(move |t| s2.lock().unwrap().push(t));
+        h.call(|s| s.schema_version()).await.unwrap();
+        h.call_batched(|s| s.server().add_token("alice", None, &[1; 32]))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let waits = seen
+            .iter()
+            .filter(|t| matches!(t, Timing::QueueWait(_)))
+            .count();
+        let commits = seen
+            .iter()
+            .filter(|t| matches!(t, Timing::Commit(_)))
+            .count();
+        assert_eq!((waits, commits), (2, 1), "{seen:?}");
         drop(h);
         thread.join();
     }

@@ -95,10 +95,14 @@ pub(super) async fn dispatch(s: &mut Session, frame: p::ClientFrame) {
             Err(e) => Err(e),
         },
     };
-    if let Err(e) = result {
-        s.conn
-            .send(&ServerFrame::error(rid, e.for_action(action)))
-            .await;
+    match result {
+        Ok(()) => s.state.metrics.action(action, "ok"),
+        Err(e) => {
+            s.state.metrics.action(action, &e.code.to_string());
+            s.conn
+                .send(&ServerFrame::error(rid, e.for_action(action)))
+                .await;
+        }
     }
 }
 

@@ -55,6 +55,7 @@ mod handshakes;
 mod http;
 mod hub;
 mod limiter;
+mod metrics;
 mod queue;
 mod reading;
 mod registry;
@@ -219,6 +220,8 @@ pub(crate) struct State {
     read_budget: reading::ReadBudget,
     tokens: tokens::TokenBook,
     audit: audit::Audit,
+    /// What `GET /metrics` shows.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl State {
@@ -238,6 +241,15 @@ impl State {
             read_budget: reading::ReadBudget::new(opts.read_budget_bytes),
             tokens: tokens::TokenBook::default(),
             audit: audit::Audit::default(),
+            metrics: {
+                let m = metrics::Metrics::new();
+                let seen = m.clone();
+                db.observe(move |t| match t {
+                    crate::history::actor::Timing::QueueWait(d) => seen.store_wait(d),
+                    crate::history::actor::Timing::Commit(d) => seen.store_commit(d),
+                });
+                m
+            },
             opts,
             db,
             engines,

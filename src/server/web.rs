@@ -109,7 +109,8 @@ pub(crate) fn routes() -> Router<Arc<State>> {
         .route("/signin", get(signin_page).post(signin))
         .route("/signout", post(signout))
         .route("/api/session", get(session_info))
-        .route("/export", get(export));
+        .route("/export", get(export))
+        .route("/metrics", get(metrics));
     for a in ASSETS.iter().filter(|a| !a.path.ends_with(".html")) {
         r = r.route(
             &format!("/{}", a.path),
@@ -381,6 +382,20 @@ async fn signout(With(state): With<Arc<State>>, headers: HeaderMap) -> Response 
     r.headers_mut()
         .insert(header::SET_COOKIE, session_set_cookie(None, 0, tls));
     r
+}
+
+/// `GET /metrics`: counts and times only, no user's name or data, so it
+/// is open to the scraper like `/health`.
+async fn metrics(With(state): With<Arc<State>>) -> Response {
+    state.metrics.set_connections(state.registry.len());
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    (StatusCode::OK, h, state.metrics.encode()).into_response()
 }
 
 #[derive(serde::Serialize)]

@@ -490,6 +490,10 @@ async function send(text, { isAudio = false, id = uuid7() } = {}) {
       if (act === "message_sent") {
         vlist.replace(pl.message, id);
         const c = state.convs.get(convId);
+        if (c && !pl.duplicate && c.message_count === 0 && c.title === "New conversation") {
+          // A new conversation is named after its first question, as on the Pi.
+          autoTitle(convId, text);
+        }
         if (c && !pl.duplicate) {
           c.message_count += 1;
           c.last_message_at = pl.message.created_at;
@@ -536,6 +540,26 @@ async function send(text, { isAudio = false, id = uuid7() } = {}) {
     if (streamed && vlist.has(streamId) && vlist.get(streamId).streaming) vlist.remove(streamId);
     const q = vlist.get(id);
     if (q) vlist.replace({ ...q, pending: false, failed: `Not sent: ${explain(e)}` });
+  }
+}
+
+/// The first line of a question, cut at a word near 60 characters.
+function titleFrom(text) {
+  const line = text.trim().split("\n")[0].replace(/\s+/g, " ");
+  if (line.length <= 60) return line;
+  const cut = line.slice(0, 60);
+  const sp = cut.lastIndexOf(" ");
+  return `${(sp > 30 ? cut.slice(0, sp) : cut).trim()}…`;
+}
+
+async function autoTitle(convId, text) {
+  const title = titleFrom(text);
+  if (!title) return;
+  try {
+    const r = await client.request("update_conversation", { id: convId, title });
+    upsertConv(r.conversation);
+  } catch {
+    // Keeps "New conversation"; nothing lost.
   }
 }
 
