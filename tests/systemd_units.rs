@@ -282,4 +282,11 @@ fn the_server_keeps_the_network_and_not_the_daemons_runtime_dir() {
     assert_ne!(rt, "pichat", "the server must not own /run/pichat");
     assert!(values(&unit, "SupplementaryGroups").is_empty());
     assert_eq!(one(&unit, SERVER, "PrivateDevices"), "yes");
+    // Open files for the default limits: 10,000 connections, 512 handshake
+    // places, 64 kept for the rest (src/server/fdlimit.rs).
+    let nofile: u64 = one(&unit, SERVER, "LimitNOFILE").parse().unwrap();
+    assert!(nofile >= 10_000 + 512 + 64, "LimitNOFILE={nofile}");
+    let daemon = unit_text(DAEMON);
+    let nofile: u64 = one(&daemon, DAEMON, "LimitNOFILE").parse().unwrap();
+    assert!(nofile >= 1024, "LimitNOFILE={nofile}");
 }

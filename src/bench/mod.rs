@@ -22,7 +22,7 @@ pub enum BenchCmd {
     Audio(audio::Args),
     /// The voice turn: daemon overhead, streaming, real engines per stage, idle cost.
     Voice(voice::Args),
-    /// The chat server: idle connections held, send_message round trips, sync of a large history, notification latency.
+    /// The chat server: idle connections held, send_message round trips, sync of a large history, notification latency, a storm of unread sync pages, slowloris.
     Server(server::Args),
     /// The sync: catching up a new device, pushing an outage's turns, device-to-device latency.
     Sync(sync::Args),

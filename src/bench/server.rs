@@ -1,13 +1,23 @@
 //! `pichat bench server`: the chat server's figures, over real WebSockets
 //! on 127.0.0.1 and real SQLite files.
 //!
-//! 1. Idle connections held: a real `pichat serve` child process, N clients
-//!    that say `hello`; its resident memory before and after, per connection.
+//! 1. Idle connections held: a real `pichat serve` child process under the
+//!    open-files limit of `systemd/pichat-server.service` (`LimitNOFILE=`)
+//!    and the default config, N clients (of several users: the default
+//!    `max_connections_per_user` holds) that say `hello`; its resident
+//!    memory before and after, per connection.
 //! 2. `send_message` round trips per second with a fast fake LLM (in
 //!    process): one client in turn, then several at once.
 //! 3. A fresh client pulling N messages with `sync` (pages of 5000).
 //! 4. Notification latency: a change on one connection until the user's
 //!    other connection has the notification (p50, p99).
+//! 5. Storm: clients that ask for large `sync` pages again and again and
+//!    never read (reconnecting when dropped), against a `pichat serve`
+//!    child: its peak resident memory, and the bound it must stay under.
+//! 6. Slowloris: N sockets from 127.0.0.2 and up that never finish their
+//!    request head (reopened when closed), against a `pichat serve` child:
+//!    how many legitimate connections (from 127.0.0.1) are refused
+//!    meanwhile, how long they take, and the server's CPU.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +27,7 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -36,6 +46,8 @@ pub enum Part {
     Send,
     Sync,
     Notify,
+    Storm,
+    Slowloris,
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +67,28 @@ pub struct Args {
     /// Notifications to time
     #[arg(long, default_value_t = 2_000)]
     notifications: usize,
+    /// Clients in the storm of unread sync pages (one user: at most its
+    /// max_connections_per_user, 64)
+    #[arg(long, default_value_t = 32)]
+    storm_clients: usize,
+    /// Messages in the storm's history (two pages of 5000 at the default)
+    #[arg(long, default_value_t = 10_000)]
+    storm_messages: usize,
+    /// Characters per message in the storm's history
+    #[arg(long, default_value_t = 1_000)]
+    storm_message_chars: usize,
+    /// Seconds the storm lasts
+    #[arg(long, default_value_t = 30)]
+    storm_seconds: u64,
+    /// Slowloris sockets held open
+    #[arg(long, default_value_t = 5_000)]
+    slowloris: usize,
+    /// Slowloris sockets per client address, one run each (comma-separated)
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100])]
+    slowloris_per_address: Vec<usize>,
+    /// Legitimate connections tried during each slowloris run
+    #[arg(long, default_value_t = 500)]
+    legit_attempts: usize,
     /// Run only these parts (comma-separated) [default: all]
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -97,6 +131,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if wants(Part::Notify) {
             notify(&a, &dir).await.context("notifications")?;
         }
+        if wants(Part::Storm) {
+            storm(&a, &dir)
+                .await
+                .context("storm of unread sync pages")?;
+        }
+        if wants(Part::Slowloris) {
+            slowloris(&a, &dir).await.context("slowloris")?;
+        }
         Ok::<(), anyhow::Error>(())
     })
 }
@@ -104,30 +146,114 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// Lifts the soft limit of open files to the hard one (each connection is
 /// a descriptor on both sides).
 fn raise_fd_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
+    if let Err(e) = server::raise_open_files_limit() {
+        println!("note: cannot raise the open-files limit: {e}");
     }
 }
 
 fn open_files_limit() -> u64 {
-    // SAFETY: as above.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
-            l.rlim_cur
-        } else {
-            1024
+    server::open_files_limit().unwrap_or(1024)
+}
+
+/// `LimitNOFILE=` of the server's unit, as shipped.
+fn unit_nofile() -> Option<u64> {
+    include_str!("../../systemd/pichat-server.service")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// CPU time a process used so far (user + system).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// A `pichat serve` child process on 127.0.0.1:0.
+struct ServerChild {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: std::net::SocketAddr,
+}
+
+impl ServerChild {
+    /// Starts one with `config` (TOML) and the database `db`; `nofile` is
+    /// its open-files limit (soft and hard), when it can be set.
+    async fn start(
+        dir: &Path,
+        name: &str,
+        db: &Path,
+        config: &str,
+        nofile: Option<u64>,
+    ) -> anyhow::Result<ServerChild> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(n) = nofile {
+            // SAFETY: only getrlimit/setrlimit (async-signal-safe) between
+            // fork and exec. Raising the hard limit needs privileges: else
+            // the hard limit there is, if lower.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0
+                        && libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0
+                    {
+                        l.rlim_cur = l.rlim_max.min(n as libc::rlim_t);
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("cannot start `pichat serve`")?;
+        let pid = child.id().context("no child pid")?;
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("the server did not start")??
+            .unwrap_or_default();
+        let addr = line
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected output: {line}"))?
+            .parse()?;
+        Ok(ServerChild { child, pid, addr })
+    }
+
+    /// The open-files limit it runs with.
+    fn nofile(&self) -> Option<u64> {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid)).ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
+    }
+
+    /// SIGTERM, and its exit.
+    async fn stop(mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        if !matches!(status, Ok(Ok(s)) if s.success()) {
+            println!("   note: the server did not stop cleanly: {status:?}");
         }
     }
 }
@@ -172,12 +298,41 @@ fn client_config() -> WebSocketConfig {
 }
 
 async fn connect(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Ws> {
+    connect_from(addr, token, None, None).await
+}
+
+/// A connection from `from` (another loopback address stands for another
+/// device), its socket's receive buffer `recv_buffer` bytes when given.
+async fn connect_from(
+    addr: std::net::SocketAddr,
+    token: &str,
+    from: Option<std::net::Ipv4Addr>,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<Ws> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    if let Some(ip) = from {
+        sock.bind((ip, 0).into())?;
+    }
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n)?;
+    }
+    let tcp = sock.connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
     let mut req = format!("ws://{addr}/ws").into_client_request()?;
     req.headers_mut()
         .insert("Authorization", format!("Bearer {token}").parse()?);
-    let (ws, _) =
-        tokio_tungstenite::connect_async_with_config(req, Some(client_config()), true).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        req,
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        Some(client_config()),
+    )
+    .await?;
     Ok(ws)
+}
+
+/// The `i`-th address of a group of loopback addresses (`base` and up).
+fn nth_ip(base: [u8; 4], i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::from(base)) + i as u32)
 }
 
 async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
@@ -282,57 +437,60 @@ impl InProcess {
     }
 }
 
+/// The default limit of connections per user (the idle clients are
+/// spread over enough users to stay under it).
+const PER_USER: usize = 64;
+
 async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
     let n = a.connections;
-    println!("\n1. idle connections held (a `pichat serve` child process)");
+    let nofile = unit_nofile();
+    println!(
+        "\n1. idle connections held (a `pichat serve` child process, default config, LimitNOFILE={} as in the unit)",
+        nofile.map_or("?".into(), |n| n.to_string())
+    );
     let limit = open_files_limit();
     if (n as u64) + 64 > limit {
         println!(
-            "   note: the open-files limit is {limit}; fewer than {n} connections may be possible (raise `ulimit -n`)"
+            "   note: this process may open {limit} files; fewer than {n} connections may be possible (raise `ulimit -n`)"
         );
     }
     let db = dir.join("idle.db");
-    let token = make_token(&db, "idle")?;
-    let config = dir.join("idle.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\nlevel = \"warn\"\n\n[server]\nmax_connections = {}\n",
-            n + 100
-        ),
-    )?;
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start `pichat serve`")?;
-    let pid = child.id().context("no child pid")?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("the server did not start")??
-        .unwrap_or_default();
-    let addr: std::net::SocketAddr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected output: {line}"))?
-        .parse()?;
+    let users = n.div_ceil(PER_USER).max(1);
+    let tokens: Vec<String> = {
+        let mut s = Store::open(&db, &OpenOptions::default())?;
+        (0..users)
+            .map(|u| Ok(auth::issue_token(&mut s, &format!("idle{u}"), Some("bench"))?.1))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let srv = ServerChild::start(dir, "idle", &db, "[log]\nlevel = \"warn\"\n", nofile).await?;
+    let pid = srv.pid;
+    let addr = srv.addr;
+    let got = srv.nofile();
+    println!(
+        "   server's open-files limit: {}{}",
+        got.map_or("?".into(), |n| n.to_string()),
+        match (got, nofile) {
+            (Some(g), Some(u)) if g < u =>
+                " (the unit's could not be set here: this machine's hard limit is lower)",
+            _ => "",
+        }
+    );
     // One connection first, so the runtime and the database are warm.
-    let mut warm = connect(addr, &token).await?;
+    let mut warm = connect(addr, &tokens[0]).await?;
     hello(&mut warm).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib(pid).unwrap_or(0);
     let started = Instant::now();
-    let results: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let token = token.clone();
+    // The warm one counts: n in all.
+    let results: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(0..n.saturating_sub(1))
+        .map(|i| {
+            // The warm connection is one of the first user's; each user's
+            // connections come from an address of their own (as devices would).
+            let u = (i + 1) / PER_USER % users;
+            let token = tokens[u].clone();
             async move {
-                let mut ws = connect(addr, &token).await?;
+                let from = nth_ip([127, 0, 1, 1], u);
+                let mut ws = connect_from(addr, &token, Some(from), None).await?;
                 hello(&mut ws).await?;
                 Ok(ws)
             }
@@ -363,9 +521,10 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
             alive += 1;
         }
     }
+    conns.push(warm);
     let held = conns.len();
     println!(
-        "   connections held:        {held} of {n} ({failed} failed{}), opened in {:.1} s",
+        "   connections held:        {held} of {n} ({failed} failed{}), opened in {:.1} s ({users} users)",
         first_error.map(|e| format!(": {e}")).unwrap_or_default(),
         took.as_secs_f64()
     );
@@ -383,16 +542,8 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
     }
     // Clients leave first (the server then has nothing to wait for), then SIGTERM.
     drop(conns);
-    drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // SAFETY: signalling our own child by its pid.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    if !matches!(status, Ok(Ok(s)) if s.success()) {
-        println!("   note: the server did not stop cleanly: {status:?}");
-    }
+    srv.stop().await;
     Ok(())
 }
 
@@ -619,5 +770,318 @@ async fn notify(a: &Args, dir: &Path) -> anyhow::Result<()> {
         ms(p.p(100.0))
     );
     srv.stop().await;
+    Ok(())
+}
+
+/// One storm client: connects, asks for the first page every 50 ms without
+/// ever reading, and starts again when dropped. Returns how often it was
+/// dropped.
+async fn storm_client(
+    addr: std::net::SocketAddr,
+    token: String,
+    from: std::net::Ipv4Addr,
+    until: Instant,
+) -> u64 {
+    let mut dropped = 0;
+    while Instant::now() < until {
+        let Ok(mut ws) = connect_from(addr, &token, Some(from), Some(4096)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut i = 0u64;
+        loop {
+            if Instant::now() >= until {
+                return dropped;
+            }
+            let frame = json!({"action": "sync", "request_id": format!("s{i}"), "payload": {"since": 0, "limit": 5000}});
+            i += 1;
+            let sent = tokio::time::timeout(
+                Duration::from_secs(1),
+                ws.send(Message::Text(Utf8Bytes::from(frame.to_string()))),
+            )
+            .await;
+            match sent {
+                Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(50)).await,
+                // The server stopped reading this connection: wait, do not read.
+                Err(_) => {}
+                Ok(Err(_)) => {
+                    dropped += 1;
+                    break;
+                }
+            }
+        }
+    }
+    dropped
+}
+
+async fn storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
+    let k = a.storm_clients.max(1);
+    println!(
+        "\n5. a storm of {k} clients asking for `sync` pages (since 0, limit 5000) every 50 ms and never reading them, for {} s (a `pichat serve` child, default config)",
+        a.storm_seconds
+    );
+    let db = dir.join("storm.db");
+    let token = make_token(&db, "storm")?;
+    let srv = ServerChild::start(dir, "storm", &db, "[log]\nlevel = \"error\"\n", None).await?;
+    // The history: messages of `storm_message_chars`, 100 a conversation,
+    // appended in frames under 1 MiB.
+    let mut up = connect(srv.addr, &token).await?;
+    hello(&mut up).await?;
+    let text: String = "lorem ipsum dolor sit amet "
+        .chars()
+        .cycle()
+        .take(a.storm_message_chars.max(1))
+        .collect();
+    let per_frame = ((900 * 1024) / (a.storm_message_chars + 200)).clamp(1, 500);
+    let mut conv = String::new();
+    let mut batch = Vec::new();
+    for i in 0..a.storm_messages {
+        if i % 100 == 0 {
+            let c = request(&mut up, &format!("c{i}"), "create_conversation", json!({})).await?;
+            conv = c["payload"]["conversation"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+        batch.push(json!({"id": uuid::Uuid::now_v7(), "conversation_id": conv, "role": "user", "content": text}));
+        if batch.len() == per_frame || i + 1 == a.storm_messages {
+            let id = format!("a{i}");
+            let msgs = std::mem::take(&mut batch);
+            request(&mut up, &id, "append_messages", json!({"messages": msgs})).await?;
+        }
+    }
+    // The size of the page each request asks for, as a reading client sees it.
+    send(
+        &mut up,
+        json!({"action": "sync", "request_id": "page", "payload": {"since": 0, "limit": 5000}}),
+    )
+    .await?;
+    let page = loop {
+        match tokio::time::timeout(Duration::from_secs(60), up.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"page\"") => break t.len(),
+            Ok(Some(Ok(_))) => continue,
+            other => bail!("sync page: {other:?}"),
+        }
+    };
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(srv.pid).unwrap_or(0);
+    let until = Instant::now() + Duration::from_secs(a.storm_seconds);
+    let clients: Vec<_> = (0..k)
+        .map(|i| {
+            let from = nth_ip([127, 0, 2, 1], i);
+            tokio::spawn(storm_client(srv.addr, token.clone(), from, until))
+        })
+        .collect();
+    let mut peak = before;
+    let mut samples = Vec::new();
+    // Meanwhile, another user's client: its ping round trips.
+    let other = make_token(&db, "bystander")?;
+    let mut healthy = connect(srv.addr, &other).await?;
+    hello(&mut healthy).await?;
+    let mut pings = Vec::new();
+    let mut failed_pings = 0;
+    let mut i = 0;
+    while Instant::now() < until {
+        let rss = rss_kib(srv.pid).unwrap_or(0);
+        peak = peak.max(rss);
+        samples.push(rss);
+        let t = Instant::now();
+        match request(&mut healthy, &format!("p{i}"), "ping", json!({})).await {
+            Ok(_) => pings.push(t.elapsed()),
+            Err(_) => failed_pings += 1,
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut dropped = 0;
+    for c in clients {
+        dropped += c.await.unwrap_or(0);
+    }
+    let last = samples.iter().rev().take(50).copied().max().unwrap_or(0);
+    // Per connection: its queue (1 MiB) and the page being written (in the
+    // WebSocket layer's buffer; the reader reads nothing more meanwhile);
+    // and a page being built (rows, records, JSON: 3 pages) on each runtime
+    // worker and the store thread.
+    let queue = 1 << 20;
+    let builders = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let bound =
+        before as f64 / 1024.0 + k as f64 * mib(queue + page) + builders as f64 * mib(3 * page);
+    println!(
+        "   page asked for: {:.1} MiB; {dropped} disconnections of the non-reading clients (1013)",
+        mib(page)
+    );
+    println!(
+        "   server memory (RSS): {:.1} MiB before, peak {:.1} MiB, {:.1} MiB over the last 5 s",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        last as f64 / 1024.0
+    );
+    println!(
+        "   bound: before + {k} clients x (send queue 1 MiB + the page being written) + {builders} x 3 pages being built = {bound:.1} MiB"
+    );
+    let p = Percentiles::new(pings);
+    println!(
+        "   another user's pings meanwhile: p50 {}, p99 {}, {failed_pings} failed",
+        ms(p.p(50.0)),
+        ms(p.p(99.0))
+    );
+    srv.stop().await;
+    Ok(())
+}
+
+/// The attack's sockets: open now, and closed by the server so far.
+#[derive(Default)]
+struct AttackCounts {
+    open: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicU64,
+}
+
+/// One slowloris socket from `ip`, for as long as `stop` is not cancelled:
+/// the start of a head, then a header line every 2 s; reopened 1 s after
+/// the server closes it.
+async fn loris(
+    addr: std::net::SocketAddr,
+    ip: std::net::Ipv4Addr,
+    counts: Arc<AttackCounts>,
+    stop: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    while !stop.is_cancelled() {
+        let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+            return;
+        };
+        if sock.bind((ip, 0).into()).is_err() {
+            return;
+        }
+        let Ok(mut tcp) = sock.connect(addr).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        let _ = tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await;
+        let mut buf = [0u8; 256];
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = tcp.read(&mut buf) => {
+                    if matches!(r, Ok(0) | Err(_)) {
+                        counts.closed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    if tcp.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                        counts.closed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+        counts.open.fetch_sub(1, Ordering::Relaxed);
+        drop(tcp);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn slowloris(a: &Args, dir: &Path) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let n = a.slowloris;
+    println!(
+        "\n6. legitimate connections while {n} slowloris sockets from 127.0.0.2 and up are open (a `pichat serve` child, default config)"
+    );
+    for &per_address in &a.slowloris_per_address {
+        let per_address = per_address.max(1);
+        let db = dir.join(format!("loris{per_address}.db"));
+        let _ = std::fs::remove_file(&db);
+        let token = make_token(&db, "legit")?;
+        let srv = ServerChild::start(
+            dir,
+            "loris",
+            &db,
+            "[log]\nlevel = \"error\"\n",
+            unit_nofile(),
+        )
+        .await?;
+        let counts = Arc::new(AttackCounts::default());
+        let stop = CancellationToken::new();
+        let attack: Vec<_> = (0..n)
+            .map(|i| {
+                tokio::spawn(loris(
+                    srv.addr,
+                    nth_ip([127, 0, 0, 2], i / per_address),
+                    counts.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        // Wait for the attack to be in place.
+        let t = Instant::now();
+        while counts.open.load(Ordering::Relaxed) < n * 9 / 10
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu0 = cpu_time(srv.pid).unwrap_or_default();
+        let closed0 = counts.closed.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let mut times = Vec::new();
+        let mut refused = 0;
+        let mut first_error = None;
+        let mut open_seen = Vec::new();
+        for i in 0..a.legit_attempts {
+            open_seen.push(counts.open.load(Ordering::Relaxed));
+            let t = Instant::now();
+            let r = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut ws = connect(srv.addr, &token).await?;
+                hello(&mut ws).await?;
+                request(&mut ws, &format!("p{i}"), "ping", json!({})).await?;
+                anyhow::Ok(())
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => times.push(t.elapsed()),
+                Ok(Err(e)) => {
+                    refused += 1;
+                    first_error.get_or_insert(e.to_string());
+                }
+                Err(_) => {
+                    refused += 1;
+                    first_error.get_or_insert("no answer within 10 s".into());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_time(srv.pid).unwrap_or_default().saturating_sub(cpu0);
+        let churn = counts.closed.load(Ordering::Relaxed) - closed0;
+        stop.cancel();
+        for t in attack {
+            let _ = t.await;
+        }
+        let open_avg = open_seen.iter().sum::<usize>() as f64 / open_seen.len().max(1) as f64;
+        let p = Percentiles::new(times);
+        println!(
+            "   {per_address} per address ({} addresses): {refused} of {} legitimate connections refused{}; connect+hello+ping p50 {}, p99 {}",
+            n.div_ceil(per_address),
+            a.legit_attempts,
+            first_error
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            ms(p.p(50.0)),
+            ms(p.p(99.0)),
+        );
+        println!(
+            "      attack sockets open meanwhile: {open_avg:.0} on average; closed by the server: {:.0}/s; server CPU: {:.0} % of a core",
+            churn as f64 / secs,
+            100.0 * cpu.as_secs_f64() / secs
+        );
+        srv.stop().await;
+    }
     Ok(())
 }

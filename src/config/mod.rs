@@ -381,6 +381,46 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_at_their_bounds_and_one_past() {
+        let at = "[server]\nmax_connections_per_user = 1\nmax_handshakes = 1\n\
+                  max_handshakes_per_address = 1\nheader_timeout_s = 300\nsend_queue_kib = 16\n\
+                  read_budget_mib = 1\nframe_timeout_s = 600\n";
+        let (_, c) = check(at).unwrap_or_else(|e| panic!("{e}"));
+        let s = &c.server;
+        assert_eq!(
+            (
+                s.max_connections_per_user,
+                s.max_handshakes,
+                s.max_handshakes_per_address
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(s.header_timeout, std::time::Duration::from_secs(300));
+        assert_eq!(
+            (s.send_queue_bytes, s.read_budget_bytes),
+            (16 << 10, 1 << 20)
+        );
+        assert_eq!(s.frame_timeout, std::time::Duration::from_secs(600));
+        for (key, past) in [
+            ("max_connections_per_user", "0"),
+            ("max_handshakes", "0"),
+            ("max_handshakes_per_address", "0"),
+            ("header_timeout_s", "301"),
+            ("send_queue_kib", "15"),
+            ("read_budget_mib", "0"),
+            ("frame_timeout_s", "601"),
+        ] {
+            let err = check(&format!("[server]\n{key} = {past}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("t.toml:2: server.{key}: {past} is out of range")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn problems_have_lines() {
         let text = "[audio]\nvolume = 2.0\nvolum = 1\n\n[ptt]\ngpio_pin = \"x\"\nmode = \"x\"\n";
         let err = check(text).unwrap_err().to_string();

@@ -298,7 +298,7 @@ impl Default for RawServer {
             max_connections: 10000,
             max_connections_per_user: 64,
             max_handshakes: 512,
-            max_handshakes_per_address: 16,
+            max_handshakes_per_address: 64,
             header_timeout_s: 10,
             send_queue_kib: 1024,
             read_budget_mib: 64,

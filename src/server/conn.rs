@@ -15,6 +15,7 @@
 //! client does not read, or the server is too busy reading others.
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::State;
-use super::audit::{Event, Who};
+use super::audit::{Audit, Event, Who};
 use super::auth::AuthUser;
 use super::limiter::Bucket;
 pub(crate) use super::queue::Out;
@@ -58,6 +59,7 @@ pub(crate) struct Conn {
     /// Why it was killed (first reason wins): the close code and reason.
     killed_for: Mutex<Option<(u16, String)>>,
     send_timeout: Duration,
+    audit: Arc<Audit>,
 }
 
 impl Conn {
@@ -71,6 +73,7 @@ impl Conn {
             kill: CancellationToken::new(),
             killed_for: Mutex::new(None),
             send_timeout: state.opts.send_timeout,
+            audit: state.audit.clone(),
         })
     }
 
@@ -89,13 +92,17 @@ impl Conn {
         self.kill.is_cancelled() || self.queue.is_closed()
     }
 
+    /// Who this is, for the audit trail.
+    pub fn who(&self) -> Who {
+        Who::of(&self.user, self.peer.ip())
+    }
+
     fn too_slow(&self, what: &str) {
-        tracing::warn!(
-            "{}: connection {} from {} does not read {what}; disconnecting it",
-            self.user.name,
-            self.id,
-            self.peer
+        let why = format!(
+            "connection {} closed (1013): it does not read {what} (server.send_queue_kib)",
+            self.id
         );
+        self.audit.repeated(Event::LimitRefused, self.who(), why);
         self.kill(close::TRY_AGAIN_LATER, "too slow reading");
     }
 
@@ -157,14 +164,27 @@ enum Incoming {
     Failed(WsError),
 }
 
-/// The next message, once the unsent replies are within the limit.
-async fn next_message(conn: &Conn, stream: &mut SplitStream<Ws>, state: &State) -> Incoming {
-    if !conn.queue.wait_unsent_within(state.opts.send_timeout).await {
-        return if conn.queue.is_closed() {
-            Incoming::Gone
-        } else {
-            Incoming::NotReading
-        };
+/// The next message, once the unsent replies are within the limit. A client
+/// that reads slowly is waited for as long as it acknowledges bytes
+/// (`sockinfo.rs`; else: as long as its socket takes bytes); one that
+/// acknowledged none for `send_timeout` does not read.
+async fn next_message(
+    conn: &Conn,
+    progress: &impl Fn() -> u64,
+    stream: &mut SplitStream<Ws>,
+    state: &State,
+) -> Incoming {
+    loop {
+        let before = progress();
+        if conn.queue.wait_unsent_within(state.opts.send_timeout).await {
+            break;
+        }
+        if conn.queue.is_closed() {
+            return Incoming::Gone;
+        }
+        if progress() == before {
+            return Incoming::NotReading;
+        }
     }
     match tokio::time::timeout(state.opts.idle_timeout, stream.next()).await {
         Err(_) => Incoming::Silent,
@@ -198,14 +218,14 @@ fn failure(e: &WsError) -> Option<(Option<ErrorPayload>, u16, String)> {
             tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
         ) => None,
         WsError::Protocol(p) => Some((None, close::PROTOCOL_ERROR, p.to_string())),
-        WsError::Io(io) => match ReadLimit::of(io)? {
-            ReadLimit::FrameTimeout(_) => Some((
-                None,
-                close::POLICY_VIOLATION,
-                ReadLimit::of(io)?.to_string(),
-            )),
-            ReadLimit::Busy => Some((None, close::TRY_AGAIN_LATER, ReadLimit::of(io)?.to_string())),
-        },
+        WsError::Io(io) => {
+            let limit = ReadLimit::of(io)?;
+            let code = match limit {
+                ReadLimit::FrameTimeout(_) => close::POLICY_VIOLATION,
+                ReadLimit::Busy => close::TRY_AGAIN_LATER,
+            };
+            Some((None, code, limit.to_string()))
+        }
         _ => None,
     }
 }
@@ -216,6 +236,7 @@ pub(crate) async fn run(
     state: Arc<State>,
     ws: Ws,
     marks: Arc<Marks>,
+    fd: RawFd,
     user: AuthUser,
     peer: SocketAddr,
     admission: Admission,
@@ -231,6 +252,8 @@ pub(crate) async fn run(
         state.metrics.clone(),
     ));
     let mut session = Session::new(state.clone(), conn.clone());
+    // `fd` is the socket `ws` owns, alive as long as this function runs.
+    let progress = || super::sockinfo::bytes_acked(fd).unwrap_or_else(|| marks.written());
     let mut stopping = false;
     // The peer closed or broke the connection: no closing handshake to wait for.
     let mut peer_gone = false;
@@ -239,7 +262,7 @@ pub(crate) async fn run(
             biased;
             _ = conn.kill.cancelled() => break,
             _ = state.shutdown.cancelled() => { stopping = true; break }
-            next = next_message(&conn, &mut stream, &state) => next,
+            next = next_message(&conn, &progress, &mut stream, &state) => next,
         };
         match next {
             Incoming::Silent => {
@@ -267,16 +290,16 @@ pub(crate) async fn run(
                     conn.kill(close::GOING_AWAY, "");
                     break;
                 };
-                tracing::info!(
-                    "{}: connection {} from {peer} closed ({code}): {e}",
-                    conn.user.name,
-                    conn.id
-                );
                 if matches!(code, close::POLICY_VIOLATION | close::TRY_AGAIN_LATER) {
-                    let who = Who::of(&conn.user, peer.ip());
-                    state
-                        .audit
-                        .repeated(Event::LimitRefused, who, reason.clone());
+                    // A read limit (reading.rs).
+                    let why = format!("connection {} closed ({code}): {reason}", conn.id);
+                    state.audit.repeated(Event::LimitRefused, conn.who(), why);
+                } else {
+                    tracing::info!(
+                        "{}: connection {} from {peer} closed ({code}): {e}",
+                        conn.user.name,
+                        conn.id
+                    );
                 }
                 if let Some(e) = frame {
                     conn.send(&ServerFrame::error(None, e)).await;
@@ -512,7 +535,7 @@ impl Session {
     }
 
     fn audit_rate_limited(&self, action: &str, limit: &str) {
-        let who = Who::of(&self.conn.user, self.conn.peer.ip());
+        let who = self.conn.who();
         let reason = format!("{action}: over the {limit}");
         self.state.audit.repeated(Event::RateLimited, who, reason);
     }

@@ -15,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use super::audit::{Event, Who};
 use super::auth::{self, AuthUser};
 use super::handshakes::Slot;
 use super::reading::Metered;
-use super::registry::Refusal;
+use super::registry::{Admission, Refusal};
 use super::upgrade::Upgrade;
 use crate::protocol::{ErrorCode, Health, HttpError, limits};
 
@@ -49,6 +50,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The client's address, given to the handlers with each request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub SocketAddr);
+
+/// The connection's socket, given to the handlers with each request (for
+/// what the kernel knows about it: `sockinfo.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketFd(pub RawFd);
 
 /// The largest frame the WebSocket layer reads: 1 MiB over the largest
 /// limit of the protocol, so a frame a little too large is read whole and
@@ -146,13 +152,6 @@ async fn health(With(state): With<Arc<State>>) -> Response {
     (status, headers, Json(body)).into_response()
 }
 
-/// What a `/ws` request authenticates with.
-enum Credential {
-    Token(String),
-    /// The value of the session cookie.
-    Session(String),
-}
-
 /// The token of a request: the Bearer header, else `?token=`.
 fn token_of(parts: &Parts) -> Option<String> {
     let bearer = parts
@@ -194,9 +193,96 @@ async fn with_device(state: &Arc<State>, mut user: AuthUser) -> AuthUser {
     user
 }
 
+/// The user of a present token, or the answer refusing it.
+/// What a `/ws` request authenticates with.
+enum Credential {
+    Token(String),
+    /// The value of the session cookie.
+    Session(String),
+}
+
+async fn authenticate(
+    state: &Arc<State>,
+    cred: Credential,
+    peer: SocketAddr,
+) -> Result<AuthUser, Response> {
+    let now = crate::time::now_ms();
+    let checked = state
+        .db
+        .call(move |s| match cred {
+            Credential::Token(t) => auth::check(s, &t),
+            Credential::Session(v) => Ok(auth::check_session(s, &v, now)?.map(|(u, _)| u)),
+        })
+        .await;
+    match checked {
+        Ok(Some(u)) => Ok(with_device(state, u).await),
+        Ok(None) => {
+            let who = Who::addr(peer.ip());
+            let reason = "unknown or revoked token";
+            state.audit.repeated(Event::AuthRefused, who, reason);
+            Err(unauthorized(reason, "Bearer error=\"invalid_token\""))
+        }
+        Err(e) => {
+            tracing::error!("cannot check a token: {e}");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "cannot check the token now",
+            ))
+        }
+    }
+}
+
+/// A connection place for `user`, or the answer refusing it.
+#[allow(clippy::result_large_err)] // the error is the answer, made once per refusal
+fn admit(state: &Arc<State>, user: &AuthUser, peer: SocketAddr) -> Result<Admission, Response> {
+    let busy = |message: &str| {
+        with_header(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+            header::RETRY_AFTER,
+            "5",
+        )
+    };
+    if state.shutdown.is_cancelled() {
+        return Err(busy("the server is shutting down"));
+    }
+    let refusal = match state.registry.admit(user.id) {
+        Ok(a) => return Ok(a),
+        Err(r) => r,
+    };
+    let who = Who::of(user, peer.ip());
+    Err(match refusal {
+        Refusal::Full { max } => {
+            let reason = format!("server.max_connections ({max}) are open");
+            state.audit.repeated(Event::LimitRefused, who, reason);
+            busy("too many connections; try again later")
+        }
+        Refusal::UserFull { max } => {
+            let reason = format!("server.max_connections_per_user ({max}) are open");
+            state.audit.repeated(Event::LimitRefused, who, reason);
+            let message = format!(
+                "{} has {max} connections open, the most allowed (server.max_connections_per_user); close one first",
+                user.name
+            );
+            with_header(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                &message,
+                header::RETRY_AFTER,
+                "5",
+            )
+        }
+    })
+}
+
+/// `GET /ws`: a token, a well-formed upgrade, a user, a place; then `101`,
+/// and the connection runs as a task of its own.
 async fn ws(
     With(state): With<Arc<State>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(SocketFd(fd)): Extension<SocketFd>,
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
@@ -235,74 +321,18 @@ async fn ws(
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    let now = crate::time::now_ms();
-    let checked = state
-        .db
-        .call(move |s| match cred {
-            Credential::Token(t) => auth::check(s, &t),
-            Credential::Session(v) => Ok(auth::check_session(s, &v, now)?.map(|(u, _)| u)),
-        })
-        .await;
-    let user = match checked {
-        Ok(Some(u)) => with_device(&state, u).await,
-        Ok(None) => {
-            state.audit.repeated(
-                Event::AuthRefused,
-                Who::addr(peer.ip()),
-                "unknown or revoked token",
-            );
-            return unauthorized("unknown or revoked token", "Bearer error=\"invalid_token\"");
-        }
-        Err(e) => {
-            tracing::error!("cannot check a token: {e}");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                "cannot check the token now",
-            );
-        }
+    let user = match authenticate(&state, cred, peer).await {
+        Ok(u) => u,
+        Err(refused) => return refused,
     };
-    let who = Who::of(&user, peer.ip());
     if state.tokens.first_use_from(user.token_id, peer.ip()) {
         let reason = format!("first use of token {} from this address", user.token_id);
+        let who = Who::of(&user, peer.ip());
         state.audit.once(Event::NewAddress, &who, &reason);
     }
-    if state.shutdown.is_cancelled() {
-        return with_header(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the server is shutting down",
-            header::RETRY_AFTER,
-            "5",
-        );
-    }
-    let admission = match state.registry.admit(user.id) {
+    let admission = match admit(&state, &user, peer) {
         Ok(a) => a,
-        Err(Refusal::Full { max }) => {
-            let reason = format!("server.max_connections ({max}) are open");
-            state.audit.repeated(Event::LimitRefused, who, reason);
-            return with_header(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                "too many connections; try again later",
-                header::RETRY_AFTER,
-                "5",
-            );
-        }
-        Err(Refusal::UserFull { max }) => {
-            let reason = format!("server.max_connections_per_user ({max}) are open");
-            state.audit.repeated(Event::LimitRefused, who, reason);
-            return with_header(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                &format!(
-                    "{} has {max} connections open, the most allowed (server.max_connections_per_user); close one first",
-                    user.name
-                ),
-                header::RETRY_AFTER,
-                "5",
-            );
-        }
+        Err(refused) => return refused,
     };
     let (response, upgraded) = upgrade.accept();
     let st = state.clone();
@@ -317,7 +347,7 @@ async fn ws(
         };
         let (io, marks) = Metered::new(io, &st.read_budget, st.opts.frame_timeout);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        super::conn::run(st, ws, marks, user, peer, admission).await;
+        super::conn::run(st, ws, marks, fd, user, peer, admission).await;
     });
     response
 }
@@ -332,8 +362,9 @@ pub(crate) async fn accept(
     slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
+    let fd = SocketFd(tcp.as_raw_fd());
     let Some(tls) = state.opts.tls.clone() else {
-        return serve(state, router, tcp, peer, slot).await;
+        return serve(state, router, tcp, fd, peer, slot).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
     let stream = tokio::select! {
@@ -348,17 +379,25 @@ pub(crate) async fn accept(
         _ = slot.evicted() => return,
         _ = state.shutdown.cancelled() => return,
     };
-    serve(state, router, stream, peer, slot).await;
+    serve(state, router, stream, fd, peer, slot).await;
 }
 
 /// Serves one socket over HTTP/1.1 until it is done, upgraded, evicted
-/// from its handshake place, or the server stops.
-async fn serve<I>(state: Arc<State>, router: Router, io: I, peer: SocketAddr, slot: Slot)
-where
+/// from its handshake place, or the server stops. `fd` is the TCP socket
+/// under it (under TLS too).
+async fn serve<I>(
+    state: Arc<State>,
+    router: Router,
+    io: I,
+    fd: SocketFd,
+    peer: SocketAddr,
+    slot: Slot,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(fd);
         let mut router = router.clone();
         async move {
             let resp = tower_service::Service::call(&mut router, req).await;

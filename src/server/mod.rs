@@ -59,6 +59,7 @@ mod metrics;
 mod queue;
 mod reading;
 mod registry;
+mod sockinfo;
 pub mod tls;
 mod tokens;
 mod upgrade;
@@ -144,7 +145,7 @@ impl Default for ServerOptions {
             max_connections: 10_000,
             max_connections_per_user: 64,
             max_handshakes: 512,
-            max_handshakes_per_address: 16,
+            max_handshakes_per_address: 64,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             send_queue_bytes: 1 << 20,
@@ -219,7 +220,7 @@ pub(crate) struct State {
     registry: Arc<registry::Registry>,
     read_budget: reading::ReadBudget,
     tokens: tokens::TokenBook,
-    audit: audit::Audit,
+    audit: Arc<audit::Audit>,
     /// What `GET /metrics` shows.
     metrics: Arc<metrics::Metrics>,
 }
@@ -240,7 +241,7 @@ impl State {
             registry: registry::Registry::new(opts.max_connections, opts.max_connections_per_user),
             read_budget: reading::ReadBudget::new(opts.read_budget_bytes),
             tokens: tokens::TokenBook::default(),
-            audit: audit::Audit::default(),
+            audit: Arc::new(audit::Audit::default()),
             metrics: {
                 let m = metrics::Metrics::new();
                 let seen = m.clone();
@@ -323,6 +324,42 @@ fn out_of_files(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// A new socket: served by hyper in a handshake place (`handshakes.rs`),
+/// or closed when its address has all the places it may have.
+fn accepted_socket(
+    state: &Arc<State>,
+    router: &axum::Router,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let admitted = match state.handshakes.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(full) => {
+            let reason = format!(
+                "socket closed: server.max_handshakes_per_address ({}) unauthenticated sockets from this address",
+                full.max
+            );
+            let who = audit::Who::addr(peer.ip());
+            state
+                .audit
+                .repeated(audit::Event::LimitRefused, who, reason);
+            return;
+        }
+    };
+    if let Some(ip) = admitted.evicted {
+        let reason = format!(
+            "unauthenticated socket dropped to make room: all server.max_handshakes ({}) in use",
+            state.opts.max_handshakes
+        );
+        let who = audit::Who::addr(ip);
+        state
+            .audit
+            .repeated(audit::Event::LimitRefused, who, reason);
+    }
+    let serve = http::accept(state.clone(), router.clone(), tcp, peer, admitted.slot);
+    state.tracker.spawn(serve);
+}
+
 /// Serves the protocol on `listener` until `shutdown` is cancelled, then
 /// stops cleanly (see the module docs) and returns.
 pub async fn run(
@@ -351,35 +388,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     backoff.succeeded();
-                    match state.handshakes.admit(peer.ip()) {
-                        Ok(admitted) => {
-                            if let Some(ip) = admitted.evicted {
-                                state.audit.repeated(
-                                    audit::Event::LimitRefused,
-                                    audit::Who::addr(ip),
-                                    format!(
-                                        "unauthenticated socket dropped to make room: all server.max_handshakes ({}) in use",
-                                        state.opts.max_handshakes
-                                    ),
-                                );
-                            }
-                            state.tracker.spawn(http::accept(
-                                state.clone(),
-                                router.clone(),
-                                tcp,
-                                peer,
-                                admitted.slot,
-                            ));
-                        }
-                        Err(full) => state.audit.repeated(
-                            audit::Event::LimitRefused,
-                            audit::Who::addr(peer.ip()),
-                            format!(
-                                "socket closed: server.max_handshakes_per_address ({}) unauthenticated sockets from this address",
-                                full.max
-                            ),
-                        ),
-                    }
+                    accepted_socket(&state, &router, tcp, peer);
                 }
                 Err(e) => {
                     if out_of_files(&e) {
@@ -409,4 +418,73 @@ pub async fn run(
     state.audit.flush();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_config() {
+        let text = "[server]\nmax_connections = 7\nmax_connections_per_user = 3\nmax_handshakes = 9\n\
+                    max_handshakes_per_address = 2\nheader_timeout_s = 4\nsend_queue_kib = 32\n\
+                    read_budget_mib = 5\nframe_timeout_s = 6\n";
+        let (_, cfg) = crate::config::parse_str(text, std::path::Path::new("t.toml")).unwrap();
+        let o = ServerOptions::from_config(&cfg);
+        assert_eq!(
+            (
+                o.max_connections,
+                o.max_connections_per_user,
+                o.max_handshakes,
+                o.max_handshakes_per_address
+            ),
+            (7, 3, 9, 2)
+        );
+        assert_eq!(o.header_timeout, Duration::from_secs(4));
+        assert_eq!(
+            (o.send_queue_bytes, o.read_budget_bytes),
+            (32 << 10, 5 << 20)
+        );
+        assert_eq!(o.frame_timeout, Duration::from_secs(6));
+        // The defaults are the shipped config's.
+        let (_, cfg) = crate::config::parse_str("", std::path::Path::new("t.toml")).unwrap();
+        let (o, d) = (ServerOptions::from_config(&cfg), ServerOptions::default());
+        assert_eq!(
+            (
+                o.max_connections_per_user,
+                o.max_handshakes,
+                o.max_handshakes_per_address
+            ),
+            (
+                d.max_connections_per_user,
+                d.max_handshakes,
+                d.max_handshakes_per_address
+            )
+        );
+        assert_eq!(
+            (
+                o.send_queue_bytes,
+                o.read_budget_bytes,
+                o.frame_timeout,
+                o.header_timeout
+            ),
+            (
+                d.send_queue_bytes,
+                d.read_budget_bytes,
+                d.frame_timeout,
+                d.header_timeout
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_failures_back_off_up_to_a_second() {
+        let mut b = AcceptBackoff::new();
+        let e = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(out_of_files(&e));
+        let waits: Vec<u128> = (0..10).map(|_| b.failed(&e).as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed(&e).as_millis(), 5);
+    }
 }

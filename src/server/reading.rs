@@ -6,20 +6,21 @@
 //! progress. The first [`FREE`] bytes of it are free (most requests are far
 //! smaller); beyond them every byte needs a share of the global budget, so
 //! many half-sent large frames can never hold more than the budget. A
-//! reader that finds the budget used up waits (it stops reading its socket)
-//! until others finish.
+//! reader that finds no share free waits up to [`BUDGET_WAIT`] (it stops
+//! reading its socket meanwhile), then fails with [`ReadLimit::Busy`]: two
+//! large frames can never hold each other up past that. A frame larger than
+//! the whole budget may take all of it.
 //!
 //! The deadline starts with the first byte of a frame: a frame (or a
 //! message in fragments) not whole within `frame_timeout` fails the read
-//! with [`ReadLimit::FrameTimeout`] ([`ReadLimit::Busy`] when it was
-//! waiting for the budget), and the connection is closed. Pings and pongs
-//! in between do not restart it.
+//! with [`ReadLimit::FrameTimeout`], and the connection is closed. Pings
+//! and pongs in between do not restart it.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ use tokio::time::Sleep;
 pub(crate) const FREE: usize = 16 * 1024;
 /// The budget is taken in shares of this size.
 const SHARE: usize = 64 * 1024;
+/// How long a reader waits for a share of the budget.
+pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a read failed (inside an `io::Error`).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +54,7 @@ impl ReadLimit {
 /// The global budget of bytes of frames in progress.
 pub(crate) struct ReadBudget {
     sem: Arc<Semaphore>,
-    #[cfg(test)]
+    /// Shares in all.
     total: usize,
 }
 
@@ -60,7 +63,6 @@ impl ReadBudget {
         let shares = bytes.div_ceil(SHARE).clamp(1, Semaphore::MAX_PERMITS);
         ReadBudget {
             sem: Arc::new(Semaphore::new(shares)),
-            #[cfg(test)]
             total: shares,
         }
     }
@@ -79,6 +81,8 @@ pub(crate) struct Marks {
     message_done: AtomicBool,
     /// Bytes of control frames (ping, pong) delivered since.
     control: AtomicUsize,
+    /// Bytes written to the socket so far (the writer's progress).
+    written: AtomicU64,
 }
 
 impl Marks {
@@ -94,6 +98,11 @@ impl Marks {
     pub fn control_done(&self, payload: usize) {
         self.control.fetch_add(payload + 6, Ordering::AcqRel);
     }
+
+    /// Bytes written to the socket so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
 }
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
@@ -103,12 +112,14 @@ pub(crate) struct Metered<S> {
     inner: S,
     marks: Arc<Marks>,
     sem: Arc<Semaphore>,
+    total_shares: usize,
     frame_timeout: Duration,
     /// Bytes read of the frame in progress.
     pending: usize,
     /// Budget held for it.
     held: Option<OwnedSemaphorePermit>,
-    acquiring: Option<Acquire>,
+    /// Waiting for shares, until the timer.
+    acquiring: Option<(Acquire, Pin<Box<Sleep>>)>,
     /// Armed at the first byte of a frame.
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -120,6 +131,7 @@ impl<S> Metered<S> {
             inner,
             marks: marks.clone(),
             sem: budget.sem.clone(),
+            total_shares: budget.total,
             frame_timeout,
             pending: 0,
             held: None,
@@ -145,8 +157,19 @@ impl<S> Metered<S> {
         }
     }
 
+    fn count_written(&self, r: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.marks.written.fetch_add(*n as u64, Ordering::AcqRel);
+        }
+    }
+
+    fn held_shares(&self) -> usize {
+        self.held.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// Bytes of the frame in progress it may read before taking more shares.
     fn allowance(&self) -> usize {
-        FREE + self.held.as_ref().map_or(0, |p| p.num_permits() * SHARE)
+        FREE + self.held_shares() * SHARE
     }
 
     /// Ready(Err) once the frame's deadline has passed.
@@ -155,17 +178,47 @@ impl<S> Metered<S> {
             .deadline
             .as_mut()
             .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-        match passed {
-            true => {
-                let why = if self.acquiring.is_some() {
-                    ReadLimit::Busy
-                } else {
-                    ReadLimit::FrameTimeout(self.frame_timeout)
-                };
-                Poll::Ready(io::Error::other(why))
-            }
-            false => Poll::Pending,
+        if passed {
+            Poll::Ready(io::Error::other(ReadLimit::FrameTimeout(
+                self.frame_timeout,
+            )))
+        } else {
+            Poll::Pending
         }
+    }
+
+    /// Ready(Ok) once the frame in progress has the shares it needs.
+    fn poll_shares(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending > self.allowance() {
+            // A frame larger than the whole budget takes all of it.
+            let room = self.total_shares - self.held_shares();
+            let need = (self.pending - self.allowance()).div_ceil(SHARE).min(room);
+            if need == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let (acquire, timer) = self.acquiring.get_or_insert_with(|| {
+                let acquire = self.sem.clone().acquire_many_owned(need as u32);
+                (Box::pin(acquire), Box::pin(tokio::time::sleep(BUDGET_WAIT)))
+            });
+            match acquire.as_mut().poll(cx) {
+                Poll::Ready(Ok(p)) => {
+                    self.acquiring = None;
+                    match self.held.as_mut() {
+                        Some(h) => h.merge(p),
+                        None => self.held = Some(p),
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(io::Error::other(ReadLimit::Busy))),
+                Poll::Pending => {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.acquiring = None;
+                        return Poll::Ready(Err(io::Error::other(ReadLimit::Busy)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -181,23 +234,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
             return Poll::Ready(Err(e));
         }
         // Over the allowance: take shares of the budget before reading on.
-        while this.pending > this.allowance() {
-            let need = (this.pending - this.allowance()).div_ceil(SHARE) as u32;
-            let acquiring = this
-                .acquiring
-                .get_or_insert_with(|| Box::pin(this.sem.clone().acquire_many_owned(need)));
-            match acquiring.as_mut().poll(cx) {
-                Poll::Ready(Ok(p)) => {
-                    this.acquiring = None;
-                    match this.held.as_mut() {
-                        Some(h) => h.merge(p),
-                        None => this.held = Some(p),
-                    }
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(io::Error::other(ReadLimit::Busy))),
-                // The deadline was polled above, so its wake-up is registered.
-                Poll::Pending => return Poll::Pending,
-            }
+        match this.poll_shares(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            // The deadline was polled above, so its wake-up is registered.
+            Poll::Pending => return Poll::Pending,
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -227,7 +268,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.count_written(&r);
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -243,7 +287,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.count_written(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -281,7 +328,7 @@ mod tests {
         while got <= FREE {
             got += b.read(&mut buf).await.unwrap();
         }
-        let waiting = tokio::time::timeout(Duration::from_secs(1), b.read(&mut buf)).await;
+        let waiting = tokio::time::timeout(BUDGET_WAIT / 2, b.read(&mut buf)).await;
         assert!(waiting.is_err(), "b waits for the budget");
         // `a`'s message is done: its shares go back at its next read.
         a_marks.message_done();
@@ -325,7 +372,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn waiting_past_the_deadline_for_the_budget_is_busy() {
+    async fn waiting_too_long_for_the_budget_is_busy() {
         let budget = ReadBudget::new(SHARE);
         let timeout = Duration::from_secs(5);
         let (mut p1, s1) = tokio::io::duplex(1 << 20);
@@ -346,5 +393,19 @@ mod tests {
             }
         };
         assert!(matches!(ReadLimit::of(&e), Some(ReadLimit::Busy)), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_larger_than_the_budget_takes_all_of_it() {
+        let budget = ReadBudget::new(SHARE);
+        let (mut peer, s) = tokio::io::duplex(1 << 20);
+        let (mut s, _marks) = Metered::new(s, &budget, Duration::from_secs(5));
+        peer.write_all(&vec![1u8; FREE + 3 * SHARE]).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = 0;
+        while got < FREE + 3 * SHARE {
+            got += s.read(&mut buf).await.unwrap();
+        }
+        assert_eq!(budget.in_use(), SHARE);
     }
 }

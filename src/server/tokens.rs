@@ -119,8 +119,7 @@ pub(crate) async fn refresh(state: &Arc<State>) {
             "connection {} closed: token {} was revoked",
             conn.id, conn.user.token_id
         );
-        let w = Who::of(&conn.user, conn.peer.ip());
-        state.audit.once(Event::TokenRevoked, &w, &reason);
+        state.audit.once(Event::TokenRevoked, &conn.who(), &reason);
         conn.kill(close::POLICY_VIOLATION, "token revoked");
     }
 }

@@ -227,12 +227,7 @@ fn local_path(next: Option<&str>) -> String {
 async fn app(With(state): With<Arc<State>>, headers: HeaderMap) -> Response {
     match session_of(&state, &headers).await {
         Ok(Some(_)) => file(asset("index.html"), &headers),
-        Ok(None) => {
-            let mut r = Redirect::to("/signin").into_response();
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r
-        }
+        Ok(None) => see_other("/signin"),
         Err(r) => r,
     }
 }
@@ -424,6 +419,8 @@ async fn session_info(With(state): With<Arc<State>>, headers: HeaderMap) -> Resp
             .into_response();
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         }
         Ok(None) => signed_out(),

@@ -435,8 +435,8 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// A raw HTTP/1.1 request; returns the status code and the body.
-pub async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+/// A raw HTTP request; returns the whole response (the server closes).
+pub async fn http_raw(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
@@ -445,7 +445,12 @@ pub async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
         .await
         .expect("a response")
         .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A raw HTTP/1.1 request; returns the status code and the body.
+pub async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let text = http_raw(addr, request).await;
     let status = text
         .split(' ')
         .nth(1)
@@ -490,5 +495,277 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("never reached {n} connections");
+    }
+}
+
+/// A socket from `from` (any 127.x.y.z: loopback addresses other than
+/// 127.0.0.1 stand for other clients).
+pub async fn tcp_from(addr: SocketAddr, from: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// A slowloris socket: connected from `from`, it sends the start of a
+/// request head and nothing more.
+pub async fn slow_head(addr: SocketAddr, from: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tcp_from(addr, from).await;
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tcp
+}
+
+/// True when the server closed (or reset) the socket within the wait.
+pub async fn closed_by_server(tcp: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// True when the socket is still open after a short look (used only after
+/// the checks that wait for closes, so a late close cannot be missed).
+pub async fn still_open(tcp: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf))
+        .await
+        .is_err()
+}
+
+/// A WebSocket opened by hand (no WebSocket library): the handshake is
+/// sent, the `101` read; frames are then written with [`write_frame`].
+pub async fn raw_ws(addr: SocketAddr, token: &str) -> TcpStream {
+    raw_ws_with(TcpStream::connect(addr).await.unwrap(), token).await
+}
+
+/// [`raw_ws`] over a socket whose receive buffer is `size` bytes.
+pub async fn raw_ws_with_buffer(addr: SocketAddr, token: &str, size: u32) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(size).unwrap();
+    raw_ws_with(sock.connect(addr).await.unwrap(), token).await
+}
+
+async fn raw_ws_with(mut tcp: TcpStream, token: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut b))
+            .await
+            .expect("the 101 within the wait")
+            .unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// The header of a client frame: FIN, `opcode`, masked with a zero key (so
+/// the payload goes as is), `len` bytes of payload to follow; `rsv1` sets
+/// a reserved bit (a protocol violation); `masked: false` is one too.
+pub fn frame_header(opcode: u8, len: usize, masked: bool, rsv1: bool) -> Vec<u8> {
+    let mut h = vec![0x80 | opcode | if rsv1 { 0x40 } else { 0 }];
+    let mask = if masked { 0x80 } else { 0 };
+    if len < 126 {
+        h.push(mask | len as u8);
+    } else if len <= 0xffff {
+        h.push(mask | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(mask | 127);
+        h.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    if masked {
+        h.extend_from_slice(&[0, 0, 0, 0]);
+    }
+    h
+}
+
+/// Writes a whole client text frame.
+pub async fn write_frame(tcp: &mut TcpStream, payload: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut f = frame_header(0x1, payload.len(), true, false);
+    f.extend_from_slice(payload);
+    tcp.write_all(&f).await.unwrap();
+}
+
+/// A frame from the server: its opcode and payload; `None` at the end.
+pub async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 2];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut h))
+        .await
+        .expect("a frame within the wait")
+        .ok()?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            tcp.read_exact(&mut l).await.ok()?;
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            tcp.read_exact(&mut l).await.ok()?;
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((h[0] & 0x0f, payload))
+}
+
+/// Reads server frames until the close frame; its code (`None`: the socket
+/// ended without one).
+pub async fn raw_close_code(tcp: &mut TcpStream) -> Option<u16> {
+    while let Some((opcode, payload)) = read_frame(tcp).await {
+        if opcode == 0x8 {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+    None
+}
+
+/// The real `pichat serve` binary, on 127.0.0.1:0, with its log (stderr)
+/// collected; `nofile` sets its open-files limit (soft, hard) before it starts.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    log: Arc<Mutex<String>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    pub async fn start(config: &str, nofile: Option<(u64, u64)>) -> ServerProcess {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("server.db");
+        Store::open(&db, &OpenOptions::default()).unwrap();
+        let cfg = dir.path().join("pichat.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pichat"));
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(&db)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some((soft, hard)) = nofile {
+            // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = err.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), out.next_line())
+            .await
+            .expect("the server starts")
+            .unwrap()
+            .unwrap_or_else(|| panic!("no address; log:\n{}", log.lock().unwrap()));
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{line}"))
+            .parse()
+            .unwrap();
+        ServerProcess {
+            child,
+            addr,
+            db,
+            log,
+            dir,
+        }
+    }
+
+    /// A new token for `user`, made in the database (as `pichat token add`).
+    pub fn token(&self, user: &str, device: Option<&str>) -> String {
+        let mut s = Store::open(&self.db, &OpenOptions::default()).unwrap();
+        auth::issue_token(&mut s, user, device).unwrap().1
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().unwrap() as i32
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`; the log so far.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..500 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {needle:?} in the log:\n{}", self.log());
+    }
+
+    pub async fn connect(&self, token: &str) -> Result<Client, u16> {
+        let mut req = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(Client::new(ws)),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    /// SIGTERM, then the whole log once it has stopped.
+    pub async fn stop(mut self) -> String {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server stops")
+            .unwrap();
+        assert!(status.success(), "{status:?}\n{}", self.log());
+        // The log reader has the last lines once stderr is closed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.log()
     }
 }
