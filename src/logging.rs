@@ -5,7 +5,7 @@
 use std::fmt;
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -48,26 +48,47 @@ where
     }
 }
 
+/// The filter: `RUST_LOG` when set and valid (directives `target=level`
+/// and a bare default `level`, comma-separated: `pichat=debug,hyper=info,warn`),
+/// else `pichat={level}` and `warn` for everything else. A `RUST_LOG` that does
+/// not parse is reported once on stderr and ignored.
+fn filter(level: &str) -> Targets {
+    let default = || {
+        format!("pichat={level},warn")
+            .parse()
+            .unwrap_or_else(|_| Targets::new().with_default(Level::INFO))
+    };
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
+            eprintln!("pichat: ignoring RUST_LOG={v:?}: {e} (e.g. RUST_LOG=pichat=debug,warn)");
+            default()
+        }),
+        _ => default(),
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level`.
 /// Safe to call more than once (later calls do nothing).
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("pichat={level},warn")));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let journald = match format {
         LogFormat::Journald => true,
         LogFormat::Human => false,
         LogFormat::Auto => under_journald(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter(level));
     let _ = if journald {
-        builder.event_format(Journald).try_init()
+        registry.with(layer.event_format(Journald)).try_init()
     } else {
         use std::io::IsTerminal;
-        builder
-            .with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
+        registry
+            .with(
+                layer
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init()
     };
 }

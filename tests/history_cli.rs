@@ -387,19 +387,26 @@ fn unwritable_directory_is_reported() {
     std::fs::set_permissions(&sample, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(env.config(), "").unwrap();
     std::fs::set_permissions(env.config(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = cmd
-        .args([
-            "--config",
-            env.config().to_str().unwrap(),
-            "history",
-            "--db",
-            db_s,
-            "import",
-            sample.to_str().unwrap(),
-        ])
-        .env("HOME", env.dir.path())
-        .output()
-        .unwrap();
+    cmd.args([
+        "--config",
+        env.config().to_str().unwrap(),
+        "history",
+        "--db",
+        db_s,
+        "import",
+        sample.to_str().unwrap(),
+    ])
+    .env("HOME", env.dir.path());
+    // The fresh copy can be "busy" while a test running at the same time
+    // forks (its child holds the copy's descriptor until it execs): retry.
+    let mut out = cmd.output().unwrap();
+    for _ in 0..20 {
+        if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        out = cmd.output().unwrap();
+    }
     let r = common::Run(out);
     r.fails_with("cannot open");
     assert!(r.stderr().contains("writable"), "{}", r.stderr());
@@ -472,4 +479,165 @@ fn completions_are_generated() {
     let env = Env::new();
     let out = env.run(&["completions", "bash"]).ok();
     assert!(out.contains("pichat"));
+}
+
+#[test]
+fn control_characters_of_synced_titles_and_messages_are_escaped() {
+    // As a sync would store them: text typed anywhere, by anyone.
+    let env = Env::new();
+    let db = env.path("h.db");
+    let db_s = db.to_str().unwrap();
+    {
+        let mut s =
+            pichat::history::Store::open(&db, &pichat::history::OpenOptions::default()).unwrap();
+        let c = s
+            .create_conversation(pichat::history::NewConversation {
+                title: Some("\x1b]0;owned\x07weather \x1b[2J\u{202E}txt".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        s.append_message(pichat::history::NewMessage::new(
+            &c.id,
+            pichat::history::Role::User,
+            "rain\x1b[8m hidden\x1b[0m\ntomorrow\tmaybe",
+        ))
+        .unwrap();
+    }
+    let list = env.run(&["history", "--db", db_s, "list"]).ok();
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let show = env.run(&["history", "--db", db_s, "show", &id]).ok();
+    let search = env.run(&["history", "--db", db_s, "search", "rain"]).ok();
+    for (what, out) in [("list", &list), ("show", &show), ("search", &search)] {
+        assert!(
+            !out.contains('\x1b') && !out.contains('\x07') && !out.contains('\u{202E}'),
+            "{what} printed a control character: {out:?}"
+        );
+        assert!(out.contains("\\u{1b}"), "{what} shows it escaped: {out}");
+    }
+    assert!(
+        list.contains("\\u{1b}]0;owned\\u{7}weather \\u{1b}[2J\\u{202e}txt"),
+        "{list}"
+    );
+    // A message keeps its lines and tabs.
+    assert!(
+        show.contains("rain\\u{1b}[8m hidden\\u{1b}[0m\ntomorrow\tmaybe"),
+        "{show}"
+    );
+    assert!(
+        search.contains("[rain]"),
+        "the match is still marked: {search}"
+    );
+    // --json gives the exact text.
+    let json = env
+        .run(&["history", "--db", db_s, "show", &id, "--json"])
+        .json();
+    assert_eq!(
+        json["messages"][0]["content"],
+        "rain\x1b[8m hidden\x1b[0m\ntomorrow\tmaybe"
+    );
+}
+
+#[test]
+fn the_history_and_the_server_database_are_created_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let db = env.path("data/h.db");
+    env.run(&[
+        "history",
+        "--db",
+        db.to_str().unwrap(),
+        "import",
+        common::sample_history().to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(mode(&db), 0o600, "the history");
+    assert_eq!(mode(&env.path("data")), 0o700, "its new directory");
+    for suffix in ["-wal", "-shm"] {
+        let side = env.path(&format!("data/h.db{suffix}"));
+        if side.exists() {
+            assert_eq!(mode(&side), 0o600, "{}", side.display());
+        }
+    }
+    let srv = env.path("srv/server.db");
+    env.write_config(&format!("[server]\ndatabase = \"{}\"\n", srv.display()));
+    env.run(&["token", "add", "alice"]).ok();
+    assert_eq!(mode(&srv), 0o600, "the server database");
+}
+
+#[test]
+fn config_show_and_doctor_redact_passwords_and_tokens() {
+    let env = Env::new();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    std::fs::write(env.path("t.token"), "device-token").unwrap();
+    env.write_config(&format!(
+        "[audio]\ninput = \"wav:{in_wav}\"\noutput = \"wav:{out_wav}\"\n[ptt]\nsource = \"none\"\nsocket = \"{sock}\"\n\
+         [history]\npath = \"{h}\"\n\
+         [sync]\nurl = \"ws://alice:s3cret-pw@127.0.0.1:{port}/ws?token=tok-in-url\"\ntoken_file = \"{tf}\"\n\
+         [stt]\nengines = [\"s\"]\n[llm]\nengines = [\"l\"]\n[tts]\nengines = [\"t\"]\n\
+         [engines.s]\nkind = \"openai\"\nurl = \"http://bob:hunter2@127.0.0.1:{port}/v1?api_key=key-in-url\"\ntimeout_ms = 1000\n\
+         [engines.l]\nkind = \"openai\"\nurl = \"http://bob:hunter2@127.0.0.1:{port}/v1\"\ntimeout_ms = 1000\n\
+         [engines.t]\nkind = \"openai\"\nurl = \"http://127.0.0.1:{port}/v1?token=another\"\ntimeout_ms = 1000\n",
+        in_wav = env.path("in.wav").display(),
+        out_wav = env.path("out.wav").display(),
+        sock = env.path("ctl.sock").display(),
+        h = env.path("h.db").display(),
+        tf = env.path("t.token").display(),
+    ));
+    env.write_silence("in.wav", 8000);
+    let show = env.run(&["config", "show"]).ok();
+    let doctor = env.run(&["doctor"]);
+    let doctor = format!("{}{}", doctor.stdout(), doctor.stderr());
+    for (what, out) in [("config show", &show), ("doctor", &doctor)] {
+        for secret in [
+            "s3cret-pw",
+            "tok-in-url",
+            "hunter2",
+            "key-in-url",
+            "another",
+        ] {
+            assert!(!out.contains(secret), "{what} printed {secret}: {out}");
+        }
+    }
+    assert!(show.contains("ws://alice:***@127.0.0.1"), "{show}");
+    assert!(show.contains("?token=***"), "{show}");
+    assert!(show.contains("http://bob:***@127.0.0.1"), "{show}");
+    assert!(
+        doctor.contains("127.0.0.1"),
+        "the addresses are still shown: {doctor}"
+    );
+}
+
+#[test]
+fn the_new_limits_are_checked_at_the_limit_and_one_past_it() {
+    let env = Env::new();
+    let f = env.path("limits.toml");
+    for (table, key, ok, past) in [
+        ("stt", "max_seconds", 600, 601),
+        ("tts", "max_seconds", 3600, 3601),
+        ("server", "read_connections", 64, 65),
+    ] {
+        std::fs::write(&f, format!("[{table}]\n{key} = {ok}\n")).unwrap();
+        env.run(&["config", "check", f.to_str().unwrap()]).ok();
+        std::fs::write(&f, format!("[{table}]\n{key} = {past}\n")).unwrap();
+        let r = env.run(&["config", "check", f.to_str().unwrap()]);
+        assert_eq!(r.code(), 1, "{table}.{key} = {past}");
+        assert!(
+            r.stdout()
+                .contains(&format!("{table}.{key}: {past} is out of range")),
+            "{}",
+            r.stdout()
+        );
+    }
+    std::fs::write(&f, "[server]\nread_connections = 0\n").unwrap();
+    env.run(&["config", "check", f.to_str().unwrap()]).ok();
 }

@@ -891,18 +891,21 @@ async fn text_to_speech_and_speech_to_text() {
         w.finalize().unwrap();
     }
     // A real command engine that "speaks" the file.
-    let tts = pichat::engines::build_tts(&EngineConfig {
-        name: "cat".into(),
-        kind: EngineKind::Command {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("cat {}", wav.display()),
-                "{text}".into(),
-            ],
+    let tts = pichat::engines::build_tts(
+        &EngineConfig {
+            name: "cat".into(),
+            kind: EngineKind::Command {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("cat {}", wav.display()),
+                    "{text}".into(),
+                ],
+            },
+            timeout: Duration::from_secs(10),
         },
-        timeout: Duration::from_secs(10),
-    })
+        Duration::from_secs(600),
+    )
     .unwrap();
     let srv = TestServer::start(Engines {
         stt: vec![Arc::new(CountingStt) as Arc<dyn SpeechToText>],

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use pichat::config::{SecretSource, SyncConfig};
 use pichat::history::actor::{HistoryHandle, StoreThread};
 use pichat::history::{NewConversation, NewMessage, OpenOptions, Role};
@@ -687,5 +688,180 @@ async fn wss_with_a_private_ca() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].0, conv);
     assert_eq!(s[0].3.len(), 2);
+    srv.stop().await;
+}
+
+/// Messages stored on a device while offline: one conversation, `n`
+/// messages of `content(i)`.
+async fn offline_messages(d: &Device, n: usize, content: fn(usize) -> String) -> String {
+    d.h.call(move |s| {
+        let c = s.create_conversation(NewConversation::default())?.id;
+        for i in 0..n {
+            let role = if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            s.append_message(NewMessage::new(&c, role, content(i)))?;
+        }
+        Ok(c)
+    })
+    .await
+    .unwrap()
+}
+
+/// The server's messages of a conversation (all pages), as (id, content).
+async fn server_messages(srv: &TestServer, user: &str, conv: &str) -> Vec<(String, String)> {
+    let (user, conv) = (user.to_string(), conv.to_string());
+    srv.db(move |s| {
+        let uid = s.server().user_id(&user)?;
+        Ok(s.server()
+            .messages(uid, &conv, 100_000, None)?
+            .0
+            .into_iter()
+            .map(|m| (m.id, m.content))
+            .collect())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_offline_messages_of_3_kb_push() {
+    // 600 × 3 KB is 1.8 MB: one append_messages of it is over the 1 MiB
+    // frame limit (once refused as too_large on every retry, forever).
+    let srv = TestServer::start(engines(vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(dir.path(), "a", srv.addr, &srv.token("alice").await);
+    let conv = offline_messages(&a, 600, |i| format!("{i:05} {}", "x".repeat(3000))).await;
+    let rep = sync_once(&a).await;
+    assert_eq!(rep.pushed_messages, 600, "{rep:?}");
+    let on_server = server_messages(&srv, "alice", &conv).await;
+    assert_eq!(on_server.len(), 600);
+    assert!(on_server.iter().all(|(_, c)| c.len() == 3006));
+    let counts = a.h.call(|s| s.outbox_counts()).await.unwrap();
+    assert_eq!(counts, (0, 0, 0), "nothing left to push");
+    // Again: nothing is pushed twice.
+    assert_eq!(sync_once(&a).await.pushed_messages, 0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_one_hundred_large_messages_pull() {
+    // 2,100 messages of 32,000 characters: 67 MB, once one page far over
+    // the client's frame limit (the cursor never moved).
+    let srv = TestServer::start(engines(vec![])).await;
+    let token = srv.token("alice").await;
+    let conv = srv
+        .db(|s| {
+            let uid = s.server().user_id("alice")?;
+            let (c, _) = s
+                .server()
+                .create_conversation(uid, &NewConversation::default())?;
+            for chunk in 0..21 {
+                let batch: Vec<NewMessage> = (0..100)
+                    .map(|i| {
+                        let mut m = NewMessage::new(
+                            &c.id,
+                            Role::User,
+                            format!("{:05}{}", chunk * 100 + i, "y".repeat(31_995)),
+                        );
+                        m.id = Some(pichat::history::new_id());
+                        m
+                    })
+                    .collect();
+                let out = s.server().append_messages(uid, &batch)?;
+                assert_eq!(out.stored.len(), 100);
+            }
+            Ok(c.id)
+        })
+        .await;
+    // Every page the server sends stays within the page limit.
+    let mut web = srv.hello(&token, "web").await;
+    let (mut since, mut pages, mut seen) = (0i64, 0, 0usize);
+    loop {
+        let id = web.next_id();
+        web.send(
+            json!({"action": "sync", "request_id": id, "payload": {"since": since, "limit": 5000}}),
+        )
+        .await;
+        let text = loop {
+            match web.ws.next().await.unwrap().unwrap() {
+                tokio_tungstenite::tungstenite::Message::Text(t) => break t,
+                _ => continue,
+            }
+        };
+        assert!(
+            text.len() <= pichat::protocol::limits::MAX_PAGE_BYTES + 1024,
+            "a page of {} bytes",
+            text.len()
+        );
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(v["request_id"], id);
+        let changes = v["payload"]["changes"].as_array().unwrap();
+        assert!(!changes.is_empty());
+        seen += changes.len();
+        since = v["payload"]["rev"].as_i64().unwrap();
+        pages += 1;
+        if v["payload"]["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(seen, 2101, "the conversation and every message, once");
+    assert!(pages >= 60, "{pages} pages");
+    // A device pulls it all through the sync client.
+    let dir = tempfile::tempdir().unwrap();
+    let d = device(dir.path(), "d", srv.addr, &token);
+    let rep = sync_once(&d).await;
+    assert_eq!(rep.cursor, since);
+    let snap = snapshot(&d).await;
+    let local = &snap.iter().find(|x| x.0 == conv).expect("pulled").3;
+    assert_eq!(local.len(), 2100);
+    assert!(local.iter().all(|(_, c)| c.len() == 32_000));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_32000_four_byte_characters_syncs_both_ways() {
+    let srv = TestServer::start(engines(vec![])).await;
+    let token = srv.token("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(dir.path(), "a", srv.addr, &token);
+    let b = device(dir.path(), "b", srv.addr, &token);
+    let big = "😀".repeat(32_000);
+    assert_eq!(big.len(), 128_000);
+    // Device → server → another device: ten of them, made offline, are
+    // 1.28 MB (more than one frame).
+    let conv = offline_messages(&a, 10, |_| "😀".repeat(32_000)).await;
+    assert_eq!(sync_once(&a).await.pushed_messages, 10);
+    let on_server = server_messages(&srv, "alice", &conv).await;
+    assert_eq!(on_server.len(), 10);
+    assert!(on_server.iter().all(|(_, c)| *c == big));
+    sync_once(&b).await;
+    let snap = snapshot(&b).await;
+    assert_eq!(snap[0].3.len(), 10);
+    assert!(snap[0].3.iter().all(|(_, c)| *c == big));
+    // Web → server → device, and as a notification to a live device.
+    let mut web = srv.hello(&token, "web").await;
+    let id = pichat::history::new_id();
+    let r = web
+        .request(
+            "append_messages",
+            json!({"messages": [{"id": id, "conversation_id": conv, "role": "user", "content": "🎉".repeat(32_000)}]}),
+        )
+        .await;
+    assert_eq!(r["payload"]["stored"].as_array().unwrap().len(), 1, "{r}");
+    sync_once(&a).await;
+    let snap = snapshot(&a).await;
+    let got = snap[0].3.iter().find(|(i, _)| *i == id).expect("pulled");
+    assert_eq!(got.1, "🎉".repeat(32_000));
+    // One over the limit is refused by the server, and the device does not
+    // push it forever.
+    let r = web
+        .request(
+            "append_messages",
+            json!({"messages": [{"id": pichat::history::new_id(), "conversation_id": conv, "role": "user", "content": "😀".repeat(32_001)}]}),
+        )
+        .await;
+    assert_eq!(r["payload"]["rejected"][0]["code"], "bad_request", "{r}");
     srv.stop().await;
 }

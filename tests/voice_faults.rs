@@ -288,6 +288,149 @@ async fn garbage_stt_and_no_engine_left_is_an_error_not_a_crash() {
     assert_eq!(llm.count(), 0);
 }
 
+/// A WAV header with every field given, then `data`.
+fn wav_with(channels: u16, rate: u32, bits: u16, data: &[u8]) -> Vec<u8> {
+    let align = channels * bits.div_ceil(8);
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&channels.to_le_bytes());
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&rate.wrapping_mul(align as u32).to_le_bytes());
+    b.extend_from_slice(&align.to_le_bytes());
+    b.extend_from_slice(&bits.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_wav_files_are_refused_from_the_header_by_transcribe_and_ask() {
+    let env = Env::new();
+    let stt = fakes::wyoming_stt(SttMode::Text("never".into())).await;
+    let llm = fakes::llm(tokens(&["no"])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("s", wyoming(&stt.tcp(), 2000)),
+            ("l", openai(&llm.url(), 2000)),
+            ("t", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["s"],
+        &["l"],
+        &["t"],
+    );
+    std::fs::write(
+        env.config(),
+        std::fs::read_to_string(env.config())
+            .unwrap()
+            .replace("[stt]\n", "[stt]\nmax_seconds = 2\n"),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "rate.wav",
+            wav_with(1, 4_294_967_291, 8, &[128; 8192]),
+            "sample rate 4294967291 Hz is out of range",
+        ),
+        (
+            "one-hz.wav",
+            wav_with(1, 1, 16, &vec![0; 400_000]),
+            "sample rate 1 Hz is out of range",
+        ),
+        (
+            "long.wav",
+            wav_with(1, 16_000, 16, &vec![0; 16_000 * 2 * 3]),
+            "duration 3.0 s is over the limit of 2 s (stt.max_seconds)",
+        ),
+    ];
+    for (name, bytes, expect) in cases {
+        let f = env.path(name);
+        std::fs::write(&f, &bytes).unwrap();
+        let r = run_async(env.cmd(&["transcribe", f.to_str().unwrap()])).await;
+        assert_eq!(r.code(), 1, "transcribe {name}: {}", r.stderr());
+        assert!(
+            r.stderr().contains(expect),
+            "transcribe {name}: {}",
+            r.stderr()
+        );
+        assert!(
+            r.stderr().contains(name),
+            "the file is named: {}",
+            r.stderr()
+        );
+        let r = run_async(env.cmd(&[
+            "ask",
+            "--wav",
+            f.to_str().unwrap(),
+            "--out",
+            env.path("o.wav").to_str().unwrap(),
+        ]))
+        .await;
+        assert_eq!(r.code(), 1, "ask --wav {name}: {}", r.stderr());
+        assert!(
+            r.stderr().contains(expect),
+            "ask --wav {name}: {}",
+            r.stderr()
+        );
+    }
+    assert_eq!(stt.count(), 0, "nothing reached the engine");
+    // At the limit it goes through.
+    let f = env.path("two.wav");
+    std::fs::write(&f, wav_with(2, 44_100, 16, &vec![0; 44_100 * 4 * 2])).unwrap();
+    let r = run_async(env.cmd(&["transcribe", f.to_str().unwrap()])).await;
+    assert_eq!(r.ok().trim(), "never");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tts_engine_claiming_a_hostile_format_is_skipped_for_the_next() {
+    let env = Env::new();
+    let huge = fakes::wyoming_tts(TtsMode::Claims {
+        rate: 4_294_967_291,
+        channels: 1,
+        ms: 100,
+    })
+    .await;
+    let wide = fakes::wyoming_tts(TtsMode::Claims {
+        rate: 22_050,
+        channels: 1_000_000,
+        ms: 100,
+    })
+    .await;
+    let good = fakes::wyoming_tts(TtsMode::Tone { ms: 200 }).await;
+    let llm = fakes::llm(tokens(&["Fine."])).await;
+    config(
+        &env,
+        &[
+            ("l", openai(&llm.url(), 2000)),
+            ("huge", wyoming(&huge.tcp(), 2000)),
+            ("wide", wyoming(&wide.tcp(), 2000)),
+            ("good", wyoming(&good.tcp(), 2000)),
+        ],
+        &["whisper"],
+        &["l"],
+        &["huge", "wide", "good"],
+    );
+    let out = env.path("said.wav");
+    let r = run_async(env.cmd(&["say", "Hello there.", "--out", out.to_str().unwrap()])).await;
+    let err = r.stderr();
+    assert_eq!(r.code(), 0, "{err}");
+    assert!(
+        err.contains("sample rate 4294967291 Hz is out of range"),
+        "{err}"
+    );
+    assert!(err.contains("channels 1000000 is out of range"), "{err}");
+    assert_eq!((huge.count(), wide.count(), good.count()), (1, 1, 1));
+    let reader = hound::WavReader::open(&out).unwrap();
+    assert_eq!(reader.spec().sample_rate, 22_050);
+    assert!(reader.duration() >= 22_050 / 5 - 10);
+}
+
 /// The conversation the Pi continues is the one last active on any device
 /// (here: written by the web app, as the sync stored it), when recent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -532,18 +532,21 @@ async fn counts(b: &Browser) -> Result<(u64, u64)> {
 #[tokio::test]
 async fn ask_by_voice_from_the_microphone_and_listen_to_the_answer() {
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let tts = pichat::engines::build_tts(&EngineConfig {
-        name: "cat".into(),
-        kind: EngineKind::Command {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("cat {}", data.join("question.wav").display()),
-                "{text}".into(),
-            ],
+    let tts = pichat::engines::build_tts(
+        &EngineConfig {
+            name: "cat".into(),
+            kind: EngineKind::Command {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("cat {}", data.join("question.wav").display()),
+                    "{text}".into(),
+                ],
+            },
+            timeout: Duration::from_secs(10),
         },
-        timeout: Duration::from_secs(10),
-    })
+        Duration::from_secs(600),
+    )
     .unwrap();
     let srv = TestServer::start(Engines {
         stt: vec![Arc::new(CountingStt) as Arc<dyn SpeechToText>],

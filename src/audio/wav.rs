@@ -2,7 +2,14 @@
 //! "spoken" into the pipeline, in real time or as fast as it is taken) and as
 //! the speaker (what would be played is written with hound). The whole
 //! pipeline runs without a sound card this way.
+//!
+//! Every WAV read, here and anywhere else, goes through [`decode`], which
+//! checks the header before reading a sample.
 
+pub mod decode;
+
+use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::capture::CapturePipeline;
 use super::resample::{Converter, to_f32, to_i16};
 use super::{AudioError, AudioSink, AudioSource, FRAME_QUEUE, Frame, Progress};
+pub use decode::{Decoder, Limits, WavError};
 
 /// How a WAV source delivers its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,26 +30,21 @@ pub enum Pace {
     Fast,
 }
 
-/// A decoded WAV: interleaved f32 samples.
+/// A decoded WAV, mixed down to mono s16 (see [`decode`]).
 #[derive(Debug, Clone)]
 pub struct Clip {
     pub rate: u32,
-    pub channels: u16,
-    pub samples: Vec<f32>,
+    pub pcm: Vec<i16>,
 }
 
 impl Clip {
     pub fn duration(&self) -> Duration {
-        Duration::from_secs_f64(
-            self.samples.len() as f64 / self.channels.max(1) as f64 / self.rate.max(1) as f64,
-        )
+        Duration::from_secs_f64(self.pcm.len() as f64 / self.rate.max(1) as f64)
     }
 
     /// The clip as mono s16.
     pub fn mono_i16(&self) -> Vec<i16> {
-        let mut mono = Vec::new();
-        super::resample::downmix(&self.samples, self.channels as usize, &mut mono);
-        mono.into_iter().map(to_i16).collect()
+        self.pcm.clone()
     }
 }
 
@@ -52,78 +55,35 @@ fn wav_err(path: &Path, message: impl Into<String>) -> AudioError {
     }
 }
 
+/// Opens a WAV file and checks its header (see [`decode`]).
+fn open_file(path: &Path, limits: &Limits) -> Result<Decoder<BufReader<File>>, AudioError> {
+    let f = File::open(path).map_err(|e| wav_err(path, format!("cannot read: {e}")))?;
+    let len = f
+        .metadata()
+        .map_err(|e| wav_err(path, format!("cannot read: {e}")))?
+        .len();
+    Decoder::new(BufReader::new(f), len, limits).map_err(|e| wav_err(path, e.to_string()))
+}
+
 /// Reads a PCM (integer or float) WAV file, also one written to a pipe
-/// (with unknown sizes in its header).
+/// (with unknown sizes in its header), of at most [`decode::MAX_FILE_SECONDS`].
 pub fn read(path: &Path) -> Result<Clip, AudioError> {
-    let bytes = std::fs::read(path).map_err(|e| wav_err(path, format!("cannot read: {e}")))?;
-    let reader = hound::WavReader::new(std::io::Cursor::new(fix_streamed_wav(bytes))).map_err(|e| match e {
-        hound::Error::IoError(io) => wav_err(path, format!("cannot read: {io}")),
-        hound::Error::Unsupported => wav_err(
-            path,
-            "not a PCM WAV (compressed or unusual encoding); convert it, e.g. `sox IN -e signed -b 16 OUT.wav`",
-        ),
-        other => wav_err(path, format!("not a usable WAV file ({other})")),
-    })?;
-    decode(reader, path)
+    read_limited(path, &Limits::file())
 }
 
-/// Decodes WAV bytes held in memory (e.g. from a TTS engine).
-pub fn read_bytes(bytes: &[u8], what: &Path) -> Result<Clip, AudioError> {
-    let reader = hound::WavReader::new(std::io::Cursor::new(fix_streamed_wav(bytes.to_vec())))
-        .map_err(|e| wav_err(what, format!("not a usable WAV ({e})")))?;
-    decode(reader, what)
+/// Reads a WAV file of at most `limits`.
+pub fn read_limited(path: &Path, limits: &Limits) -> Result<Clip, AudioError> {
+    let mut d = open_file(path, limits)?;
+    let rate = d.info().rate;
+    let pcm = d.read_all_i16().map_err(|e| wav_err(path, e.to_string()))?;
+    Ok(Clip { rate, pcm })
 }
 
-/// Fixes the header of a WAV written to a pipe (the writer could not seek
-/// back to fill in the sizes, so they are 0 or 0xFFFFFFFF).
-pub fn fix_streamed_wav(mut b: Vec<u8>) -> Vec<u8> {
-    if b.len() < 44 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
-        return b;
-    }
-    let total = (b.len() - 8) as u32;
-    b[4..8].copy_from_slice(&total.to_le_bytes());
-    // Walk the chunks to the "data" chunk and set its size to what is there.
-    let mut i = 12;
-    while i + 8 <= b.len() {
-        let id = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-        let size = u32::from_le_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
-        if &id == b"data" {
-            let real = (b.len() - i - 8) as u32;
-            b[i + 4..i + 8].copy_from_slice(&real.to_le_bytes());
-            break;
-        }
-        i += 8 + size + (size & 1);
-    }
-    b
-}
-
-fn decode<R: std::io::Read>(reader: hound::WavReader<R>, path: &Path) -> Result<Clip, AudioError> {
-    let spec = reader.spec();
-    if spec.channels == 0 || spec.sample_rate == 0 {
-        return Err(wav_err(path, "has no channels or no sample rate"));
-    }
-    let samples: Result<Vec<f32>, hound::Error> = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Float, 32) => reader.into_samples::<f32>().collect(),
-        (hound::SampleFormat::Int, bits) if (1..=32).contains(&bits) => {
-            let scale = 1.0 / (1u64 << (bits - 1)) as f32;
-            reader
-                .into_samples::<i32>()
-                .map(|s| s.map(|v| v as f32 * scale))
-                .collect()
-        }
-        (f, b) => {
-            return Err(wav_err(
-                path,
-                format!("unsupported sample format {f:?} {b}-bit"),
-            ));
-        }
-    };
-    let samples = samples.map_err(|e| wav_err(path, format!("damaged sample data ({e})")))?;
-    Ok(Clip {
-        rate: spec.sample_rate,
-        channels: spec.channels,
-        samples,
-    })
+/// A WAV file of at most `limits` as 16 kHz mono s16 (what the
+/// speech-to-text engines take), resampled while it is read.
+pub fn read_16k(path: &Path, limits: &Limits) -> Result<Vec<i16>, AudioError> {
+    let mut d = open_file(path, limits)?;
+    decode::to_16k(&mut d).map_err(|e| wav_err(path, e.to_string()))
 }
 
 /// Writes mono s16 samples as a WAV file.
@@ -147,62 +107,109 @@ pub fn write(path: &Path, pcm: &[i16], rate: u32) -> Result<(), AudioError> {
 /// Frames of a whole clip, converted to 16 kHz mono s16 (what the
 /// microphone pipeline would make of it).
 pub fn frames_of(clip: &Clip) -> Result<Vec<Frame>, AudioError> {
-    let mut p = CapturePipeline::new(clip.rate, clip.channels).map_err(AudioError::Other)?;
+    let mut p = CapturePipeline::new(clip.rate, 1).map_err(AudioError::Other)?;
     let mut frames = Vec::new();
-    for block in clip.samples.chunks(4096 * clip.channels as usize) {
-        p.push_f32(block, |f| frames.push(f));
+    let mut block = Vec::with_capacity(4096);
+    for chunk in clip.pcm.chunks(4096) {
+        block.clear();
+        block.extend(chunk.iter().map(|&s| to_f32(s)));
+        p.push_f32(&block, |f| frames.push(f));
     }
     p.finish(|f| frames.push(f));
     Ok(frames)
 }
 
-/// A WAV file as the microphone.
+/// A WAV file as the microphone. Its header is checked when it is opened;
+/// each start reads it again from the beginning, decoding and resampling
+/// while the frames are taken (nothing of the file is held in memory).
 pub struct WavSource {
     path: PathBuf,
-    clip: Clip,
+    limits: Limits,
     pace: Pace,
     stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl WavSource {
+    /// A source of at most [`decode::MAX_FILE_SECONDS`].
     pub fn open(path: &Path, pace: Pace) -> Result<WavSource, AudioError> {
+        Self::open_limited(path, pace, Limits::file())
+    }
+
+    /// A source whose file must be at most `limits` long.
+    pub fn open_limited(path: &Path, pace: Pace, limits: Limits) -> Result<WavSource, AudioError> {
+        open_file(path, &limits)?;
         Ok(WavSource {
             path: path.to_path_buf(),
-            clip: read(path)?,
+            limits,
             pace,
             stop: None,
         })
     }
 }
 
+/// Streams a WAV as 20 ms frames until its end or a stop.
+fn stream(
+    mut d: Decoder<BufReader<File>>,
+    path: &Path,
+    pace: Pace,
+    tx: mpsc::Sender<Frame>,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    let mut p = match CapturePipeline::new(d.info().rate, 1) {
+        Ok(p) => p,
+        Err(e) => return tracing::warn!("{}: {e}", path.display()),
+    };
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut block = Vec::with_capacity(800);
+    let mut ready = std::collections::VecDeque::new();
+    let mut at_end = false;
+    loop {
+        while ready.is_empty() && !at_end {
+            block.clear();
+            match d.read_mono(&mut block, 800) {
+                Ok(0) => {
+                    at_end = true;
+                    p.finish(|f| ready.push_back(f));
+                }
+                Ok(_) => p.push_f32(&block, |f| ready.push_back(f)),
+                Err(e) => {
+                    tracing::warn!("{}: {e}", path.display());
+                    at_end = true;
+                }
+            }
+        }
+        let Some(f) = ready.pop_front() else {
+            return;
+        };
+        if pace == Pace::RealTime {
+            let due = start + Duration::from_millis(20 * sent);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                match stop.recv_timeout(wait) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            }
+        } else if stop.try_recv().is_ok() {
+            return;
+        }
+        if tx.blocking_send(f).is_err() {
+            return;
+        }
+        sent += 1;
+    }
+}
+
 impl AudioSource for WavSource {
     fn start(&mut self) -> Result<mpsc::Receiver<Frame>, AudioError> {
         self.stop();
-        let frames = frames_of(&self.clip)?;
+        let d = open_file(&self.path, &self.limits)?;
         let (tx, rx) = mpsc::channel(FRAME_QUEUE);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let pace = self.pace;
+        let (pace, path) = (self.pace, self.path.clone());
         std::thread::Builder::new()
             .name("pichat-wav-in".into())
-            .spawn(move || {
-                let start = Instant::now();
-                for (i, f) in frames.into_iter().enumerate() {
-                    if pace == Pace::RealTime {
-                        let due = start + Duration::from_millis(20 * i as u64);
-                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                            match stop_rx.recv_timeout(wait) {
-                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                                _ => return,
-                            }
-                        }
-                    } else if stop_rx.try_recv().is_ok() {
-                        return;
-                    }
-                    if tx.blocking_send(f).is_err() {
-                        return;
-                    }
-                }
-            })
+            .spawn(move || stream(d, &path, pace, tx, stop_rx))
             .map_err(|e| AudioError::Other(format!("cannot start the wav reader: {e}")))?;
         self.stop = Some(stop_tx);
         Ok(rx)
@@ -277,6 +284,8 @@ impl AudioSink for WavSink {
             .state
             .lock()
             .map_err(|_| AudioError::Other("wav sink poisoned".into()))?;
+        decode::check_format(rate as u64, 1, decode::SampleFormat::Int(16))
+            .map_err(|e| wav_err(&self.path, e.to_string()))?;
         if st.writer.is_none() {
             let spec = hound::WavSpec {
                 channels: 1,

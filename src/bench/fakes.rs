@@ -295,6 +295,9 @@ pub enum TtsMode {
     Delayed { first: Duration, ms_per_char: u32 },
     /// Closes the connection without answering.
     Close,
+    /// `ms` of tone, but its events claim this rate and channel count (a
+    /// hostile or broken engine).
+    Claims { rate: u64, channels: u64, ms: u32 },
 }
 
 /// A fake Wyoming text-to-speech server.
@@ -315,13 +318,16 @@ pub async fn wyoming_tts(mode: TtsMode) -> Fake {
                 .as_str()
                 .map(|t| t.chars().count())
                 .unwrap_or(0) as u32;
-            let (ms, wait) = match mode {
+            let (ms, wait, rate, channels) = match mode {
                 TtsMode::Close => return,
-                TtsMode::Tone { ms } => (ms, Duration::ZERO),
-                TtsMode::Delayed { first, ms_per_char } => (ms_per_char * text_len.max(1), first),
+                TtsMode::Tone { ms } => (ms, Duration::ZERO, 22050, 1),
+                TtsMode::Delayed { first, ms_per_char } => {
+                    (ms_per_char * text_len.max(1), first, 22050, 1)
+                }
+                TtsMode::Claims { rate, channels, ms } => (ms, Duration::ZERO, rate, channels),
             };
             tokio::time::sleep(wait).await;
-            let fmt = json!({"rate": 22050, "width": 2, "channels": 1});
+            let fmt = json!({"rate": rate, "width": 2, "channels": channels});
             write_event(&mut s, "audio-start", fmt.clone(), &[]).await;
             let n = 22050 * ms as usize / 1000;
             let pcm: Vec<u8> = (0..n)

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod fakes;
 mod history;
 mod server;
+mod server_reads;
 mod service;
 mod sync;
 mod voice;
@@ -22,7 +23,7 @@ pub enum BenchCmd {
     Audio(audio::Args),
     /// The voice turn: daemon overhead, streaming, real engines per stage, idle cost.
     Voice(voice::Args),
-    /// The chat server: idle connections held, send_message round trips, sync of a large history, notification latency, a storm of unread sync pages, slowloris.
+    /// The chat server: idle connections held, send_message round trips, sync of a large history, notification latency, reads during a search storm, a storm of unread sync pages, slowloris.
     Server(server::Args),
     /// The sync: catching up a new device, pushing an outage's turns, device-to-device latency.
     Sync(sync::Args),

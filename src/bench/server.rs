@@ -11,10 +11,12 @@
 //! 3. A fresh client pulling N messages with `sync` (pages of 5000).
 //! 4. Notification latency: a change on one connection until the user's
 //!    other connection has the notification (p50, p99).
-//! 5. Storm: clients that ask for large `sync` pages again and again and
+//! 5. A healthy user's latency during another user's search storm
+//!    (`server_reads.rs`).
+//! 6. Unread: clients that ask for large `sync` pages again and again and
 //!    never read (reconnecting when dropped), against a `pichat serve`
 //!    child: its peak resident memory, and the bound it must stay under.
-//! 6. Slowloris: N sockets from 127.0.0.2 and up that never finish their
+//! 7. Slowloris: N sockets from 127.0.0.2 and up that never finish their
 //!    request head (reopened when closed), against a `pichat serve` child:
 //!    how many legitimate connections (from 127.0.0.1) are refused
 //!    meanwhile, how long they take, and the server's CPU.
@@ -46,7 +48,8 @@ pub enum Part {
     Send,
     Sync,
     Notify,
-    Storm,
+    Reads,
+    Unread,
     Slowloris,
 }
 
@@ -67,19 +70,19 @@ pub struct Args {
     /// Notifications to time
     #[arg(long, default_value_t = 2_000)]
     notifications: usize,
-    /// Clients in the storm of unread sync pages (one user: at most its
-    /// max_connections_per_user, 64)
+    /// Clients asking for sync pages they never read (`unread`; one user:
+    /// at most its max_connections_per_user, 64)
     #[arg(long, default_value_t = 32)]
-    storm_clients: usize,
-    /// Messages in the storm's history (two pages of 5000 at the default)
+    unread_clients: usize,
+    /// Messages in the history of the `unread` storm
     #[arg(long, default_value_t = 10_000)]
-    storm_messages: usize,
-    /// Characters per message in the storm's history
+    unread_messages: usize,
+    /// Characters per message in the history of the `unread` storm
     #[arg(long, default_value_t = 1_000)]
-    storm_message_chars: usize,
-    /// Seconds the storm lasts
+    unread_message_chars: usize,
+    /// Seconds the `unread` storm lasts
     #[arg(long, default_value_t = 30)]
-    storm_seconds: u64,
+    unread_seconds: u64,
     /// Slowloris sockets held open
     #[arg(long, default_value_t = 5_000)]
     slowloris: usize,
@@ -95,6 +98,8 @@ pub struct Args {
     /// Directory for the databases, kept [default: a temporary directory]
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    reads: super::server_reads::ReadArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -131,8 +136,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if wants(Part::Notify) {
             notify(&a, &dir).await.context("notifications")?;
         }
-        if wants(Part::Storm) {
-            storm(&a, &dir)
+        if wants(Part::Reads) {
+            super::server_reads::run(&a.reads, &dir)
+                .await
+                .context("reads during a search storm")?;
+        }
+        if wants(Part::Unread) {
+            unread_storm(&a, &dir)
                 .await
                 .context("storm of unread sync pages")?;
         }
@@ -776,7 +786,7 @@ async fn notify(a: &Args, dir: &Path) -> anyhow::Result<()> {
 /// One storm client: connects, asks for the first page every 50 ms without
 /// ever reading, and starts again when dropped. Returns how often it was
 /// dropped.
-async fn storm_client(
+async fn unread_client(
     addr: std::net::SocketAddr,
     token: String,
     from: std::net::Ipv4Addr,
@@ -814,28 +824,28 @@ async fn storm_client(
     dropped
 }
 
-async fn storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
-    let k = a.storm_clients.max(1);
+async fn unread_storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
+    let k = a.unread_clients.max(1);
     println!(
-        "\n5. a storm of {k} clients asking for `sync` pages (since 0, limit 5000) every 50 ms and never reading them, for {} s (a `pichat serve` child, default config)",
-        a.storm_seconds
+        "\n6. a storm of {k} clients asking for `sync` pages (since 0, limit 5000) every 50 ms and never reading them, for {} s (a `pichat serve` child, default config)",
+        a.unread_seconds
     );
     let db = dir.join("storm.db");
     let token = make_token(&db, "storm")?;
     let srv = ServerChild::start(dir, "storm", &db, "[log]\nlevel = \"error\"\n", None).await?;
-    // The history: messages of `storm_message_chars`, 100 a conversation,
+    // The history: messages of `unread_message_chars`, 100 a conversation,
     // appended in frames under 1 MiB.
     let mut up = connect(srv.addr, &token).await?;
     hello(&mut up).await?;
     let text: String = "lorem ipsum dolor sit amet "
         .chars()
         .cycle()
-        .take(a.storm_message_chars.max(1))
+        .take(a.unread_message_chars.max(1))
         .collect();
-    let per_frame = ((900 * 1024) / (a.storm_message_chars + 200)).clamp(1, 500);
+    let per_frame = ((900 * 1024) / (a.unread_message_chars + 200)).clamp(1, 500);
     let mut conv = String::new();
     let mut batch = Vec::new();
-    for i in 0..a.storm_messages {
+    for i in 0..a.unread_messages {
         if i % 100 == 0 {
             let c = request(&mut up, &format!("c{i}"), "create_conversation", json!({})).await?;
             conv = c["payload"]["conversation"]["id"]
@@ -844,7 +854,7 @@ async fn storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
                 .to_string();
         }
         batch.push(json!({"id": uuid::Uuid::now_v7(), "conversation_id": conv, "role": "user", "content": text}));
-        if batch.len() == per_frame || i + 1 == a.storm_messages {
+        if batch.len() == per_frame || i + 1 == a.unread_messages {
             let id = format!("a{i}");
             let msgs = std::mem::take(&mut batch);
             request(&mut up, &id, "append_messages", json!({"messages": msgs})).await?;
@@ -866,11 +876,11 @@ async fn storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
     drop(up);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(srv.pid).unwrap_or(0);
-    let until = Instant::now() + Duration::from_secs(a.storm_seconds);
+    let until = Instant::now() + Duration::from_secs(a.unread_seconds);
     let clients: Vec<_> = (0..k)
         .map(|i| {
             let from = nth_ip([127, 0, 2, 1], i);
-            tokio::spawn(storm_client(srv.addr, token.clone(), from, until))
+            tokio::spawn(unread_client(srv.addr, token.clone(), from, until))
         })
         .collect();
     let mut peak = before;
@@ -992,7 +1002,7 @@ async fn slowloris(a: &Args, dir: &Path) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let n = a.slowloris;
     println!(
-        "\n6. legitimate connections while {n} slowloris sockets from 127.0.0.2 and up are open (a `pichat serve` child, default config)"
+        "\n7. legitimate connections while {n} slowloris sockets from 127.0.0.2 and up are open (a `pichat serve` child, default config)"
     );
     for &per_address in &a.slowloris_per_address {
         let per_address = per_address.max(1);

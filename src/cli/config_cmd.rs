@@ -50,7 +50,8 @@ pub fn run(cmd: ConfigCmd, cli_path: Option<&Path>) -> anyhow::Result<ExitCode> 
         }
         ConfigCmd::Show => {
             let loaded = super::load_config(cli_path)?;
-            print!("{}", config::show(&loaded));
+            // Passwords in URLs and `token=` values are not printed either.
+            print!("{}", super::safe_text::redact(&config::show(&loaded)));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -43,7 +43,13 @@ impl Report {
             Status::Warn => "warn",
             Status::Fail => "FAIL",
         };
-        println!("{:<26} {mark}  {}", r.check, r.detail);
+        // Details quote URLs, errors and engines' answers: no secret, no escape.
+        let detail = super::safe_text::redact(&r.detail);
+        println!(
+            "{:<26} {mark}  {}",
+            r.check,
+            super::safe_text::line(&detail)
+        );
         self.rows.push(r);
     }
 
@@ -239,6 +245,7 @@ async fn check_all(cfg: &Config, rep: &mut Report) {
             &OpenOptions {
                 busy_timeout: cfg.history.busy_timeout,
                 create: false,
+                ..OpenOptions::default()
             },
         )
         .and_then(|s| s.integrity_check());
@@ -299,7 +306,7 @@ async fn check_engine(cfg: &Config, stage: &str, name: &str) -> anyhow::Result<S
             Ok(format!("{kind}: answered {:?}", text.trim()))
         }
         _ => {
-            let tts = engines::build_tts(e)?;
+            let tts = engines::build_tts(e, cfg.tts.max_duration)?;
             let a = engines::synthesize_all(tts.as_ref(), "OK.").await?;
             Ok(format!(
                 "{kind}: {} ms of speech at {} Hz",

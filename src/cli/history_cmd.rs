@@ -13,6 +13,8 @@ use crate::history::export::{self, ExportFormat};
 use crate::history::{ArchivedFilter, CleanupAction, Cursor, ListQuery, OpenOptions, Role, Store};
 use crate::time;
 
+use super::safe_text;
+
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// History database to use instead of the configured history.path
@@ -145,6 +147,7 @@ fn open(args: &HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<(Store,
             &OpenOptions {
                 busy_timeout: busy,
                 create,
+                ..OpenOptions::default()
             },
         )?,
         !existed,
@@ -222,7 +225,7 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                         short_id(&c.id),
                         time::short(c.last_message_at.unwrap_or(c.created_at)),
                         c.message_count,
-                        c.title,
+                        safe_text::line(&c.title),
                         if c.archived { " (archived)" } else { "" }
                     );
                 }
@@ -238,13 +241,18 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             if json {
                 print_json(&json!({"conversation": c, "messages": msgs}))?;
             } else {
-                println!("{}  ({}, {} messages)", c.title, c.id, c.message_count);
+                println!(
+                    "{}  ({}, {} messages)",
+                    safe_text::line(&c.title),
+                    c.id,
+                    c.message_count
+                );
                 for m in msgs {
                     println!(
                         "[{}] {}: {}",
                         time::short(m.created_at),
                         who(m.role),
-                        m.content
+                        safe_text::text(&m.content)
                     );
                 }
             }
@@ -264,22 +272,32 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
             } else {
                 ("[", "]")
             };
+            // Marked with private characters, put in after the escaping
+            // (the snippet's own escapes are escaped, not the marks).
+            let (ps, pe) = if json {
+                (s, e)
+            } else {
+                ("\u{E000}", "\u{E001}")
+            };
             let hits = store
-                .search_marked(&query, conv.as_deref(), limit, s, e)
+                .search_marked(&query, conv.as_deref(), limit, ps, pe)
                 .map_err(fix)?;
             if json {
                 print_json(&json!({"query": query, "hits": hits}))?;
             } else if hits.is_empty() {
-                println!("no messages match \"{query}\"");
+                println!("no messages match \"{}\"", safe_text::line(&query));
             } else {
                 for h in hits {
+                    let snippet = safe_text::line(&h.snippet.replace('\n', " "))
+                        .replace(ps, s)
+                        .replace(pe, e);
                     println!(
                         "{}  {}  {}: {}   ({})",
                         short_id(&h.message.conversation_id),
                         time::short(h.message.created_at),
                         who(h.message.role),
-                        h.snippet.replace('\n', " "),
-                        h.conversation_title
+                        snippet,
+                        safe_text::line(&h.conversation_title)
                     );
                 }
             }
@@ -311,6 +329,8 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
                         path.display()
                     );
                 }
+                // To a terminal, escapes in the texts are shown, not run.
+                None if std::io::stdout().is_terminal() => print!("{}", safe_text::text(&text)),
                 None => print!("{text}"),
             }
         }

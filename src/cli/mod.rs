@@ -5,6 +5,7 @@ mod audio_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod history_cmd;
+mod safe_text;
 mod server_cmd;
 mod sync_cmd;
 mod voice_cmd;

@@ -244,6 +244,7 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         &OpenOptions {
             busy_timeout: cfg.history.busy_timeout,
             create: true,
+            readers: cfg.server.read_connections,
         },
     )
     .map_err(fix(&db))?;

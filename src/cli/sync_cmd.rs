@@ -38,6 +38,7 @@ pub fn run(args: SyncArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode
         let opts = OpenOptions {
             busy_timeout: cfg.history.busy_timeout,
             create: args.cmd.is_none(),
+            ..OpenOptions::default()
         };
         let (history, store) = HistoryHandle::open(&db, &opts)?;
         let code = match args.cmd {
@@ -56,7 +57,7 @@ pub fn run(args: SyncArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&serde_json::json!({
-                            "url": cfg.sync.url.as_ref().map(|u| u.to_string()),
+                            "url": cfg.sync.url.as_ref().map(|u| super::safe_text::redact(u.as_str())),
                             "cursor": cursor,
                             "pending": {"conversations": counts.0, "deletes": counts.1, "messages": counts.2},
                             "last_error": err,
@@ -66,11 +67,12 @@ pub fn run(args: SyncArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode
                 } else {
                     println!(
                         "server        {}",
-                        cfg.sync.url.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "(sync off: sync.url is empty)".into())
+                        cfg.sync.url.as_ref().map(|u| super::safe_text::redact(u.as_str())).unwrap_or_else(|| "(sync off: sync.url is empty)".into())
                     );
                     println!("cursor        {cursor}");
                     println!("to push       {} conversations, {} deletes, {} messages", counts.0, counts.1, counts.2);
                     println!("last success  {}", ok.as_deref().unwrap_or("never"));
+                    let err = err.map(|e| super::safe_text::line(&super::safe_text::redact(&e)).into_owned());
                     println!("last error    {}", err.as_deref().unwrap_or("none"));
                 }
                 ExitCode::SUCCESS

@@ -67,6 +67,7 @@ fn open_history(
         &OpenOptions {
             busy_timeout: cfg.history.busy_timeout,
             create: true,
+            ..OpenOptions::default()
         },
     )?)
 }
@@ -311,9 +312,10 @@ pub fn ask(args: AskArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode>
         let (history, store) = open_history(&cfg)?;
         let sink = output(&cfg, args.out.as_deref())?;
         let source: Option<Box<dyn AudioSource>> = match &args.wav {
-            Some(p) => Some(Box::new(audio::wav::WavSource::open(
+            Some(p) => Some(Box::new(audio::wav::WavSource::open_limited(
                 p,
                 audio::wav::Pace::Fast,
+                audio::wav::Limits::stt(cfg.stt.max_duration),
             )?)),
             None => None,
         };
@@ -355,10 +357,10 @@ pub fn ask(args: AskArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode>
             );
         } else {
             if let Some(q) = &report.question {
-                println!("you: {q}");
+                println!("you: {}", super::safe_text::text(q));
             }
             if let Some(a) = &report.answer {
-                println!("assistant: {a}");
+                println!("assistant: {}", super::safe_text::text(a));
             }
             eprintln!("{}", report.times.summary());
         }
@@ -418,9 +420,7 @@ pub fn say(args: SayArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode>
 
 pub fn transcribe(args: TranscribeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(cli_config)?.config;
-    let clip = audio::wav::read(&args.file)?;
-    let frames = audio::wav::frames_of(&clip)?;
-    let pcm: Vec<i16> = frames.concat();
+    let pcm = audio::wav::read_16k(&args.file, &audio::wav::Limits::stt(cfg.stt.max_duration))?;
     engines::init_tls();
     let rt = runtime()?;
     rt.block_on(async {
@@ -429,7 +429,7 @@ pub fn transcribe(args: TranscribeArgs, cli_config: Option<&Path>) -> anyhow::Re
             engines: engines.stt,
         };
         let text = engines::transcribe(&chain, &pcm).await?;
-        println!("{text}");
+        println!("{}", super::safe_text::text(&text));
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

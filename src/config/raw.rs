@@ -148,7 +148,7 @@ impl Default for RawStt {
         RawStt {
             engines: vec!["whisper".into()],
             language: "en".into(),
-            max_seconds: 30,
+            max_seconds: 60,
         }
     }
 }
@@ -179,6 +179,7 @@ impl Default for RawLlm {
 pub struct RawTts {
     pub engines: Vec<String>,
     pub max_chunk_chars: i64,
+    pub max_seconds: i64,
 }
 
 impl Default for RawTts {
@@ -186,6 +187,7 @@ impl Default for RawTts {
         RawTts {
             engines: vec!["piper".into(), "espeak".into()],
             max_chunk_chars: 200,
+            max_seconds: 600,
         }
     }
 }
@@ -269,6 +271,7 @@ impl Default for RawSync {
 pub struct RawServer {
     pub listen: String,
     pub database: String,
+    pub read_connections: i64,
     pub llm_engines: Vec<String>,
     pub stt_engines: Vec<String>,
     pub tts_engines: Vec<String>,
@@ -291,6 +294,7 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8080".into(),
             database: String::new(),
+            read_connections: 4,
             llm_engines: vec!["home".into()],
             stt_engines: vec!["whisper".into()],
             tts_engines: vec!["piper".into(), "espeak".into()],

@@ -129,6 +129,8 @@ pub struct LlmConfig {
 pub struct TtsConfig {
     pub engines: Vec<String>,
     pub max_chunk_chars: usize,
+    /// Longest speech an engine may send for one text (`tts.max_seconds`).
+    pub max_duration: Duration,
 }
 
 /// Where an engine's secret comes from. The secret itself is only read when
@@ -237,6 +239,8 @@ pub struct SyncConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub database: PathBuf,
+    /// Read-only database connections for reads beside the writer.
+    pub read_connections: usize,
     pub llm_engines: Vec<String>,
     pub stt_engines: Vec<String>,
     pub tts_engines: Vec<String>,
@@ -627,6 +631,9 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let tts = TtsConfig {
         engines: raw.tts.engines.clone(),
         max_chunk_chars: c.range("tts.max_chunk_chars", raw.tts.max_chunk_chars, 20, 2000) as usize,
+        max_duration: Duration::from_secs(
+            c.range("tts.max_seconds", raw.tts.max_seconds, 1, 3600) as u64
+        ),
     };
 
     let mut engines = BTreeMap::new();
@@ -725,6 +732,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         database: c
             .path_opt(&sv.database)
             .unwrap_or_else(|| paths::data_dir().join("server.db")),
+        read_connections: c.range("server.read_connections", sv.read_connections, 0, 64) as usize,
         llm_engines: sv.llm_engines.clone(),
         stt_engines: sv.stt_engines.clone(),
         tts_engines: sv.tts_engines.clone(),

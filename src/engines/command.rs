@@ -9,15 +9,18 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
 use super::*;
+use crate::audio::wav::{Limits, decode};
 
 pub struct CommandTts {
     name: String,
     argv: Vec<String>,
     timeout: Duration,
+    limits: Limits,
 }
 
 impl CommandTts {
-    pub fn new(e: &EngineConfig) -> Self {
+    /// A program whose speech may be at most `max_speech` long.
+    pub fn new(e: &EngineConfig, max_speech: Duration) -> Self {
         let argv = match &e.kind {
             EngineKind::Command { argv } => argv.clone(),
             _ => Vec::new(),
@@ -26,6 +29,7 @@ impl CommandTts {
             name: e.name.clone(),
             argv,
             timeout: e.timeout,
+            limits: Limits::tts(max_speech),
         }
     }
 
@@ -104,13 +108,13 @@ impl TextToSpeech for CommandTts {
 
     async fn synthesize(&self, text: &str) -> Result<EventStream<AudioChunk>> {
         let bytes = self.run(text).await?;
-        let clip = crate::audio::wav::read_bytes(&bytes, std::path::Path::new(&self.name))
-            .map_err(|e| EngineError::Protocol {
+        let clip =
+            decode::clip_from_bytes(&bytes, &self.limits).map_err(|e| EngineError::Protocol {
                 engine: self.name.clone(),
-                message: format!("the program's output is not a WAV: {e}"),
+                message: format!("the program's output is not a usable WAV: {e}"),
             })?;
         Ok(EventStream::from_vec(vec![Ok(AudioChunk {
-            pcm: clip.mono_i16(),
+            pcm: clip.pcm,
             rate: clip.rate,
         })]))
     }
@@ -125,6 +129,7 @@ mod tests {
             name: "t".into(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             timeout: Duration::from_secs(5),
+            limits: Limits::tts(Duration::from_secs(1)),
         }
     }
 
@@ -152,14 +157,30 @@ mod tests {
         assert!(e.synthesize("x").await.is_err());
     }
 
-    #[test]
-    fn streamed_wav_headers_are_fixed() {
+    #[tokio::test]
+    async fn streamed_wav_headers_are_mended_and_hostile_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
         let mut w = crate::engines::openai::wav_bytes(&[1, 2, 3], 16_000);
         // As a pipe writer leaves them: unknown sizes.
         w[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         w[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
-        let fixed = crate::audio::wav::fix_streamed_wav(w);
-        let clip = crate::audio::wav::read_bytes(&fixed, std::path::Path::new("x")).unwrap();
-        assert_eq!(clip.mono_i16(), vec![1, 2, 3]);
+        let f = dir.path().join("streamed.wav");
+        std::fs::write(&f, &w).unwrap();
+        let e = engine(&["cat", f.to_str().unwrap()]);
+        let mut s = e.synthesize("x").await.unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap().pcm, vec![1, 2, 3]);
+        // A program claiming 4,294,967,291 Hz, or speaking past the limit (1 s here).
+        w[24..28].copy_from_slice(&4_294_967_291u32.to_le_bytes());
+        std::fs::write(&f, &w).unwrap();
+        let err = e.synthesize("x").await.err().unwrap();
+        assert!(
+            err.to_string().contains("sample rate 4294967291 Hz"),
+            "{err}"
+        );
+        assert!(err.is_retryable(), "the next engine is tried");
+        let long = crate::engines::openai::wav_bytes(&vec![0; 16_001], 16_000);
+        std::fs::write(&f, &long).unwrap();
+        let err = e.synthesize("x").await.err().unwrap();
+        assert!(err.to_string().contains("tts.max_seconds"), "{err}");
     }
 }

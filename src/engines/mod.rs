@@ -208,8 +208,19 @@ pub async fn synthesize_all(tts: &dyn TextToSpeech, text: &str) -> Result<AudioC
         pcm: Vec::new(),
         rate: 0,
     };
+    let bad = |e: crate::audio::wav::WavError| EngineError::Protocol {
+        engine: tts.name().into(),
+        message: format!("speech is not usable: {e}"),
+    };
     while let Some(c) = s.next().await {
         let c = c?;
+        // Every engine checks its audio; this also covers any other one.
+        crate::audio::wav::decode::check_format(
+            c.rate as u64,
+            1,
+            crate::audio::wav::decode::SampleFormat::Int(16),
+        )
+        .map_err(bad)?;
         if out.rate == 0 {
             out.rate = c.rate;
         }
@@ -274,11 +285,13 @@ pub fn build_llm(e: &EngineConfig, sync: &crate::config::SyncConfig) -> Result<A
     }
 }
 
-pub fn build_tts(e: &EngineConfig) -> Result<Arc<dyn TextToSpeech>> {
+/// A text-to-speech engine whose speech for one text may be at most
+/// `max_speech` long (`tts.max_seconds`: what an engine sends is untrusted).
+pub fn build_tts(e: &EngineConfig, max_speech: Duration) -> Result<Arc<dyn TextToSpeech>> {
     match &e.kind {
-        EngineKind::Wyoming { .. } => Ok(Arc::new(wyoming::WyomingTts::new(e))),
-        EngineKind::OpenAi { .. } => Ok(Arc::new(openai::OpenAiTts::new(e)?)),
-        EngineKind::Command { .. } => Ok(Arc::new(command::CommandTts::new(e))),
+        EngineKind::Wyoming { .. } => Ok(Arc::new(wyoming::WyomingTts::new(e, max_speech))),
+        EngineKind::OpenAi { .. } => Ok(Arc::new(openai::OpenAiTts::new(e, max_speech)?)),
+        EngineKind::Command { .. } => Ok(Arc::new(command::CommandTts::new(e, max_speech))),
         _ => Err(not_for(e, "text-to-speech")),
     }
 }
@@ -309,7 +322,7 @@ impl Engines {
                 .collect::<Result<_>>()?,
             tts: tts
                 .iter()
-                .map(|n| build_tts(pick(cfg, n)?))
+                .map(|n| build_tts(pick(cfg, n)?, cfg.tts.max_duration))
                 .collect::<Result<_>>()?,
         })
     }

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::sse::SseDecoder;
 use super::*;
+use crate::audio::wav::{Limits, decode};
 use crate::config::SecretSource;
 
 /// What every OpenAI-style engine shares: base URL, key, timeout, client.
@@ -134,10 +135,12 @@ impl Endpoint {
             .map_err(|e| self.map_err(e))?;
         let status = resp.status();
         if !status.is_success() {
-            let body = tokio::time::timeout(Duration::from_secs(2), resp.text())
+            // Only the start of an error body is kept, and it is not waited for long.
+            let body = tokio::time::timeout(Duration::from_secs(2), capped(resp, 4096))
                 .await
                 .ok()
                 .and_then(|r| r.ok())
+                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
             let body: String = body.trim().chars().take(300).collect();
             return Err(EngineError::Http {
@@ -149,17 +152,50 @@ impl Endpoint {
         Ok(resp)
     }
 
-    /// The whole body, within the timeout.
+    /// The whole body, within the timeout and [`MAX_RESPONSE_BYTES`].
     async fn body(&self, resp: reqwest::Response) -> Result<Vec<u8>> {
-        tokio::time::timeout(self.timeout, resp.bytes())
+        let (body, whole) = tokio::time::timeout(self.timeout, capped(resp, MAX_RESPONSE_BYTES))
             .await
             .map_err(|_| EngineError::Timeout {
                 engine: self.name.clone(),
                 after: self.timeout,
             })?
-            .map(|b| b.to_vec())
-            .map_err(|e| self.map_err(e))
+            .map_err(|e| self.map_err(e))?;
+        if !whole {
+            return Err(EngineError::Protocol {
+                engine: self.name.clone(),
+                message: format!(
+                    "the response is over {} MiB; refused",
+                    MAX_RESPONSE_BYTES >> 20
+                ),
+            });
+        }
+        Ok(body)
     }
+}
+
+/// Largest response body taken from an engine (a remote engine is
+/// untrusted input): 64 MiB, over 10 minutes of 48 kHz speech.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Reads a body up to `max` bytes; says whether it was all there.
+async fn capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> std::result::Result<(Vec<u8>, bool), reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Ok((Vec::new(), false));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > max {
+            let room = max - out.len();
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -442,10 +478,12 @@ pub struct OpenAiTts {
     ep: Endpoint,
     voice: Option<String>,
     format: String,
+    limits: Limits,
 }
 
 impl OpenAiTts {
-    pub fn new(e: &EngineConfig) -> Result<Self> {
+    /// An endpoint whose speech may be at most `max_speech` long.
+    pub fn new(e: &EngineConfig, max_speech: Duration) -> Result<Self> {
         let (ep, kind) = Endpoint::new(e)?;
         let (voice, format) = match kind {
             EngineKind::OpenAi { voice, format, .. } => (
@@ -454,7 +492,12 @@ impl OpenAiTts {
             ),
             _ => (None, "wav".into()),
         };
-        Ok(OpenAiTts { ep, voice, format })
+        Ok(OpenAiTts {
+            ep,
+            voice,
+            format,
+            limits: Limits::tts(max_speech),
+        })
     }
 }
 
@@ -479,25 +522,31 @@ impl TextToSpeech for OpenAiTts {
             .headers()
             .get("x-sample-rate")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok());
+            .map(|v| v.trim().parse::<u64>().unwrap_or(0));
         let bytes = self.ep.body(resp).await?;
+        let unusable = |e: decode::WavError| EngineError::Protocol {
+            engine: self.ep.name.clone(),
+            message: format!("speech is not usable: {e}"),
+        };
         let chunk = if self.format == "pcm" {
+            // OpenAI's raw PCM is 24 kHz; others say so in a header.
+            let rate = rate_header.unwrap_or(24_000);
+            decode::check_format(rate, 1, decode::SampleFormat::Int(16)).map_err(unusable)?;
+            let rate = rate as u32;
+            decode::Budget::new(self.limits)
+                .take(bytes.len() as u64 / 2, rate)
+                .map_err(unusable)?;
             AudioChunk {
                 pcm: bytes
                     .chunks_exact(2)
                     .map(|b| i16::from_le_bytes([b[0], b[1]]))
                     .collect(),
-                // OpenAI's raw PCM is 24 kHz; others say so in a header.
-                rate: rate_header.unwrap_or(24_000),
+                rate,
             }
         } else {
-            let clip = crate::audio::wav::read_bytes(&bytes, std::path::Path::new(&self.ep.name))
-                .map_err(|e| EngineError::Protocol {
-                engine: self.ep.name.clone(),
-                message: format!("speech is not a usable WAV: {e}"),
-            })?;
+            let clip = decode::clip_from_bytes(&bytes, &self.limits).map_err(unusable)?;
             AudioChunk {
-                pcm: clip.mono_i16(),
+                pcm: clip.pcm,
                 rate: clip.rate,
             }
         };

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::*;
+use crate::audio::wav::{Limits, decode};
 
 /// Largest header line and data/payload accepted from a server.
 const MAX_HEADER: usize = 64 * 1024;
@@ -307,12 +308,38 @@ impl SttSession for WyomingSttSession {
 /// Wyoming text-to-speech (e.g. wyoming-piper).
 pub struct WyomingTts {
     conn: Conn,
+    limits: Limits,
 }
 
 impl WyomingTts {
-    pub fn new(e: &EngineConfig) -> Self {
-        WyomingTts { conn: Conn::new(e) }
+    /// A server whose speech may be at most `max_speech` long.
+    pub fn new(e: &EngineConfig, max_speech: Duration) -> Self {
+        WyomingTts {
+            conn: Conn::new(e),
+            limits: Limits::tts(max_speech),
+        }
     }
+}
+
+/// The audio format of an `audio-start` or `audio-chunk` event (the
+/// previous one for what it leaves out), checked as any WAV header is.
+fn chunk_format(
+    data: &Value,
+    prev: (u32, u16, u16),
+) -> std::result::Result<(u32, u16, u16), decode::WavError> {
+    let num = |k: &str, d: u64| data.get(k).and_then(|v| v.as_u64()).unwrap_or(d);
+    let rate = num("rate", prev.0 as u64);
+    let width = num("width", prev.1 as u64);
+    let channels = num("channels", prev.2 as u64);
+    let bits = u16::try_from(width.saturating_mul(8)).unwrap_or(u16::MAX);
+    decode::check_format(rate, channels, decode::SampleFormat::Int(bits))?;
+    if bits != 16 {
+        return Err(decode::WavError::SampleFormat(format!(
+            "{} (Wyoming audio must be 16-bit)",
+            decode::SampleFormat::Int(bits)
+        )));
+    }
+    Ok((rate as u32, width as u16, channels as u16))
 }
 
 #[async_trait]
@@ -334,11 +361,10 @@ impl TextToSpeech for WyomingTts {
         // fails here (and the next engine can be tried).
         let first = self.conn.recv(&mut r).await?;
         let conn = self.conn.clone();
+        let mut budget = decode::Budget::new(self.limits);
         Ok(EventStream::spawn(move |tx| async move {
             let _keep = w;
-            let mut rate = 22_050u32;
-            let mut width = 2u64;
-            let mut channels = 1u64;
+            let mut format = (22_050u32, 2u16, 1u16);
             let mut next = Some(first);
             loop {
                 let e = match next.take() {
@@ -351,41 +377,37 @@ impl TextToSpeech for WyomingTts {
                         }
                     },
                 };
-                let num = |k: &str, d: u64| e.data.get(k).and_then(|v| v.as_u64()).unwrap_or(d);
-                match e.kind.as_str() {
-                    "audio-start" => {
-                        rate = num("rate", rate as u64) as u32;
-                        width = num("width", width);
-                        channels = num("channels", channels);
+                let checked = match e.kind.as_str() {
+                    "audio-start" | "audio-chunk" => chunk_format(&e.data, format),
+                    _ => Ok(format),
+                };
+                let (rate, _, channels) = match checked {
+                    Ok(f) => f,
+                    Err(err) => {
+                        let _ = tx.send(Err(conn.proto(format!("audio: {err}")))).await;
+                        return;
                     }
+                };
+                format = (rate, 2, channels);
+                match e.kind.as_str() {
+                    "audio-start" => {}
                     "audio-chunk" => {
-                        rate = num("rate", rate as u64) as u32;
-                        width = num("width", width);
-                        channels = num("channels", channels).max(1);
-                        if width != 2 {
-                            let _ = tx
-                                .send(Err(
-                                    conn.proto(format!("{}-byte samples are not supported", width))
-                                ))
-                                .await;
+                        let ch = channels as usize;
+                        let pcm: Vec<i16> = e
+                            .payload
+                            .chunks_exact(2 * ch)
+                            .map(|f| {
+                                let sum: i32 = f
+                                    .chunks_exact(2)
+                                    .map(|b| i16::from_le_bytes([b[0], b[1]]) as i32)
+                                    .sum();
+                                (sum / ch as i32) as i16
+                            })
+                            .collect();
+                        if let Err(err) = budget.take(pcm.len() as u64, rate) {
+                            let _ = tx.send(Err(conn.proto(format!("audio: {err}")))).await;
                             return;
                         }
-                        let samples: Vec<i16> = e
-                            .payload
-                            .chunks_exact(2)
-                            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                            .collect();
-                        let pcm = if channels == 1 {
-                            samples
-                        } else {
-                            samples
-                                .chunks_exact(channels as usize)
-                                .map(|f| {
-                                    (f.iter().map(|&x| x as i32).sum::<i32>() / channels as i32)
-                                        as i16
-                                })
-                                .collect()
-                        };
                         if tx.send(Ok(AudioChunk { pcm, rate })).await.is_err() {
                             return;
                         }

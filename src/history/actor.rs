@@ -1,19 +1,33 @@
-//! The history store on its own thread, for async code.
+//! The history store on its own threads, for async code.
 //!
 //! SQLite calls block (on disk, on fsync, on another process's lock), so the
 //! daemon and the server never make them on an async worker thread. A
-//! [`HistoryHandle`] sends closures to one dedicated thread that owns the
-//! [`Store`] and gets the results back through a oneshot channel.
+//! [`HistoryHandle`] sends closures to one dedicated writer thread that owns
+//! the [`Store`] and gets the results back through a oneshot channel.
 //!
 //! Group commit: writes sent with [`HistoryHandle::call_batched`] that are
 //! queued together run in one transaction (each in its own savepoint, so a
 //! failing one changes nothing and the others go on), committed with one
 //! fsync; their results, and their [`Store::after_commit`] actions, are
 //! delivered only after that commit. Under concurrent writers this turns
-//! many fsyncs into one.
+//! many fsyncs into one. A commit that fails reports to every write of its
+//! group why: [`HistoryError::DiskFull`] or [`HistoryError::CommitFailed`].
+//!
+//! Reads sent with [`HistoryHandle::read`] do not queue behind the writes,
+//! nor behind each other: they run on read-only connections of their own
+//! (WAL lets readers run beside the writer), opened on demand up to
+//! [`OpenOptions::readers`], each on its thread. Reads are taken in turn by
+//! key (the server's user), and one key never holds every reader: one
+//! user's storm of reads waits behind itself, while another user's read
+//! finds a free reader at once.
+//!
+//! A call that panics is reported to its caller as [`HistoryError::Bug`];
+//! the thread and its connection go on.
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock, mpsc};
+use std::collections::{HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,9 +35,36 @@ use tokio::sync::oneshot;
 
 use super::{HistoryError, OpenOptions, Result, Store};
 
-/// Delivers a batched call's result once its group is committed (`true`)
-/// or rolled back (`false`).
-type Finish = Box<dyn FnOnce(bool) + Send>;
+/// Why a group of writes was not committed (each write gets its own error).
+#[derive(Debug, Clone)]
+enum Uncommitted {
+    DiskFull,
+    Failed(String),
+}
+
+impl Uncommitted {
+    fn of(e: &rusqlite::Error) -> Uncommitted {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Uncommitted::DiskFull,
+            _ => Uncommitted::Failed(e.to_string()),
+        }
+    }
+
+    fn error(&self, path: &Path) -> HistoryError {
+        let path = path.to_path_buf();
+        match self {
+            Uncommitted::DiskFull => HistoryError::DiskFull { path },
+            Uncommitted::Failed(detail) => HistoryError::CommitFailed {
+                path,
+                detail: detail.clone(),
+            },
+        }
+    }
+}
+
+/// Delivers a batched call's result once its group is committed (`Ok`) or
+/// rolled back (`Err`).
+type Finish = Box<dyn FnOnce(std::result::Result<(), Uncommitted>) + Send>;
 
 enum Job {
     /// Runs alone; delivers its result at once.
@@ -35,8 +76,28 @@ enum Job {
 /// Most jobs in one group commit.
 const MAX_GROUP: usize = 64;
 
-/// A figure of the store thread, for whoever watches it (the server's
-/// `/metrics`): how long a job waited in the queue, how long a group
+/// What a panic said.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Runs `f` on `store`; a panic becomes [`HistoryError::Bug`] (logged).
+fn guarded<T>(store: &mut Store, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(|| f(store))) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = panic_text(p.as_ref());
+            tracing::error!("history: a call panicked: {what}");
+            Err(HistoryError::Bug(what))
+        }
+    }
+}
+
+/// A figure of the store threads, for whoever watches them (the server's
+/// `/metrics`): how long a call waited before it ran, how long a group
 /// commit took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timing {
@@ -46,42 +107,53 @@ pub enum Timing {
 
 type Observer = Arc<OnceLock<Box<dyn Fn(Timing) + Send + Sync>>>;
 
-/// A job and when it was queued.
-type Queued = (Instant, Job);
-
 fn note(observer: &Observer, t: Timing) {
     if let Some(f) = observer.get() {
         f(t);
     }
 }
 
-/// The store thread's loop.
-fn serve(store: &mut Store, rx: &mpsc::Receiver<Queued>, observer: &Observer) {
+/// `f`, telling the observer how long it waited to run.
+fn timed<T, F>(observer: Observer, f: F) -> impl FnOnce(&mut Store) -> Result<T> + Send + 'static
+where
+    F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+{
+    let queued = Instant::now();
+    move |s: &mut Store| {
+        note(&observer, Timing::QueueWait(queued.elapsed()));
+        f(s)
+    }
+}
+
+/// The writer thread's loop.
+fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>, observer: &Observer) {
     let mut next: Option<Job> = None;
-    let started = |(queued, job): Queued| {
-        note(observer, Timing::QueueWait(queued.elapsed()));
-        job
-    };
     loop {
         let job = match next.take() {
             Some(j) => j,
             None => match rx.recv() {
-                Ok(j) => started(j),
+                Ok(j) => j,
                 Err(_) => return,
             },
         };
         match job {
-            Job::Plain(f) => f(store),
+            Job::Plain(f) => {
+                f(store);
+                if !store.conn.is_autocommit() {
+                    // A call that left its transaction open (a bug): undone.
+                    let _ = store.conn.execute_batch("ROLLBACK");
+                }
+            }
             Job::Batched(f) => {
                 let grouped = store.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
                 let mut finish = vec![f(store)];
                 if !grouped {
                     // Could not open the group (locked): the job ran on its own.
-                    finish.into_iter().for_each(|f| f(true));
+                    finish.into_iter().for_each(|f| f(Ok(())));
                     continue;
                 }
                 while finish.len() < MAX_GROUP {
-                    match rx.try_recv().map(started) {
+                    match rx.try_recv() {
                         Ok(Job::Batched(g)) => finish.push(g(store)),
                         Ok(plain) => {
                             next = Some(plain);
@@ -93,26 +165,201 @@ fn serve(store: &mut Store, rx: &mpsc::Receiver<Queued>, observer: &Observer) {
                 let commit_start = Instant::now();
                 let commit = store.conn.execute_batch("COMMIT");
                 note(observer, Timing::Commit(commit_start.elapsed()));
-                let committed = match commit {
-                    Ok(()) => true,
+                let outcome = match commit {
+                    Ok(()) => Ok(()),
                     Err(e) => {
-                        tracing::error!("history: a group of writes failed to commit: {e}");
+                        tracing::error!(
+                            "history: a group of {} write(s) failed to commit: {e}",
+                            finish.len()
+                        );
                         let _ = store.conn.execute_batch("ROLLBACK");
-                        false
+                        Err(Uncommitted::of(&e))
                     }
                 };
-                finish.into_iter().for_each(|f| f(committed));
+                finish.into_iter().for_each(|f| f(outcome.clone()));
             }
         }
     }
 }
 
-/// A cheap, cloneable handle to the store thread. The thread ends (closing
-/// the database) when the last handle is dropped.
+/// A read waiting for a reader.
+type ReadJob = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// The read-only connections: threads opened on demand, reads taken in
+/// turn by key.
+struct Readers {
+    path: PathBuf,
+    opts: OpenOptions,
+    queue: Mutex<ReadQueue>,
+    wake: Condvar,
+    /// Where reads go when no read connection can be opened.
+    writer: mpsc::Sender<Job>,
+}
+
+#[derive(Default)]
+struct ReadQueue {
+    waiting: HashMap<u64, VecDeque<ReadJob>>,
+    /// Reads running, by key.
+    running: HashMap<u64, usize>,
+    /// Most readers one key may hold at once.
+    per_key: usize,
+    /// Keys with reads waiting, in the order they are served.
+    turn: VecDeque<u64>,
+    /// Reads waiting, in all.
+    queued: usize,
+    idle: usize,
+    threads: usize,
+    /// A reader connection could not be opened: reads go to the writer.
+    broken: bool,
+    closed: bool,
+}
+
+impl ReadQueue {
+    /// The next read to run: the first key in turn that holds fewer than
+    /// `per_key` readers. Counted as running until [`ReadQueue::done`].
+    fn pop(&mut self) -> Option<(u64, ReadJob)> {
+        let per_key = self.per_key.max(1);
+        let at = self
+            .turn
+            .iter()
+            .position(|k| self.running.get(k).copied().unwrap_or(0) < per_key)?;
+        let key = self.turn.remove(at)?;
+        let q = self.waiting.get_mut(&key)?;
+        let job = q.pop_front()?;
+        self.queued -= 1;
+        if q.is_empty() {
+            self.waiting.remove(&key);
+        } else {
+            self.turn.push_back(key);
+        }
+        *self.running.entry(key).or_default() += 1;
+        Some((key, job))
+    }
+
+    fn done(&mut self, key: u64) {
+        if let Some(n) = self.running.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(&key);
+            }
+        }
+    }
+
+    /// Everything waiting, for the writer to run (no reader can).
+    fn drain(&mut self) -> Vec<ReadJob> {
+        self.turn.clear();
+        self.queued = 0;
+        self.waiting.drain().flat_map(|(_, q)| q).collect()
+    }
+}
+
+impl Readers {
+    /// Queues a read; starts a reader thread if none is idle and there is
+    /// room. Gives the job back when reads cannot run here.
+    fn push(self: &Arc<Self>, key: u64, job: ReadJob) -> std::result::Result<(), ReadJob> {
+        let mut guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let q = &mut *guard;
+        if q.broken || q.closed {
+            return Err(job);
+        }
+        let waiting = q.waiting.entry(key).or_default();
+        if waiting.is_empty() {
+            q.turn.push_back(key);
+        }
+        waiting.push_back(job);
+        q.queued += 1;
+        if q.queued > q.idle && q.threads < self.opts.readers {
+            q.threads += 1;
+            let me = self.clone();
+            let spawned = thread::Builder::new()
+                .name("pichat-history-read".into())
+                .spawn(move || me.run());
+            if spawned.is_err() {
+                q.threads -= 1;
+                if q.threads == 0 {
+                    // No reader at all: the writer takes what waits.
+                    q.broken = true;
+                    for job in q.drain() {
+                        let _ = self.writer.send(Job::Plain(job));
+                    }
+                }
+            }
+        }
+        drop(guard);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn run(self: Arc<Self>) {
+        let mut store = match Store::open_reader(&self.path, &self.opts) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(
+                    "history: cannot open a read connection ({e}); reads share the writer"
+                );
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q.broken = true;
+                q.threads -= 1;
+                for job in q.drain() {
+                    let _ = self.writer.send(Job::Plain(job));
+                }
+                return;
+            }
+        };
+        let mut finished: Option<u64> = None;
+        loop {
+            let (key, job) = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(k) = finished.take() {
+                    q.done(k);
+                }
+                loop {
+                    if let Some(j) = q.pop() {
+                        break j;
+                    }
+                    if q.closed {
+                        q.threads -= 1;
+                        return;
+                    }
+                    q.idle += 1;
+                    q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                    q.idle -= 1;
+                }
+            };
+            // One snapshot per read: a page of several queries is consistent.
+            let snapshot = store.conn.execute_batch("BEGIN").is_ok();
+            job(&mut store);
+            if snapshot || !store.conn.is_autocommit() {
+                let _ = store.conn.execute_batch("COMMIT");
+            }
+            finished = Some(key);
+        }
+    }
+
+    fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.wake.notify_all();
+    }
+}
+
+/// A cheap, cloneable handle to the store threads. They end (closing the
+/// database) when the last handle is dropped.
 #[derive(Clone)]
 pub struct HistoryHandle {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<Job>,
+    readers: Arc<ReadersGuard>,
     observer: Observer,
+}
+
+/// Closes the readers when the last handle goes.
+struct ReadersGuard(Option<Arc<Readers>>);
+
+impl Drop for ReadersGuard {
+    fn drop(&mut self) {
+        if let Some(r) = &self.0 {
+            r.close();
+        }
+    }
 }
 
 impl std::fmt::Debug for HistoryHandle {
@@ -132,19 +379,26 @@ impl StoreThread {
     }
 }
 
+/// The receiver of a call's result; a dropped sender means the thread died.
+async fn outcome<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    rx.await
+        .map_err(|_| HistoryError::StoreGone("the store thread stopped".into()))?
+}
+
 impl HistoryHandle {
     /// Opens the store on a new thread; returns once it is open (or failed).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<(HistoryHandle, StoreThread)> {
-        let (tx, rx) = mpsc::channel::<Queued>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let observer: Observer = Arc::default();
         let watched = observer.clone();
         let path = path.to_path_buf();
-        let opts = opts.clone();
+        let thread_opts = opts.clone();
+        let thread_path = path.clone();
         let join = thread::Builder::new()
             .name("pichat-history".into())
             .spawn(move || {
-                let mut store = match Store::open(&path, &opts) {
+                let mut store = match Store::open(&thread_path, &thread_opts) {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
                         s
@@ -156,21 +410,57 @@ impl HistoryHandle {
                 };
                 serve(&mut store, &rx, &watched);
             })
-            .map_err(|e| HistoryError::Invalid(format!("cannot start the history thread: {e}")))?;
+            .map_err(|e| {
+                HistoryError::StoreGone(format!("cannot start the history thread: {e}"))
+            })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok((HistoryHandle { tx, observer }, StoreThread(join))),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(HistoryError::Invalid(
-                "the history thread died while opening".into(),
-            )),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(HistoryError::StoreGone(
+                    "the history thread died while opening".into(),
+                ));
+            }
         }
+        let readers = (opts.readers > 0 && path != Path::new(":memory:")).then(|| {
+            Arc::new(Readers {
+                path,
+                opts: opts.clone(),
+                // One key leaves a reader free for the others.
+                queue: Mutex::new(ReadQueue {
+                    per_key: opts.readers.saturating_sub(1).max(1),
+                    ..ReadQueue::default()
+                }),
+                wake: Condvar::new(),
+                writer: tx.clone(),
+            })
+        });
+        Ok((
+            HistoryHandle {
+                tx,
+                readers: Arc::new(ReadersGuard(readers)),
+                observer,
+            },
+            StoreThread(join),
+        ))
     }
 
-    /// Calls `f` with each [`Timing`] of the store thread from now on (the
-    /// first observer set stays; it runs on the store thread, so it must
-    /// be quick).
-    pub fn observe(&self, f: impl Fn(Timing) + Send + Sync + 'static) {
-        let _ = self.observer.set(Box::new(f));
+    /// A plain job: runs `f`, runs its after-commit actions if it
+    /// succeeded, sends the result.
+    fn plain<T, F>(f: F, tx: oneshot::Sender<Result<T>>) -> Job
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        Job::Plain(Box::new(move |store: &mut Store| {
+            let path = store.path().to_path_buf();
+            let result = guarded(store, f).map_err(|e| e.with_path(&path));
+            let deferred = store.take_deferred();
+            if result.is_ok() {
+                deferred.into_iter().for_each(|d| d());
+            }
+            let _ = tx.send(result);
+        }))
     }
 
     /// Queues `f` on the store thread at once (jobs run in the order they
@@ -181,16 +471,7 @@ impl HistoryHandle {
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Job::Plain(Box::new(move |store: &mut Store| {
-            let path = store.path().to_path_buf();
-            let result = f(store).map_err(|e| e.with_path(&path));
-            let deferred = store.take_deferred();
-            if result.is_ok() {
-                deferred.into_iter().for_each(|d| d());
-            }
-            let _ = tx.send(result);
-        }));
-        if let Err(mpsc::SendError(job)) = self.tx.send((Instant::now(), job)) {
+        if let Err(mpsc::SendError(job)) = self.tx.send(Self::plain(f, tx)) {
             drop(job); // drops the sender: the receiver sees the store closed
         }
         rx
@@ -203,16 +484,39 @@ impl HistoryHandle {
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Job::Plain(Box::new(move |store: &mut Store| {
+        self.send(Self::plain(timed(self.observer.clone(), f), tx))?;
+        outcome(rx).await
+    }
+
+    /// Calls `f` with each [`Timing`] from now on (the first observer set
+    /// stays; it runs on the store threads, so it must be quick).
+    pub fn observe(&self, f: impl Fn(Timing) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(f));
+    }
+
+    /// Runs a read on a read-only connection (see the module docs), taken
+    /// in turn with the other reads of `key`'s kind. `f` cannot write (its
+    /// connection is read-only); without readers it runs on the writer.
+    pub async fn read<T, F>(&self, key: u64, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        let Some(readers) = &self.readers.0 else {
+            return self.call(f).await;
+        };
+        let f = timed(self.observer.clone(), f);
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |store: &mut Store| {
             let path = store.path().to_path_buf();
-            let result = f(store).map_err(|e| e.with_path(&path));
-            let deferred = store.take_deferred();
-            if result.is_ok() {
-                deferred.into_iter().for_each(|d| d());
-            }
+            let result = guarded(store, f).map_err(|e| e.with_path(&path));
             let _ = tx.send(result);
-        }));
-        self.send(job, rx).await
+        });
+        if let Err(job) = readers.push(key, job) {
+            // No read connection can be opened: the writer reads.
+            self.send(Job::Plain(job))?;
+        }
+        outcome(rx).await
     }
 
     /// Like [`HistoryHandle::call`], for a write that may share its commit
@@ -225,33 +529,31 @@ impl HistoryHandle {
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let f = timed(self.observer.clone(), f);
         let job = Job::Batched(Box::new(move |store: &mut Store| {
             let path = store.path().to_path_buf();
-            let result = f(store).map_err(|e| e.with_path(&path));
+            let result = guarded(store, f).map_err(|e| e.with_path(&path));
             let deferred = store.take_deferred();
-            Box::new(move |committed: bool| {
-                let result = match result {
-                    Ok(v) if committed => {
+            Box::new(move |committed: std::result::Result<(), Uncommitted>| {
+                let result = match (result, committed) {
+                    (Ok(v), Ok(())) => {
                         deferred.into_iter().for_each(|d| d());
                         Ok(v)
                     }
-                    Ok(_) => Err(HistoryError::Invalid(
-                        "the write could not be committed (see the log); nothing was stored".into(),
-                    )),
-                    Err(e) => Err(e),
+                    (Ok(_), Err(why)) => Err(why.error(&path)),
+                    (Err(e), _) => Err(e),
                 };
                 let _ = tx.send(result);
             }) as Finish
         }));
-        self.send(job, rx).await
+        self.send(job)?;
+        outcome(rx).await
     }
 
-    async fn send<T>(&self, job: Job, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    fn send(&self, job: Job) -> Result<()> {
         self.tx
-            .send((Instant::now(), job))
-            .map_err(|_| HistoryError::Invalid("the history store is closed".into()))?;
-        rx.await
-            .map_err(|_| HistoryError::Invalid("the history store thread stopped".into()))?
+            .send(job)
+            .map_err(|_| HistoryError::StoreGone("the history store is closed".into()))
     }
 }
 
@@ -278,32 +580,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("pichat-history"));
-        drop(h);
-        thread.join();
-    }
-
-    #[tokio::test]
-    async fn the_queue_wait_and_the_commits_are_observed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (h, thread) =
-            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        h.observe(move |t| s2.lock().unwrap().push(t));
-        h.call(|s| s.schema_version()).await.unwrap();
-        h.call_batched(|s| s.server().add_token("alice", None, &[1; 32]))
-            .await
-            .unwrap();
-        let seen = seen.lock().unwrap().clone();
-        let waits = seen
-            .iter()
-            .filter(|t| matches!(t, Timing::QueueWait(_)))
-            .count();
-        let commits = seen
-            .iter()
-            .filter(|t| matches!(t, Timing::Commit(_)))
-            .count();
-        assert_eq!((waits, commits), (2, 1), "{seen:?}");
         drop(h);
         thread.join();
     }
@@ -432,6 +708,150 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 10);
+        drop(h);
+        thread.join();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_call_is_a_bug_error_and_the_thread_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        let e = h
+            .call(|_| -> Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, HistoryError::Bug(m) if m == "boom"), "{e}");
+        let e = h
+            .call_batched(|_| -> Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HistoryError::Bug(_)), "{e}");
+        let e = h
+            .read(1, |_| -> Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HistoryError::Bug(_)), "{e}");
+        // Writer and readers still answer.
+        let c = h
+            .call(|s| s.create_conversation(NewConversation::default()))
+            .await
+            .unwrap();
+        let id = c.id.clone();
+        let got = h.read(1, move |s| s.get_conversation(&id)).await.unwrap();
+        assert_eq!(got.id, c.id);
+        drop(h);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn the_queue_wait_and_the_commits_are_observed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        h.observe(move |t| s2.lock().unwrap().push(t));
+        h.call(|s| s.schema_version()).await.unwrap();
+        h.call_batched(|s| s.server().add_token("alice", None, &[1; 32]))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let waits = seen
+            .iter()
+            .filter(|t| matches!(t, Timing::QueueWait(_)))
+            .count();
+        let commits = seen
+            .iter()
+            .filter(|t| matches!(t, Timing::Commit(_)))
+            .count();
+        assert_eq!((waits, commits), (2, 1), "{seen:?}");
+        drop(h);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn a_store_that_is_gone_says_so() {
+        let (tx, rx) = mpsc::channel::<Job>();
+        drop(rx);
+        let h = HistoryHandle {
+            tx,
+            readers: Arc::new(ReadersGuard(None)),
+            observer: Arc::default(),
+        };
+        let e = h.call(|s| s.schema_version()).await.unwrap_err();
+        assert!(matches!(e, HistoryError::StoreGone(_)), "{e}");
+        assert!(!e.is_retryable());
+        let e = h.read(1, |s| s.schema_version()).await.unwrap_err();
+        assert!(matches!(e, HistoryError::StoreGone(_)), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_beside_the_writer_and_beside_each_other_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        h.call(|s| s.create_conversation(NewConversation::default()))
+            .await
+            .unwrap();
+        // The writer is held, and key 1 holds every reader it may (3 of 4)
+        // with a fourth read waiting.
+        let (release_w, wait_w) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let writer = {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call(move |_| {
+                    let _ = wait_w.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        let mut slow = Vec::new();
+        for _ in 0..4 {
+            let (h, gate) = (h.clone(), gate.clone());
+            slow.push(tokio::spawn(async move {
+                h.read(1, move |_| {
+                    let (open, cv) = &*gate;
+                    let mut o = open.lock().unwrap();
+                    while !*o {
+                        o = cv.wait(o).unwrap();
+                    }
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Another key's read is served meanwhile, on a read-only connection.
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            h.read(2, |s| {
+                Ok(s.list_conversations(&crate::history::ListQuery {
+                    limit: 10,
+                    ..Default::default()
+                })?
+                .conversations
+                .len())
+            }),
+        )
+        .await
+        .expect("not queued behind the writer or the other read")
+        .unwrap();
+        assert_eq!(n, 1);
+        let e = h
+            .read(2, |s| s.create_conversation(NewConversation::default()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HistoryError::ReadOnly { .. }), "{e}");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        release_w.send(()).unwrap();
+        for s in slow {
+            s.await.unwrap().unwrap();
+        }
+        writer.await.unwrap().unwrap();
         drop(h);
         thread.join();
     }

@@ -1,5 +1,7 @@
 //! Errors of the history store, one variant per thing a caller may want to
-//! branch on (retry on `Locked`, tell the user on the rest).
+//! branch on: retry later on `Locked`, `DiskFull` and `CommitFailed` (the
+//! write was not stored, and may be sent again as it is); a bug or a dead
+//! store on `StoreGone` and `Sqlite`; tell the user on the rest.
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +71,36 @@ pub enum HistoryError {
         message: String,
     },
 
+    /// The disk (or the user's quota) is full: nothing of the write was
+    /// stored. Writes work again as soon as there is room; reads go on.
+    #[error(
+        "{}: the disk is full; nothing was written — free some space (writes resume by themselves)",
+        path.display()
+    )]
+    DiskFull { path: PathBuf },
+
+    /// A group of writes could not be committed (an I/O error at the
+    /// commit): nothing of it was stored; the same write may be tried again.
+    #[error(
+        "{}: the write could not be committed ({detail}); nothing was stored — try again",
+        path.display()
+    )]
+    CommitFailed { path: PathBuf, detail: String },
+
+    /// The store thread no longer runs (it could not start, or it stopped):
+    /// nothing can be read or written until pichat is restarted.
+    #[error("the history store has stopped ({0}); restart pichat")]
+    StoreGone(String),
+
+    /// A call on the store thread panicked (a bug); the thread goes on.
+    #[error("the history store failed on a bug ({0}); see the log")]
+    Bug(String),
+
+    /// A stored id that is not a UUID: the database was changed by hand, or
+    /// is damaged.
+    #[error("the database holds {what} id \"{id}\", which is not a UUID (damaged?)")]
+    BadStoredId { what: &'static str, id: String },
+
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -93,6 +125,7 @@ impl HistoryError {
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
                 HistoryError::Locked { path }
             }
+            Some(ErrorCode::DiskFull) => HistoryError::DiskFull { path },
             _ => HistoryError::Sqlite(e),
         }
     }
@@ -106,9 +139,27 @@ impl HistoryError {
         }
     }
 
-    /// True when trying again later may succeed.
+    /// True when trying again later may succeed (nothing was stored).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, HistoryError::Locked { .. })
+        matches!(
+            self,
+            HistoryError::Locked { .. }
+                | HistoryError::DiskFull { .. }
+                | HistoryError::CommitFailed { .. }
+        )
+    }
+
+    /// How long to wait before trying again, for the retryable errors.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        use std::time::Duration;
+        match self {
+            HistoryError::Locked { .. } | HistoryError::CommitFailed { .. } => {
+                Some(Duration::from_secs(1))
+            }
+            // Space comes back when someone frees it: not in a moment.
+            HistoryError::DiskFull { .. } => Some(Duration::from_secs(5)),
+            _ => None,
+        }
     }
 }
 

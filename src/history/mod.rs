@@ -1,10 +1,11 @@
 //! The local history: conversations and messages in SQLite, with full-text
 //! search, statistics, export/import and the LLM context builder.
 //!
-//! This is the only module that writes SQL. A [`Store`] owns one connection
+//! This is the only module that runs SQL. A [`Store`] owns one connection
 //! and is used from one thread: the CLI's main thread, or the dedicated
-//! thread behind [`actor::HistoryHandle`] in the daemon and the server (never
-//! an async worker thread).
+//! threads behind [`actor::HistoryHandle`] in the daemon and the server (one
+//! writer, and read-only connections opened by [`Store::open_reader`];
+//! never an async worker thread).
 //!
 //! Durability: WAL with `synchronous = FULL`, so a turn whose write returned
 //! survives a power cut (see ARCHITECTURE.md).
@@ -45,6 +46,9 @@ pub struct OpenOptions {
     pub busy_timeout: Duration,
     /// Create the file (and its directory) when missing.
     pub create: bool,
+    /// Read-only connections [`actor::HistoryHandle::read`] may open (on
+    /// demand); 0 sends reads to the writer.
+    pub readers: usize,
 }
 
 impl Default for OpenOptions {
@@ -52,9 +56,13 @@ impl Default for OpenOptions {
         OpenOptions {
             busy_timeout: Duration::from_secs(5),
             create: true,
+            readers: DEFAULT_READERS,
         }
     }
 }
+
+/// Read-only connections opened at most, by default (`server.read_connections`).
+pub const DEFAULT_READERS: usize = 4;
 
 /// An open history database.
 pub struct Store {
@@ -87,10 +95,33 @@ impl Store {
                 });
             }
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| HistoryError::CantOpen {
-                    path: path.to_path_buf(),
-                    detail: format!("cannot create directory {}: {e}", dir.display()),
-                })?;
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| HistoryError::CantOpen {
+                        path: path.to_path_buf(),
+                        detail: format!("cannot create directory {}: {e}", dir.display()),
+                    })?;
+            }
+            // Only this user reads the history (SQLite gives its -wal and
+            // -shm files the database's mode), whatever the umask says.
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(HistoryError::CantOpen {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    });
+                }
             }
         } else if path.is_dir() {
             return Err(HistoryError::CantOpen {
@@ -122,6 +153,34 @@ impl Store {
         store.configure().map_err(|e| e.with_path(path))?;
         store.migrate(version).map_err(|e| e.with_path(path))?;
         Ok(store)
+    }
+
+    /// A read-only connection to a database that [`Store::open`] has
+    /// opened (and migrated): for reads beside the writer. It cannot write
+    /// (`query_only`), and refuses a schema other than this binary's.
+    pub fn open_reader(path: &Path, opts: &OpenOptions) -> Result<Store> {
+        let fix = |e: rusqlite::Error| HistoryError::from_sqlite(path, e);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(fix)?;
+        conn.busy_timeout(opts.busy_timeout).map_err(fix)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(fix)?;
+        if version != schema::VERSION {
+            return Err(HistoryError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: schema::VERSION,
+            });
+        }
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = MEMORY;")
+            .map_err(fix)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            deferred: Vec::new(),
+        })
     }
 
     /// A private in-memory database, for tests.

@@ -752,6 +752,19 @@ impl ServerDb<'_> {
         limit: usize,
         before: Option<&str>,
     ) -> Result<(Vec<Message>, bool)> {
+        self.messages_within(user, conversation_id, limit, before, &mut |_| true)
+    }
+
+    /// [`ServerDb::messages`], also ending the page (at its oldest end) where
+    /// `fits` says no; the newest message goes in whatever it says.
+    pub fn messages_within(
+        &self,
+        user: UserId,
+        conversation_id: &str,
+        limit: usize,
+        before: Option<&str>,
+        fits: &mut dyn FnMut(&Message) -> bool,
+    ) -> Result<(Vec<Message>, bool)> {
         live_conv(self.conn, user, conversation_id)?;
         let ck = key("conversation", conversation_id)?;
         let limit = limit.clamp(1, 100_000);
@@ -766,17 +779,22 @@ impl ServerDb<'_> {
                 .optional()?
                 .ok_or_else(|| not_found("message", b))?,
         };
-        let mut out: Vec<Message> = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {MSG_COLS} FROM srv_messages m WHERE m.conversation_id = ?1
-                 AND (m.created_at, m.seq) < (?2, ?3)
-                 ORDER BY m.created_at DESC, m.seq DESC LIMIT ?4"
-            ))?
-            .query_map(params![ck, at, seq, limit as i64 + 1], msg_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        let more = out.len() > limit;
-        out.truncate(limit);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MSG_COLS} FROM srv_messages m WHERE m.conversation_id = ?1
+             AND (m.created_at, m.seq) < (?2, ?3)
+             ORDER BY m.created_at DESC, m.seq DESC LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(params![ck, at, seq, limit as i64 + 1], msg_from_row)?;
+        let mut out: Vec<Message> = Vec::new();
+        let mut more = false;
+        for m in rows {
+            let m = m?;
+            if out.len() == limit || (!fits(&m) && !out.is_empty()) {
+                more = true;
+                break;
+            }
+            out.push(m);
+        }
         out.reverse();
         Ok((out, more))
     }
@@ -789,6 +807,19 @@ impl ServerDb<'_> {
         query: &str,
         conversation_id: Option<&str>,
         limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        self.search_within(user, query, conversation_id, limit, &mut |_| true)
+    }
+
+    /// [`ServerDb::search`], also stopping before the first hit `fits` says
+    /// no to (the best hit goes in whatever it says).
+    pub fn search_within(
+        &self,
+        user: UserId,
+        query: &str,
+        conversation_id: Option<&str>,
+        limit: usize,
+        fits: &mut dyn FnMut(&SearchHit) -> bool,
     ) -> Result<Vec<SearchHit>> {
         let q = fts_query(query)?;
         if let Some(c) = conversation_id {
@@ -806,25 +837,31 @@ impl ServerDb<'_> {
                AND (?3 IS NULL OR m.conversation_id = ?3)
              ORDER BY rank LIMIT ?6"
         ))?;
-        let hits = stmt
-            .query_map(
-                params![
-                    q,
-                    user,
-                    ck,
-                    MARK_START,
-                    MARK_END,
-                    limit.clamp(1, 1000) as i64
-                ],
-                |r| {
-                    Ok(SearchHit {
-                        message: msg_from_row(r)?,
-                        conversation_title: r.get(13)?,
-                        snippet: r.get(14)?,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = stmt.query_map(
+            params![
+                q,
+                user,
+                ck,
+                MARK_START,
+                MARK_END,
+                limit.clamp(1, 1000) as i64
+            ],
+            |r| {
+                Ok(SearchHit {
+                    message: msg_from_row(r)?,
+                    conversation_title: r.get(13)?,
+                    snippet: r.get(14)?,
+                })
+            },
+        )?;
+        let mut hits = Vec::new();
+        for h in rows {
+            let h = h?;
+            if !fits(&h) && !hits.is_empty() {
+                break;
+            }
+            hits.push(h);
+        }
         Ok(hits)
     }
 
@@ -959,44 +996,65 @@ impl ServerDb<'_> {
     /// again at its own rev later; applying it twice is harmless). Such
     /// records can make a page a little longer than `limit`.
     pub fn changes(&self, user: UserId, since: i64, limit: usize) -> Result<ChangePage> {
+        self.changes_within(user, since, limit, &mut |_| true)
+    }
+
+    /// [`ServerDb::changes`], also ending the page where `fits` says no: it
+    /// is asked about each record before it goes in (its caller counts the
+    /// bytes); the page's first change goes in whatever it says. The rows
+    /// are read as the page fills, so a page never holds more than it sends.
+    pub fn changes_within(
+        &self,
+        user: UserId,
+        since: i64,
+        limit: usize,
+        fits: &mut dyn FnMut(&ServerChange) -> bool,
+    ) -> Result<ChangePage> {
         let limit = limit.clamp(1, 100_000);
         let fetch = limit as i64 + 1;
-        let mut feed: Vec<ServerChange> = Vec::new();
-        {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT {CONV_COLS} FROM srv_conversations
-                 WHERE user_id = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![user, since, fetch], conv_from_row)?;
-            for r in rows {
-                feed.push(ServerChange::Conversation(r?));
-            }
-        }
-        {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT {MSG_COLS} FROM srv_messages m
-                 WHERE m.user_id = ?1 AND m.rev > ?2 ORDER BY m.rev LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![user, since, fetch], msg_from_row)?;
-            for r in rows {
-                feed.push(ServerChange::Message(r?));
-            }
-        }
-        let settings = self.settings(user)?;
-        if settings.rev > since {
-            feed.push(ServerChange::Settings(settings));
-        }
-        feed.sort_by_key(ServerChange::rev);
-        let has_more = feed.len() > limit;
-        feed.truncate(limit);
-        let rev = feed.last().map(ServerChange::rev).unwrap_or(since);
+        let settings = Some(self.settings(user)?).filter(|s| s.rev > since);
+        let mut conv_stmt = self.conn.prepare_cached(&format!(
+            "SELECT {CONV_COLS} FROM srv_conversations
+             WHERE user_id = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3"
+        ))?;
+        let mut convs = conv_stmt.query_map(params![user, since, fetch], conv_from_row)?;
+        let mut msg_stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MSG_COLS} FROM srv_messages m
+             WHERE m.user_id = ?1 AND m.rev > ?2 ORDER BY m.rev LIMIT ?3"
+        ))?;
+        let mut msgs = msg_stmt.query_map(params![user, since, fetch], msg_from_row)?;
+        let mut next_conv = convs.next().transpose()?;
+        let mut next_msg = msgs.next().transpose()?;
+        let mut settings = settings;
 
         let mut sent: HashSet<String> = HashSet::new();
         let mut looked_up: HashMap<String, Option<ServerConversation>> = HashMap::new();
-        let mut changes = Vec::with_capacity(feed.len() + 8);
-        for ch in feed {
+        let mut changes = Vec::new();
+        let (mut taken, mut rev, mut has_more) = (0usize, since, false);
+        loop {
+            // The feed's next change: the lowest rev of the three sources.
+            let revs = [
+                next_conv.as_ref().map(|c| c.rev),
+                next_msg.as_ref().map(|m| m.rev),
+                settings.as_ref().map(|s| s.rev),
+            ];
+            let Some(lowest) = revs.iter().flatten().min().copied() else {
+                break;
+            };
+            if taken == limit {
+                has_more = true;
+                break;
+            }
+            let ch = if revs[0] == Some(lowest) {
+                ServerChange::Conversation(next_conv.take().expect("peeked"))
+            } else if revs[1] == Some(lowest) {
+                ServerChange::Message(next_msg.take().expect("peeked"))
+            } else {
+                ServerChange::Settings(settings.take().expect("peeked"))
+            };
+            let mut add = Vec::with_capacity(2);
             match &ch {
-                ServerChange::Conversation(c) if !sent.insert(c.id.clone()) => continue,
+                ServerChange::Conversation(c) if sent.contains(&c.id) => {}
                 ServerChange::Message(m) if !sent.contains(&m.conversation_id) => {
                     let conv = match looked_up.get(&m.conversation_id) {
                         Some(c) => c.clone(),
@@ -1009,13 +1067,34 @@ impl ServerDb<'_> {
                         }
                     };
                     if let Some(c) = conv {
-                        sent.insert(c.id.clone());
-                        changes.push(ServerChange::Conversation(c));
+                        add.push(ServerChange::Conversation(c));
                     }
+                    add.push(ch.clone());
                 }
-                _ => {}
+                _ => add.push(ch.clone()),
             }
-            changes.push(ch);
+            // Each record is put to `fits`, so that it counts them all.
+            let mut all_fit = true;
+            for c in &add {
+                all_fit &= fits(c);
+            }
+            if taken > 0 && !all_fit {
+                has_more = true;
+                break;
+            }
+            for c in add {
+                if let ServerChange::Conversation(c) = &c {
+                    sent.insert(c.id.clone());
+                }
+                changes.push(c);
+            }
+            taken += 1;
+            rev = lowest;
+            match ch {
+                ServerChange::Conversation(_) => next_conv = convs.next().transpose()?,
+                ServerChange::Message(_) => next_msg = msgs.next().transpose()?,
+                ServerChange::Settings(_) => {}
+            }
         }
         Ok(ChangePage {
             changes,

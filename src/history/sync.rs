@@ -82,8 +82,10 @@ impl Store {
         Ok(id)
     }
 
-    /// Up to `limit` messages and every pending conversation and delete.
-    pub fn outbox(&self, limit: usize) -> Result<Outbox> {
+    /// Every pending conversation and delete, and the oldest pending
+    /// messages: up to `limit` of them and about `max_bytes` of content
+    /// (at least one message, however long).
+    pub fn outbox(&self, limit: usize, max_bytes: usize) -> Result<Outbox> {
         let mut out = Outbox::default();
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {CONV_COLS}, pending_fields FROM conversations WHERE pending = 1 ORDER BY created_at"
@@ -104,13 +106,20 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT m.seq, {MSG_COLS} FROM messages m WHERE m.seq > ?1 AND m.pending = 1 ORDER BY m.seq LIMIT ?2"
         ))?;
-        out.messages = stmt
-            .query_map(params![hwm, limit as i64], |r| {
-                let seq: i64 = r.get(0)?;
-                // msg_from_row reads columns from 0: shift by reading a sub-row.
-                Ok((seq, msg_from_row_at(r, 1)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = stmt.query_map(params![hwm, limit as i64], |r| {
+            let seq: i64 = r.get(0)?;
+            // msg_from_row reads columns from 0: shift by reading a sub-row.
+            Ok((seq, msg_from_row_at(r, 1)?))
+        })?;
+        let mut bytes = 0;
+        for row in rows {
+            let (seq, m) = row?;
+            bytes += m.content.len();
+            out.messages.push((seq, m));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
         Ok(out)
     }
 
@@ -337,7 +346,7 @@ mod tests {
         let m2 = s
             .append_message(NewMessage::new(&c.id, Role::Assistant, "a"))
             .unwrap();
-        let o = s.outbox(100).unwrap();
+        let o = s.outbox(100, usize::MAX).unwrap();
         assert_eq!(o.conversations.len(), 1);
         assert_eq!(o.conversations[0].1, 0, "created here: no field edited");
         assert_eq!(
@@ -353,12 +362,12 @@ mod tests {
         s.ack_messages(std::slice::from_ref(&m1.id), last, 4)
             .unwrap();
         // m2 is not acknowledged: still in the outbox, the mark stops before it.
-        let o = s.outbox(100).unwrap();
+        let o = s.outbox(100, usize::MAX).unwrap();
         assert!(o.conversations.is_empty());
         assert_eq!(o.messages.len(), 1);
         s.ack_messages(std::slice::from_ref(&m2.id), last, 5)
             .unwrap();
-        assert!(s.outbox(100).unwrap().is_empty());
+        assert!(s.outbox(100, usize::MAX).unwrap().is_empty());
         assert_eq!(s.outbox_counts().unwrap(), (0, 0, 0));
     }
 
@@ -371,11 +380,13 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        let pushed = s.outbox(10).unwrap().conversations[0].0.updated_at;
+        let pushed = s.outbox(10, usize::MAX).unwrap().conversations[0]
+            .0
+            .updated_at;
         std::thread::sleep(std::time::Duration::from_millis(3));
         s.rename_conversation(&c.id, "later").unwrap();
         s.ack_conversation(&c.id, pushed, 1).unwrap();
-        assert_eq!(s.outbox(10).unwrap().conversations.len(), 1);
+        assert_eq!(s.outbox(10, usize::MAX).unwrap().conversations.len(), 1);
     }
 
     #[test]
@@ -397,7 +408,7 @@ mod tests {
         assert_eq!(s.get_conversation(&c).unwrap().title, "Renamed");
         assert_eq!(s.sync_cursor().unwrap(), 5);
         // Remote messages are not pushed back.
-        assert!(s.outbox(10).unwrap().messages.is_empty());
+        assert!(s.outbox(10, usize::MAX).unwrap().messages.is_empty());
     }
 
     #[test]
@@ -416,7 +427,7 @@ mod tests {
             (got.title.as_str(), got.archived),
             ("Renamed elsewhere", true)
         );
-        let o = s.outbox(10).unwrap();
+        let o = s.outbox(10, usize::MAX).unwrap();
         assert_eq!(o.conversations[0].1, 2, "only the archived flag is pushed");
     }
 
@@ -457,6 +468,6 @@ mod tests {
         s.apply_remote(&[remote_conv(&d.id, "back?", 11)], 11)
             .unwrap();
         assert!(s.get_conversation(&d.id).is_err());
-        assert_eq!(s.outbox(10).unwrap().deleted, vec![d.id]);
+        assert_eq!(s.outbox(10, usize::MAX).unwrap().deleted, vec![d.id]);
     }
 }

@@ -1,6 +1,11 @@
 //! Conversions between the protocol's records and the stores' records
 //! (`history::server` on the server; the local `history` for the daemon's
 //! sync client).
+//!
+//! The stores keep ids as 16-byte UUIDs and give them out as text; turning
+//! that text back into a protocol `Uuid` cannot fail unless the database
+//! was damaged, and then it is an error ([`HistoryError::BadStoredId`],
+//! `internal` on the wire), never a made-up id.
 
 use uuid::Uuid;
 
@@ -8,17 +13,21 @@ use super::records::{
     Change, ChangeRecord, Conversation, Message, MessageInput, Op, Settings, VoiceSettings,
 };
 use crate::history::server::{ServerChange, ServerConversation, ServerSettings, SettingsUpdate};
-use crate::history::{self, NewMessage, Origin};
+use crate::history::{self, HistoryError, NewMessage, Origin};
 
-/// Ids in the stores are UUIDs in text form, written by this program.
-fn uuid(s: &str) -> Uuid {
-    Uuid::parse_str(s).unwrap_or_else(|_| Uuid::nil())
+/// An id a store gave out, as the protocol's UUID.
+pub fn store_id(what: &'static str, s: &str) -> Result<Uuid, HistoryError> {
+    Uuid::parse_str(s).map_err(|_| HistoryError::BadStoredId {
+        what,
+        id: s.to_string(),
+    })
 }
 
-impl From<&ServerConversation> for Conversation {
-    fn from(c: &ServerConversation) -> Self {
-        Conversation {
-            id: uuid(&c.id),
+impl TryFrom<&ServerConversation> for Conversation {
+    type Error = HistoryError;
+    fn try_from(c: &ServerConversation) -> Result<Self, HistoryError> {
+        Ok(Conversation {
+            id: store_id("conversation", &c.id)?,
             title: c.title.clone(),
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -29,15 +38,16 @@ impl From<&ServerConversation> for Conversation {
             rev: c.rev,
             deleted: c.deleted,
             origins: c.origins.clone(),
-        }
+        })
     }
 }
 
-impl From<&history::Message> for Message {
-    fn from(m: &history::Message) -> Self {
-        Message {
-            id: uuid(&m.id),
-            conversation_id: uuid(&m.conversation_id),
+impl TryFrom<&history::Message> for Message {
+    type Error = HistoryError;
+    fn try_from(m: &history::Message) -> Result<Self, HistoryError> {
+        Ok(Message {
+            id: store_id("message", &m.id)?,
+            conversation_id: store_id("conversation", &m.conversation_id)?,
             role: m.role,
             content: m.content.clone(),
             created_at: m.created_at,
@@ -46,9 +56,13 @@ impl From<&history::Message> for Message {
             response_time_ms: m.response_time_ms,
             is_audio: m.is_audio,
             origin: m.origin,
-            reply_to: m.reply_to.as_deref().map(uuid),
+            reply_to: m
+                .reply_to
+                .as_deref()
+                .map(|r| store_id("message", r))
+                .transpose()?,
             rev: m.rev,
-        }
+        })
     }
 }
 
@@ -72,12 +86,13 @@ impl From<&Message> for history::Message {
     }
 }
 
-impl From<&history::Message> for MessageInput {
+impl TryFrom<&history::Message> for MessageInput {
+    type Error = HistoryError;
     /// A local message to upload with `append_messages`.
-    fn from(m: &history::Message) -> Self {
-        MessageInput {
-            id: uuid(&m.id),
-            conversation_id: uuid(&m.conversation_id),
+    fn try_from(m: &history::Message) -> Result<Self, HistoryError> {
+        Ok(MessageInput {
+            id: store_id("message", &m.id)?,
+            conversation_id: store_id("conversation", &m.conversation_id)?,
             role: m.role,
             content: m.content.clone(),
             created_at: Some(m.created_at),
@@ -86,8 +101,12 @@ impl From<&history::Message> for MessageInput {
             response_time_ms: m.response_time_ms,
             is_audio: m.is_audio,
             origin: Some(m.origin),
-            reply_to: m.reply_to.as_deref().map(uuid),
-        }
+            reply_to: m
+                .reply_to
+                .as_deref()
+                .map(|r| store_id("message", r))
+                .transpose()?,
+        })
     }
 }
 
@@ -139,24 +158,60 @@ impl From<&super::UpdateSettings> for SettingsUpdate {
     }
 }
 
-impl From<&ServerChange> for Change {
-    fn from(c: &ServerChange) -> Self {
-        match c {
+impl TryFrom<&ServerChange> for Change {
+    type Error = HistoryError;
+    fn try_from(c: &ServerChange) -> Result<Self, HistoryError> {
+        Ok(match c {
             ServerChange::Conversation(c) => Change {
                 rev: c.rev,
                 op: if c.deleted { Op::Delete } else { Op::Upsert },
-                record: ChangeRecord::Conversation(c.into()),
+                record: ChangeRecord::Conversation(c.try_into()?),
             },
             ServerChange::Message(m) => Change {
                 rev: m.rev,
                 op: Op::Upsert,
-                record: ChangeRecord::Message(m.into()),
+                record: ChangeRecord::Message(m.try_into()?),
             },
             ServerChange::Settings(s) => Change {
                 rev: s.rev,
                 op: Op::Upsert,
                 record: ChangeRecord::Settings(s.into()),
             },
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_id_that_is_not_a_uuid_is_an_error_not_nil() {
+        let mut m = history::Message {
+            id: "not-a-uuid".into(),
+            conversation_id: Uuid::now_v7().to_string(),
+            role: history::Role::User,
+            content: "x".into(),
+            created_at: 0,
+            model_id: None,
+            tokens_used: None,
+            response_time_ms: None,
+            is_audio: false,
+            origin: Origin::Api,
+            reply_to: None,
+            metadata: serde_json::Value::Null,
+            rev: 1,
+        };
+        let e = Message::try_from(&m).unwrap_err();
+        assert!(
+            matches!(&e, HistoryError::BadStoredId { what: "message", id } if id == "not-a-uuid"),
+            "{e}"
+        );
+        assert!(MessageInput::try_from(&m).is_err());
+        m.id = Uuid::now_v7().to_string();
+        m.reply_to = Some(String::new());
+        assert!(Message::try_from(&m).is_err());
+        m.reply_to = None;
+        assert_eq!(Message::try_from(&m).unwrap().id.to_string(), m.id);
     }
 }

@@ -224,6 +224,48 @@ impl Payload for AppendMessages {
     }
 }
 
+/// One `append_messages` of a client's upload, as [`AppendMessages::batches`]
+/// cuts it: indexes into the messages given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendBatch {
+    /// These messages fit in one frame the server takes.
+    Send(std::ops::Range<usize>),
+    /// This message alone is over the frame limit: no server would take it.
+    TooLarge(usize),
+}
+
+impl AppendMessages {
+    /// Cuts an upload into `append_messages` frames the server takes: each
+    /// at most [`MAX_FRAME`](crate::protocol::limits::MAX_FRAME) bytes
+    /// encoded (envelope included) and [`MAX_APPEND`] messages, in order.
+    pub fn batches(messages: &[MessageInput]) -> Vec<AppendBatch> {
+        let budget = MAX_FRAME - APPEND_ENVELOPE;
+        let mut out = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, m) in messages.iter().enumerate() {
+            // The message and the comma before it.
+            let size = encoded_len(m) + 1;
+            if size > budget {
+                if start < i {
+                    out.push(AppendBatch::Send(start..i));
+                }
+                out.push(AppendBatch::TooLarge(i));
+                (start, bytes) = (i + 1, 0);
+                continue;
+            }
+            if bytes + size > budget || i - start == MAX_APPEND {
+                out.push(AppendBatch::Send(start..i));
+                (start, bytes) = (i, 0);
+            }
+            bytes += size;
+        }
+        if start < messages.len() {
+            out.push(AppendBatch::Send(start..messages.len()));
+        }
+        out
+    }
+}
+
 /// Checks one uploaded message (the reasons `append_messages` rejects it).
 pub fn check_message_input(m: &MessageInput) -> Result<(), String> {
     check_content("content", &m.content)?;

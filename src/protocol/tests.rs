@@ -293,3 +293,92 @@ fn only_objects_are_frames() {
         assert_eq!(e.close, Some(close::INVALID_PAYLOAD), "{text:?}");
     }
 }
+
+fn input(content: String) -> MessageInput {
+    MessageInput {
+        id: Uuid::now_v7(),
+        conversation_id: Uuid::now_v7(),
+        role: crate::history::Role::User,
+        content,
+        created_at: Some(1),
+        model_id: None,
+        tokens_used: None,
+        response_time_ms: None,
+        is_audio: false,
+        origin: None,
+        reply_to: None,
+    }
+}
+
+#[test]
+fn uploads_are_cut_into_frames_the_server_takes() {
+    // 600 messages of 3 KB: 1.8 MB, cut into frames of at most MAX_FRAME.
+    let msgs: Vec<MessageInput> = (0..600).map(|_| input("x".repeat(3000))).collect();
+    let batches = AppendMessages::batches(&msgs);
+    let mut next = 0;
+    for b in &batches {
+        let AppendBatch::Send(r) = b else {
+            panic!("{b:?}")
+        };
+        assert_eq!(r.start, next, "in order, none left out");
+        next = r.end;
+        let frame = ClientFrame::new(
+            Some("x".repeat(limits::MAX_REQUEST_ID_CHARS)),
+            Request::AppendMessages(AppendMessages {
+                messages: msgs[r.clone()].to_vec(),
+            }),
+        )
+        .encode();
+        assert!(frame.len() <= limits::MAX_FRAME, "{}", frame.len());
+        // The server decodes it: not too large.
+        ClientFrame::decode(&frame).unwrap();
+    }
+    assert_eq!(next, 600);
+    assert!(batches.len() >= 2);
+    // Small messages: at most MAX_APPEND a frame.
+    let small: Vec<MessageInput> = (0..1001).map(|i| input(format!("{i}"))).collect();
+    let b = AppendMessages::batches(&small);
+    assert_eq!(
+        b,
+        vec![
+            AppendBatch::Send(0..500),
+            AppendBatch::Send(500..1000),
+            AppendBatch::Send(1000..1001)
+        ]
+    );
+    // A message no frame can hold is set apart, the others still go.
+    // 200,000 control characters: 6 bytes each, escaped.
+    let odd = vec![
+        input("a".into()),
+        input("\u{1}".repeat(200_000)),
+        input("b".into()),
+    ];
+    assert_eq!(
+        AppendMessages::batches(&odd),
+        vec![
+            AppendBatch::Send(0..1),
+            AppendBatch::TooLarge(1),
+            AppendBatch::Send(2..3)
+        ]
+    );
+    // The worst message within the limits fits: 32,000 escaped characters.
+    let worst = vec![input("\u{1}".repeat(limits::MAX_CONTENT_CHARS))];
+    assert_eq!(
+        AppendMessages::batches(&worst),
+        vec![AppendBatch::Send(0..1)]
+    );
+}
+
+#[test]
+fn a_page_budget_counts_encoded_bytes_and_the_first_record_always_goes() {
+    let mut b = limits::PageBudget::new(100);
+    assert!(b.fits(&"x".repeat(50)));
+    assert_eq!(b.used(), 53, "quotes and the comma");
+    assert!(!b.fits(&"y".repeat(50)));
+    let mut b = limits::PageBudget::new(10);
+    assert!(
+        !b.fits(&"z".repeat(50)),
+        "over alone: the caller still sends it"
+    );
+    assert_eq!(limits::encoded_len(&"\u{1}"), 8);
+}

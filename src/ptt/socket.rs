@@ -2,16 +2,30 @@
 //! `pichat ptt press|release|toggle`, scripts or a web page can push to talk.
 //! One line per command (`press`, `release`, `toggle`, `status`); the
 //! answer is one line, `ok ...` or `error: ...`.
+//!
+//! What a peer sends is bounded: a line of at most [`MAX_LINE`] bytes (a
+//! longer one is answered with an error and the connection closed, after
+//! reading no more than that), at most [`MAX_CLIENTS`] connections at once,
+//! 10 s of silence. An unknown command is echoed back cut short and with
+//! its control characters escaped.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{PttError, PttHub};
+
+/// Longest command line, in bytes (the newline included).
+pub const MAX_LINE: usize = 256;
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CLIENTS: usize = 16;
+/// How much of an unknown command is echoed in the error, in characters.
+const ECHO_CHARS: usize = 32;
 
 fn sock_err(path: &Path, cause: impl ToString, hint: &str) -> PttError {
     PttError::Socket {
@@ -62,14 +76,25 @@ pub async fn serve(listener: UnixListener, hub: PttHub, shutdown: CancellationTo
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let hub = hub.clone();
                     // Short-lived and bounded by the timeout inside.
-                    tokio::spawn(async move { handle(stream, hub).await });
+                    tokio::spawn(async move {
+                        handle(stream, hub).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("control socket: {e}");
@@ -106,19 +131,47 @@ pub fn apply(hub: &PttHub, command: &str) -> String {
             format!("ok {}", state(hub))
         }
         "status" => format!("ok {}", state(hub)),
-        other => format!("error: unknown command \"{other}\" (press, release, toggle, status)"),
+        other => {
+            let mut shown: String = other
+                .chars()
+                .take(ECHO_CHARS)
+                .flat_map(|c| {
+                    if c.is_control() {
+                        c.escape_default().collect::<Vec<_>>()
+                    } else {
+                        vec![c]
+                    }
+                })
+                .collect();
+            if other.chars().count() > ECHO_CHARS {
+                shown.push('…');
+            }
+            format!("error: unknown command \"{shown}\" (press, release, toggle, status)")
+        }
     }
 }
 
 async fn handle(stream: UnixStream, hub: PttHub) {
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
+    let mut r = BufReader::new(r);
+    let mut line = Vec::with_capacity(64);
     loop {
-        let line = match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
-            Ok(Ok(Some(l))) => l,
-            _ => return,
-        };
-        let reply = apply(&hub, &line);
+        line.clear();
+        let mut limited = (&mut r).take(MAX_LINE as u64);
+        let read = limited.read_until(b'\n', &mut line);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(_)) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            if line.len() >= MAX_LINE {
+                let msg = format!("error: line too long (at most {MAX_LINE} bytes)\n");
+                let _ = w.write_all(msg.as_bytes()).await;
+            }
+            // Too long, or the peer closed mid-line: nothing more from it.
+            return;
+        }
+        let reply = apply(&hub, &String::from_utf8_lossy(&line));
         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
             return;
         }
@@ -195,6 +248,70 @@ mod tests {
         let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
         drop(stale);
         assert!(bind(&path).is_ok());
+    }
+
+    #[tokio::test]
+    async fn long_lines_and_many_clients_are_bounded() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pichat.sock");
+        let listener = bind(&path).unwrap();
+        let (hub, _rx) = PttHub::new();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, hub.clone(), shutdown.clone()));
+        // 16 MiB without a newline: refused after MAX_LINE bytes, not echoed.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        let big = vec![b'a'; 16 << 20];
+        let writer = tokio::spawn(async move {
+            let _ = s.write_all(&big).await;
+            s
+        });
+        let mut s = writer.await.unwrap_or_else(|_| panic!("writer"));
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply))
+            .await
+            .unwrap()
+            .ok();
+        let reply = String::from_utf8_lossy(&reply);
+        assert_eq!(
+            reply,
+            format!("error: line too long (at most {MAX_LINE} bytes)\n")
+        );
+        // At the limit it is a command; an unknown one is echoed short and escaped.
+        for (line, want) in [
+            (
+                format!("{}status\n", " ".repeat(MAX_LINE - 7)),
+                "ok released".to_string(),
+            ),
+            (
+                format!("\x1b[31m{}\n", "x".repeat(200)),
+                format!(
+                    "error: unknown command \"\\u{{1b}}[31m{}…\" (press, release, toggle, status)",
+                    "x".repeat(ECHO_CHARS - 5)
+                ),
+            ),
+        ] {
+            let mut s = UnixStream::connect(&path).await.unwrap();
+            s.write_all(line.as_bytes()).await.unwrap();
+            let mut r = BufReader::new(s);
+            let mut got = String::new();
+            r.read_line(&mut got).await.unwrap();
+            assert_eq!(got.trim_end(), want);
+        }
+        // Clients over MAX_CLIENTS wait for a slot; the socket still answers after.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CLIENTS + 4 {
+            idle.push(UnixStream::connect(&path).await.unwrap());
+        }
+        drop(idle);
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || send_command(&p, "status"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, "ok released");
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[test]

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::State;
 use super::conn::{Conn, Session};
-use super::handlers::{db_error, notify};
+use super::handlers::{db_error, notify, wire};
 use super::limiter::Costly;
 use crate::engines::{self, ChatRequest, EngineError, Llm, LlmEvent, fallback};
 use crate::history::server::{Stored, UserId};
@@ -49,8 +49,9 @@ impl Responder {
     }
 }
 
-fn uuid(s: &str) -> Uuid {
-    Uuid::parse_str(s).unwrap_or_else(|_| Uuid::nil())
+/// The protocol id of an id the store gave out (`internal` if it is not a UUID).
+fn id(what: &'static str, s: &str) -> Result<Uuid, ErrorPayload> {
+    p::convert::store_id(what, s).map_err(db_error)
 }
 
 fn engine_failed(e: &EngineError) -> ErrorPayload {
@@ -149,8 +150,7 @@ pub(super) async fn send_message(
         if let Some(f) = found {
             same_message(&f.message, &req)?;
             if let Some(reply) = f.reply {
-                resend(&out, f.message, reply).await;
-                return Ok(());
+                return resend(&out, f.message, reply).await;
             }
             existing = Some(f.message);
         }
@@ -196,7 +196,7 @@ pub(super) async fn send_message(
                             user,
                             me,
                             Reply::NewMessage(p::MessagePayload {
-                                message: m.into(),
+                                message: m.try_into()?,
                                 duplicate: false,
                             }),
                         );
@@ -237,7 +237,7 @@ pub(super) async fn send_message(
     };
     // `message_sent` is queued before the job starts, so it comes first.
     out.send(Reply::MessageSent(p::MessagePayload {
-        message: (&question).into(),
+        message: wire(&question)?,
         duplicate,
     }))
     .await;
@@ -267,23 +267,24 @@ fn same_message(stored: &Message, req: &p::SendMessage) -> Result<(), ErrorPaylo
 
 /// Answers a retry with the stored reply: `message_sent` (duplicate), then
 /// the whole reply as one finished `message_stream` frame.
-async fn resend(out: &Responder, question: Message, reply: Message) {
-    out.send(Reply::MessageSent(p::MessagePayload {
-        message: (&question).into(),
+async fn resend(out: &Responder, question: Message, reply: Message) -> Result<(), ErrorPayload> {
+    let sent = Reply::MessageSent(p::MessagePayload {
+        message: wire(&question)?,
         duplicate: true,
-    }))
-    .await;
-    out.send(Reply::MessageStream(p::MessageStream {
-        conversation_id: uuid(&question.conversation_id),
-        message_id: uuid(&reply.id),
-        reply_to: uuid(&question.id),
+    });
+    let stream = Reply::MessageStream(p::MessageStream {
+        conversation_id: id("conversation", &question.conversation_id)?,
+        message_id: id("message", &reply.id)?,
+        reply_to: id("message", &question.id)?,
         seq: 0,
         token: reply.content.clone(),
         finished: true,
-        message: Some((&reply).into()),
+        message: Some(wire(&reply)?),
         interrupted: false,
-    }))
-    .await;
+    });
+    out.send(sent).await;
+    out.send(stream).await;
+    Ok(())
 }
 
 /// A retry of a message whose reply is being made: waits for it, then
@@ -299,7 +300,7 @@ async fn wait_and_resend(
     let _ = done.wait_for(|d| *d).await;
     let found = state
         .db
-        .call(move |st| st.server().find_message(user, &id))
+        .read(user as u64, move |st| st.server().find_message(user, &id))
         .await;
     match found {
         Ok(Some(f)) => {
@@ -307,7 +308,11 @@ async fn wait_and_resend(
                 return out.error(e).await;
             }
             match f.reply {
-                Some(reply) => resend(&out, f.message, reply).await,
+                Some(reply) => {
+                    if let Err(e) = resend(&out, f.message, reply).await {
+                        out.error(e).await;
+                    }
+                }
                 None => {
                     out.error(ErrorPayload::new(
                         ErrorCode::AiFailed,
@@ -363,7 +368,10 @@ async fn generate(
     question: Message,
     started: Instant,
 ) {
-    let conversation_id = uuid(&question.conversation_id);
+    let conversation_id = match id("conversation", &question.conversation_id) {
+        Ok(c) => c,
+        Err(e) => return out.error(e).await,
+    };
     out.send(Reply::TypingIndicator(p::TypingIndicator {
         conversation_id,
         is_typing: true,
@@ -393,7 +401,7 @@ async fn stream_reply(
     let (conv_id, q_id) = (question.conversation_id.clone(), question.id.clone());
     let (messages, preferred) = state
         .db
-        .call(move |st| {
+        .read(user as u64, move |st| {
             let db = st.server();
             let settings = db.settings(user)?;
             let conv = db.get_conversation(user, &conv_id)?;
@@ -434,8 +442,8 @@ async fn stream_reply(
         Ok(Ok(x)) => x,
     };
     let reply_id = Uuid::now_v7();
-    let conversation_id = uuid(&question.conversation_id);
-    let reply_to = uuid(&question.id);
+    let conversation_id = id("conversation", &question.conversation_id)?;
+    let reply_to = id("message", &question.id)?;
     let frame = |seq: u64, token: String| {
         Reply::MessageStream(p::MessageStream {
             conversation_id,
@@ -547,7 +555,7 @@ async fn stream_reply(
                     user,
                     me,
                     Reply::NewMessage(p::MessagePayload {
-                        message: m.into(),
+                        message: m.try_into()?,
                         duplicate: false,
                     }),
                 );
@@ -567,7 +575,7 @@ async fn stream_reply(
         seq,
         token: String::new(),
         finished: true,
-        message: Some((&stored).into()),
+        message: Some(wire(&stored)?),
         interrupted,
     }))
     .await;
@@ -702,8 +710,9 @@ pub(super) fn speech_to_text(
         action: "speech_to_text",
     };
     s.spawn_job(async move {
+        let limits = crate::audio::wav::Limits::stt(state.opts.stt_max);
         let work = async {
-            let pcm = tokio::task::spawn_blocking(move || decode_audio(&req.audio_data))
+            let pcm = tokio::task::spawn_blocking(move || decode_audio(&req.audio_data, &limits))
                 .await
                 .map_err(|e| ErrorPayload::new(ErrorCode::Internal, e.to_string()))??;
             let chain = fallback::SttChain {
@@ -731,17 +740,18 @@ pub(super) fn speech_to_text(
     })
 }
 
-/// base64 WAV → 16 kHz mono s16, as the engines take it.
-fn decode_audio(b64: &str) -> Result<Vec<i16>, ErrorPayload> {
+/// base64 WAV → 16 kHz mono s16, as the engines take it. The WAV is
+/// checked from its header before anything is decoded (see
+/// `audio::wav::decode`); a refusal names the field.
+fn decode_audio(b64: &str, limits: &crate::audio::wav::Limits) -> Result<Vec<i16>, ErrorPayload> {
     let bad = |m: String| ErrorPayload::new(ErrorCode::BadRequest, m);
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| bad(format!("payload.audio_data is not base64 ({e})")))?;
-    let clip = crate::audio::wav::read_bytes(&bytes, std::path::Path::new("payload.audio_data"))
-        .map_err(|e| bad(e.to_string()))?;
-    if clip.samples.is_empty() {
+    let pcm = crate::audio::wav::decode::pcm16k_from_bytes(&bytes, limits)
+        .map_err(|e| bad(format!("payload.audio_data: {e}")))?;
+    if pcm.is_empty() {
         return Err(bad("payload.audio_data holds no audio".into()));
     }
-    let frames = crate::audio::wav::frames_of(&clip).map_err(|e| bad(e.to_string()))?;
-    Ok(frames.concat())
+    Ok(pcm)
 }

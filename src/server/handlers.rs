@@ -1,11 +1,16 @@
 //! The actions: each request is checked (by the protocol decoder), run
-//! against the store (on its thread), answered, and, when it changed
-//! something, notified to the user's other connections. `send_message`,
-//! `text_to_speech` and `speech_to_text` are in `ai.rs`.
+//! against the store (reads on the read connections, writes on the writer
+//! thread), answered, and, when it changed something, notified to the
+//! user's other connections. `send_message`, `text_to_speech` and
+//! `speech_to_text` are in `ai.rs`.
+//!
+//! What the store's errors mean on the wire ([`db_error`]): a bad request
+//! is `bad_request`; a write that was not stored but may be sent again
+//! (disk full, commit failed, database busy) is `unavailable` with
+//! `retry_after_ms`; anything else (a dead store, a bug, a damaged
+//! database) is `internal`, logged.
 
 use std::sync::Arc;
-
-use uuid::Uuid;
 
 use super::conn::Session;
 use super::hub::Hub;
@@ -14,18 +19,31 @@ use crate::history::{HistoryError, NewConversation, Origin, Store};
 use crate::protocol::{self as p, ErrorCode, ErrorPayload, Frame, Reply, Request, ServerFrame};
 use crate::time;
 
-/// What the store's errors mean on the wire.
+/// What the store's errors mean on the wire (see the module docs).
 pub(super) fn db_error(e: HistoryError) -> ErrorPayload {
+    let retry = e.retry_after().map(|d| d.as_millis() as u64);
+    let unavailable = |message: &str| ErrorPayload {
+        retry_after_ms: retry,
+        ..ErrorPayload::new(ErrorCode::Unavailable, message)
+    };
     match e {
         HistoryError::NotFound { what, id } => {
             ErrorPayload::new(ErrorCode::NotFound, format!("no {what} with id {id}"))
         }
         HistoryError::Conflict(m) => ErrorPayload::new(ErrorCode::Conflict, m),
         HistoryError::Invalid(m) => ErrorPayload::new(ErrorCode::BadRequest, m),
-        HistoryError::Locked { .. } => ErrorPayload::new(
-            ErrorCode::Unavailable,
-            "the database is busy; try again in a moment",
-        ),
+        HistoryError::Ambiguous(_) => ErrorPayload::new(ErrorCode::BadRequest, e.to_string()),
+        HistoryError::Locked { .. } => {
+            unavailable("the database is busy; nothing was changed; try again in a moment")
+        }
+        HistoryError::DiskFull { .. } => {
+            tracing::error!("database: {e}");
+            unavailable("the server's disk is full; nothing was stored; send it again later")
+        }
+        HistoryError::CommitFailed { .. } => {
+            tracing::error!("database: {e}");
+            unavailable("the write could not be committed; nothing was stored; send it again")
+        }
         other => {
             tracing::error!("database: {other}");
             ErrorPayload::new(
@@ -34,6 +52,14 @@ pub(super) fn db_error(e: HistoryError) -> ErrorPayload {
             )
         }
     }
+}
+
+/// A store record in its wire form; an id that is not a UUID is `internal`.
+pub(super) fn wire<'a, S: ?Sized, T>(record: &'a S) -> Result<T, ErrorPayload>
+where
+    T: TryFrom<&'a S, Error = HistoryError>,
+{
+    T::try_from(record).map_err(db_error)
 }
 
 /// Sends a notification (no request id) to the user's other connections,
@@ -46,13 +72,18 @@ pub(super) fn notify(st: &mut Store, hub: &Arc<Hub>, user: UserId, except: u64, 
 }
 
 impl Session {
-    /// Runs `f` on the store thread.
+    /// Runs a read on a read connection, in turn with this user's other
+    /// reads (another user's reads do not wait behind them).
     pub(super) async fn db<T, F>(&self, f: F) -> Result<T, ErrorPayload>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T, HistoryError> + Send + 'static,
     {
-        self.state.db.call(f).await.map_err(db_error)
+        self.state
+            .db
+            .read(self.user() as u64, f)
+            .await
+            .map_err(db_error)
     }
 
     /// Runs a write on the store thread, in a group commit with the writes
@@ -177,7 +208,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 })
                 .await?;
             Ok(Reply::ConversationsList(p::ConversationsList {
-                conversations: list.iter().map(Into::into).collect(),
+                conversations: list.iter().map(wire).collect::<Result<_, _>>()?,
                 has_more,
             }))
         }
@@ -199,7 +230,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                             user,
                             me,
                             Reply::ConversationCreated(p::ConversationPayload {
-                                conversation: (&c).into(),
+                                conversation: (&c).try_into()?,
                                 duplicate: false,
                             }),
                         );
@@ -208,7 +239,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 })
                 .await?;
             Ok(Reply::ConversationCreated(p::ConversationPayload {
-                conversation: (&conv).into(),
+                conversation: wire(&conv)?,
                 duplicate,
             }))
         }
@@ -218,7 +249,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 .db(move |st| st.server().get_conversation(user, &id))
                 .await?;
             Ok(Reply::Conversation(p::ConversationPayload {
-                conversation: (&c).into(),
+                conversation: wire(&c)?,
                 duplicate: false,
             }))
         }
@@ -239,7 +270,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                             user,
                             me,
                             Reply::ConversationUpdated(p::ConversationPayload {
-                                conversation: (&c).into(),
+                                conversation: (&c).try_into()?,
                                 duplicate: false,
                             }),
                         );
@@ -248,7 +279,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 })
                 .await?;
             Ok(Reply::ConversationUpdated(p::ConversationPayload {
-                conversation: (&c).into(),
+                conversation: wire(&c)?,
                 duplicate: false,
             }))
         }
@@ -288,12 +319,18 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
             ) as usize;
             let conv = q.conversation_id.to_string();
             let before = q.before.map(|b| b.to_string());
+            let mut budget = p::limits::PageBudget::default();
             let (list, has_more) = s
-                .db(move |st| st.server().messages(user, &conv, limit, before.as_deref()))
+                .db(move |st| {
+                    st.server()
+                        .messages_within(user, &conv, limit, before.as_deref(), &mut |m| {
+                            p::Message::try_from(m).is_ok_and(|m| budget.fits(&m))
+                        })
+                })
                 .await?;
             Ok(Reply::MessagesList(p::MessagesList {
                 conversation_id: q.conversation_id,
-                messages: list.iter().map(Into::into).collect(),
+                messages: list.iter().map(wire).collect::<Result<_, _>>()?,
                 has_more,
             }))
         }
@@ -304,18 +341,30 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 p::limits::SEARCH_MAX_LIMIT,
             ) as usize;
             let conv = q.conversation_id.map(|c| c.to_string());
+            let mut budget = p::limits::PageBudget::default();
             let hits = s
-                .db(move |st| st.server().search(user, &q.query, conv.as_deref(), limit))
+                .db(move |st| {
+                    st.server()
+                        .search_within(user, &q.query, conv.as_deref(), limit, &mut |h| {
+                            p::Message::try_from(&h.message).is_ok_and(|m| {
+                                budget.fits(&m)
+                                    && budget.fits(&h.snippet)
+                                    && budget.fits(&h.conversation_title)
+                            })
+                        })
+                })
                 .await?;
             Ok(Reply::SearchResults(p::SearchResults {
                 hits: hits
                     .iter()
-                    .map(|h| p::SearchHit {
-                        message: (&h.message).into(),
-                        snippet: h.snippet.clone(),
-                        conversation_title: h.conversation_title.clone(),
+                    .map(|h| {
+                        Ok(p::SearchHit {
+                            message: wire(&h.message)?,
+                            snippet: h.snippet.clone(),
+                            conversation_title: h.conversation_title.clone(),
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, ErrorPayload>>()?,
             }))
         }
         Request::AppendMessages(a) => {
@@ -342,7 +391,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                             user,
                             me,
                             Reply::NewMessage(p::MessagePayload {
-                                message: m.into(),
+                                message: m.try_into()?,
                                 duplicate: false,
                             }),
                         );
@@ -350,18 +399,26 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                     Ok(out)
                 })
                 .await?;
-            let uuid = |s: &str| Uuid::parse_str(s).unwrap_or_else(|_| Uuid::nil());
-            rejected.extend(out.rejected.into_iter().map(|(id, e)| {
+            let id = |s: &str| p::convert::store_id("message", s).map_err(db_error);
+            for (rid, e) in out.rejected {
                 let e = db_error(e);
-                p::Rejected {
-                    id: uuid(&id),
+                rejected.push(p::Rejected {
+                    id: id(&rid)?,
                     code: e.code,
                     message: e.message,
-                }
-            }));
+                });
+            }
             Ok(Reply::MessagesAppended(p::MessagesAppended {
-                stored: out.stored.iter().map(|m| uuid(&m.id)).collect(),
-                duplicates: out.duplicates.iter().map(|d| uuid(d)).collect(),
+                stored: out
+                    .stored
+                    .iter()
+                    .map(|m| id(&m.id))
+                    .collect::<Result<_, _>>()?,
+                duplicates: out
+                    .duplicates
+                    .iter()
+                    .map(|d| id(d))
+                    .collect::<Result<_, _>>()?,
                 rejected,
                 rev: out.rev,
             }))
@@ -372,11 +429,16 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 p::limits::SYNC_DEFAULT_LIMIT,
                 p::limits::SYNC_MAX_LIMIT,
             ) as usize;
+            let mut budget = p::limits::PageBudget::default();
             let page = s
-                .db(move |st| st.server().changes(user, q.since, limit))
+                .db(move |st| {
+                    st.server().changes_within(user, q.since, limit, &mut |c| {
+                        p::Change::try_from(c).is_ok_and(|c| budget.fits(&c))
+                    })
+                })
                 .await?;
             Ok(Reply::SyncBatch(p::SyncBatch {
-                changes: page.changes.iter().map(Into::into).collect(),
+                changes: page.changes.iter().map(wire).collect::<Result<_, _>>()?,
                 rev: page.rev,
                 has_more: page.has_more,
             }))
@@ -413,5 +475,47 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
         Request::SendMessage(_) | Request::TextToSpeech(_) | Request::SpeechToText(_) => Err(
             ErrorPayload::new(ErrorCode::Internal, "dispatched to the wrong handler"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn store_errors_get_the_wire_code_a_client_can_act_on() {
+        let path = PathBuf::from("/x/server.db");
+        let e = db_error(HistoryError::DiskFull { path: path.clone() });
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::Unavailable, Some(5000))
+        );
+        let e = db_error(HistoryError::CommitFailed {
+            path: path.clone(),
+            detail: "disk I/O error".into(),
+        });
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::Unavailable, Some(1000))
+        );
+        let e = db_error(HistoryError::Locked { path });
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::Unavailable, Some(1000))
+        );
+        for internal in [
+            HistoryError::StoreGone("the store thread stopped".into()),
+            HistoryError::Bug("boom".into()),
+            HistoryError::BadStoredId {
+                what: "message",
+                id: "x".into(),
+            },
+        ] {
+            let e = db_error(internal);
+            assert_eq!((e.code, e.retry_after_ms), (ErrorCode::Internal, None));
+        }
+        let e = db_error(HistoryError::Invalid("a title must have...".into()));
+        assert_eq!(e.code, ErrorCode::BadRequest);
     }
 }

@@ -131,6 +131,8 @@ pub struct ServerOptions {
     pub system_prompt: String,
     /// Token budget of the LLM context.
     pub context_tokens: usize,
+    /// Longest `speech_to_text` audio (`stt.max_seconds`).
+    pub stt_max: Duration,
     /// How long a browser stays signed in (the session cookie's life).
     pub session_ttl: Duration,
     /// Served over TLS (`server.tls_cert`, loaded by [`tls::load`]):
@@ -161,6 +163,7 @@ impl Default for ServerOptions {
             max_jobs_per_connection: 4,
             system_prompt: "You are a helpful assistant.".into(),
             context_tokens: 3000,
+            stt_max: Duration::from_secs(60),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             tls: None,
         }
@@ -184,6 +187,7 @@ impl ServerOptions {
             tls: None,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
+            stt_max: cfg.stt.max_duration,
             ..ServerOptions::default()
         }
     }

@@ -29,9 +29,13 @@ use crate::protocol::{self, ClientFrame, Reply, Request, ServerFrame, requests a
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Messages pushed per `append_messages` (the protocol allows 500).
+/// Messages read from the outbox per round (the protocol takes 500 per
+/// `append_messages`; the round is cut into frames the server takes).
 const PUSH_BATCH: usize = 500;
-/// Changes asked per `sync` page.
+/// Content bytes read from the outbox per round: a few frames' worth.
+const PUSH_BYTES: usize = 4 * protocol::limits::MAX_FRAME;
+/// Changes asked per `sync` page (the server also stops a page at
+/// `limits::MAX_PAGE_BYTES`).
 const PAGE: u32 = 2000;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +106,7 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
         .as_str()
         .into_client_request()
         .map_err(|e| SyncError::Connect {
-            url: url.to_string(),
+            url: shown(url),
             cause: e.to_string(),
         })?;
     req.headers_mut().insert(
@@ -113,12 +117,17 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
     );
     let connector = match &cfg.ca_file {
         Some(ca) => Some(tls_with_ca(ca).map_err(|cause| SyncError::Connect {
-            url: url.to_string(),
+            url: shown(url),
             cause,
         })?),
         None => None,
     };
-    let fut = tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector);
+    // What the server may send, no more: its largest frame (a page is cut
+    // by bytes, a speech result is at most 8 MiB of WAV).
+    let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(protocol::limits::MAX_SERVER_FRAME))
+        .max_frame_size(Some(protocol::limits::MAX_SERVER_FRAME));
+    let fut = tokio_tungstenite::connect_async_tls_with_config(req, Some(limits), true, connector);
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(SyncError::Timeout(timeout)),
         Ok(Ok((ws, _))) => Ok(ws),
@@ -126,10 +135,19 @@ pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
             Err(SyncError::Unauthorized)
         }
         Ok(Err(e)) => Err(SyncError::Connect {
-            url: url.to_string(),
+            url: shown(url),
             cause: connect_cause(&e, cfg.ca_file.is_some()),
         }),
     }
+}
+
+/// The server's URL for logs and errors: without a password or a query
+/// (which may carry a token).
+fn shown(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.to_string()
 }
 
 /// What went wrong connecting; a certificate the TLS layer refused says
@@ -413,7 +431,10 @@ impl Session {
     /// then deletes, then messages in batches.
     pub async fn push(&mut self) -> Result<()> {
         loop {
-            let out = self.history.call(|s| s.outbox(PUSH_BATCH)).await?;
+            let out = self
+                .history
+                .call(|s| s.outbox(PUSH_BATCH, PUSH_BYTES))
+                .await?;
             if out.is_empty() {
                 return Ok(());
             }
@@ -470,49 +491,71 @@ impl Session {
                 self.history.call(move |s| s.ack_deleted(&did, rev)).await?;
                 self.report.pushed_deletes += 1;
             }
-            if !out.messages.is_empty() {
-                let through = out.messages.last().map(|(seq, _)| *seq).unwrap_or(0);
-                let inputs: Vec<protocol::records::MessageInput> = out
-                    .messages
-                    .iter()
-                    .map(|(_, m)| protocol::records::MessageInput::from(m))
-                    .collect();
-                let r = match self
-                    .request(Request::AppendMessages(rq::AppendMessages {
-                        messages: inputs,
-                    }))
-                    .await?
-                {
-                    Reply::MessagesAppended(r) => r,
-                    other => {
-                        return Err(SyncError::Protocol(format!(
-                            "expected messages_appended, got {}",
-                            other.action()
-                        )));
-                    }
-                };
-                for rej in &r.rejected {
-                    tracing::warn!(
-                        "sync: the server refused message {}: {}",
-                        rej.id,
-                        rej.message
-                    );
-                }
-                // Stored, already there, or refused for good: none is pushed again.
-                let done: Vec<String> = r
-                    .stored
-                    .iter()
-                    .chain(&r.duplicates)
-                    .chain(r.rejected.iter().map(|x| &x.id))
-                    .map(|u| u.to_string())
-                    .collect();
-                self.report.pushed_messages += r.stored.len();
-                let rev = r.rev;
-                self.history
-                    .call(move |s| s.ack_messages(&done, through, rev))
-                    .await?;
-            }
+            self.push_messages(&out.messages).await?;
         }
+    }
+
+    /// Pushes messages in `append_messages` frames the server takes (cut by
+    /// encoded size: a long outage's turns never make one frame too large
+    /// to send, which would be refused on every retry).
+    async fn push_messages(&mut self, messages: &[(i64, history::Message)]) -> Result<()> {
+        let inputs: Vec<protocol::records::MessageInput> = messages
+            .iter()
+            .map(|(_, m)| protocol::records::MessageInput::try_from(m))
+            .collect::<std::result::Result<_, _>>()?;
+        for batch in rq::AppendMessages::batches(&inputs) {
+            let range = match batch {
+                rq::AppendBatch::Send(r) => r,
+                rq::AppendBatch::TooLarge(i) => {
+                    // Cannot be sent to any server: kept here, never pushed again.
+                    tracing::warn!(
+                        "sync: message {} is too large for any frame; kept here, not pushed",
+                        inputs[i].id
+                    );
+                    let (done, through) = (vec![messages[i].1.id.clone()], messages[i].0);
+                    self.history
+                        .call(move |s| s.ack_messages(&done, through, 0))
+                        .await?;
+                    continue;
+                }
+            };
+            let through = messages[range.end - 1].0;
+            let r = match self
+                .request(Request::AppendMessages(rq::AppendMessages {
+                    messages: inputs[range].to_vec(),
+                }))
+                .await?
+            {
+                Reply::MessagesAppended(r) => r,
+                other => {
+                    return Err(SyncError::Protocol(format!(
+                        "expected messages_appended, got {}",
+                        other.action()
+                    )));
+                }
+            };
+            for rej in &r.rejected {
+                tracing::warn!(
+                    "sync: the server refused message {}: {}",
+                    rej.id,
+                    rej.message
+                );
+            }
+            // Stored, already there, or refused for good: none is pushed again.
+            let done: Vec<String> = r
+                .stored
+                .iter()
+                .chain(&r.duplicates)
+                .chain(r.rejected.iter().map(|x| &x.id))
+                .map(|u| u.to_string())
+                .collect();
+            self.report.pushed_messages += r.stored.len();
+            let rev = r.rev;
+            self.history
+                .call(move |s| s.ack_messages(&done, through, rev))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends the fields of a conversation changed here (bits: 1 title,
@@ -676,7 +719,7 @@ pub async fn run(
             let mut s = Session::open(&cfg, history.clone()).await?;
             tracing::info!(
                 "sync: connected to {}",
-                cfg.url.as_ref().map(|u| u.as_str()).unwrap_or("")
+                cfg.url.as_ref().map(shown).unwrap_or_default()
             );
             failures = 0;
             s.pull().await?;
