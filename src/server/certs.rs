@@ -131,6 +131,19 @@ fn interface_addrs() -> Vec<IpAddr> {
     out
 }
 
+/// DER as PEM (RFC 7468): base64 lines of 64 characters between the labels.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 fn write_file(path: &Path, data: &str, secret: bool, force: bool) -> Result<(), CertError> {
     if path.exists() && !force {
         return Err(CertError::Exists(path.to_path_buf()));
@@ -209,7 +222,15 @@ pub fn make(dir: &Path, names: &[String], force: bool) -> Result<CertFiles, Cert
             path: files.ca_key.clone(),
             cause: e.to_string(),
         })?;
-        KeyPair::from_pem(&pem).map_err(|e| CertError::ReadCa {
+        use rustls::pki_types::pem::PemObject;
+        let der =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+                CertError::ReadCa {
+                    path: files.ca_key.clone(),
+                    cause: e.to_string(),
+                }
+            })?;
+        KeyPair::try_from(&der).map_err(|e| CertError::ReadCa {
             path: files.ca_key.clone(),
             cause: e.to_string(),
         })?
@@ -229,7 +250,7 @@ pub fn make(dir: &Path, names: &[String], force: bool) -> Result<CertFiles, Cert
     let ca_pem = if reuse {
         None
     } else {
-        Some(ca_params.self_signed(&ca_key)?.pem())
+        Some(pem("CERTIFICATE", ca_params.self_signed(&ca_key)?.der()))
     };
     let ca = Issuer::new(ca_params, &ca_key);
     let key = KeyPair::generate()?;
@@ -245,16 +266,26 @@ pub fn make(dir: &Path, names: &[String], force: bool) -> Result<CertFiles, Cert
     p.not_after = days_from_now(SERVER_DAYS);
     let cert = p.signed_by(&key, &ca)?;
     let new_ca = ca_pem.is_some();
-    if let Some(pem) = &ca_pem {
-        write_file(&files.ca_key, &ca_key.serialize_pem(), true, force)?;
-        write_file(&files.ca_cert, pem, false, force)?;
+    if let Some(ca_cert) = &ca_pem {
+        write_file(
+            &files.ca_key,
+            &pem("PRIVATE KEY", &ca_key.serialize_der()),
+            true,
+            force,
+        )?;
+        write_file(&files.ca_cert, ca_cert, false, force)?;
     }
-    write_file(&files.key, &key.serialize_pem(), true, force)?;
+    write_file(
+        &files.key,
+        &pem("PRIVATE KEY", &key.serialize_der()),
+        true,
+        force,
+    )?;
     write_file(
         &files.cert,
         &format!(
             "{}{}",
-            cert.pem(),
+            pem("CERTIFICATE", cert.der()),
             std::fs::read_to_string(&files.ca_cert).unwrap_or_default()
         ),
         false,
