@@ -16,3 +16,4 @@ pub mod signals;
 pub mod sync;
 pub mod time;
 pub mod voice;
+pub mod wake;

@@ -32,6 +32,8 @@ const ALL_ENGINE_KEYS: &[&str] = &[
     "max_tokens",
     "language",
     "format",
+    "models",
+    "library",
 ];
 
 /// How the config file was chosen (for messages).
@@ -194,6 +196,11 @@ fn remove_path(table: &mut toml::Table, path: &str) -> bool {
 fn known_keys(section: &str) -> Vec<String> {
     if section.starts_with("engines.") {
         return ALL_ENGINE_KEYS.iter().map(|s| s.to_string()).collect();
+    }
+    if section.starts_with("wake.words.") {
+        return ["threshold", "trigger_level", "refractory_ms"]
+            .map(String::from)
+            .to_vec();
     }
     let Ok(defaults) = toml::Table::try_from(RawConfig::default()) else {
         return vec![];
