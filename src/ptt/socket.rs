@@ -1,7 +1,9 @@
 //! The control socket: a Unix socket (mode 0660) that is always on, so that
 //! `pichat ptt press|release|toggle`, scripts or a web page can push to talk.
 //! One line per command (`press`, `release`, `toggle`, `status`); the
-//! answer is one line, `ok ...` or `error: ...`.
+//! answer is one line, `ok ...` or `error: ...`. `monitor` instead streams
+//! the daemon's live listening figures (wake scores, voice activity,
+//! levels), a line every 100 ms, until the client goes away.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -118,9 +120,35 @@ async fn handle(stream: UnixStream, hub: PttHub) {
             Ok(Ok(Some(l))) => l,
             _ => return,
         };
+        if line.trim() == "monitor" {
+            return monitor(&hub, w).await;
+        }
         let reply = apply(&hub, &line);
         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Streams the monitor lines to a client until it leaves; a slow client
+/// skips lines rather than holding anyone up.
+async fn monitor(hub: &PttHub, mut w: tokio::net::unix::OwnedWriteHalf) {
+    let Some(mut rx) = hub.monitor() else {
+        let _ = w
+            .write_all(b"error: this daemon gives no listening figures\n")
+            .await;
+        return;
+    };
+    loop {
+        let line = match rx.recv().await {
+            Ok(l) => l,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let bytes = format!("{line}\n");
+        match tokio::time::timeout(Duration::from_secs(5), w.write_all(bytes.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }
