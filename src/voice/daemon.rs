@@ -148,6 +148,8 @@ pub struct Voice {
     /// The conversation turns go on in (across turns).
     conversation: Option<String>,
     cur: TurnState,
+    /// How the turn being reported started.
+    reporting: Start,
     /// Live figures for `pichat listen monitor`.
     pub monitor: broadcast::Sender<String>,
     pub last: TurnReport,
@@ -211,6 +213,7 @@ impl Voice {
             speak_task: None,
             conversation: None,
             cur: TurnState::default(),
+            reporting: Start::None,
             monitor: broadcast::channel(64).0,
             last: TurnReport::default(),
         }
@@ -312,6 +315,9 @@ impl Voice {
         if let Event::Typed(q) | Event::Transcript(q) = &ev {
             self.last.question = Some(q.trim().to_string());
         }
+        // The turn a Report in these actions is about started like this
+        // (a follow-up may begin in the same step).
+        self.reporting = self.turn.start().clone();
         let actions = self.turn.handle(ev, now);
         for a in actions {
             self.execute(a).await;
@@ -688,7 +694,7 @@ impl Voice {
         self.cur.times.done = Some(Instant::now());
         let times = self.cur.times.clone();
         let q = self.last.question.clone().unwrap_or_default();
-        let by = self.turn.start().to_string();
+        let by = self.reporting.to_string();
         match &o {
             Outcome::Answered => {
                 tracing::info!("turn answered ({by}): {} | {q:?}", times.summary())
