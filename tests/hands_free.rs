@@ -38,6 +38,22 @@ struct Daemon {
 }
 
 fn start(listen: &str, wake: &str) -> Daemon {
+    start_with(listen, wake, LOCAL_LLM)
+}
+
+/// The local LLM (SmolLM2 on llama-server).
+const LOCAL_LLM: &str = r#"[llm]
+engines = ["home"]
+[engines.home]
+kind = "openai"
+url = "http://127.0.0.1:8081/v1"
+model = "smollm2"
+temperature = 0.0
+max_tokens = 32
+timeout_ms = 60000
+"#;
+
+fn start_with(listen: &str, wake: &str, llm: &str) -> Daemon {
     let pulse = Pulse::start();
     let env = Env::new();
     env.write_config(&format!(
@@ -62,15 +78,7 @@ models = "{models}"
 engines = ["whisper"]
 [tts]
 engines = ["piper"]
-[llm]
-engines = ["home"]
-[engines.home]
-kind = "openai"
-url = "http://127.0.0.1:8081/v1"
-model = "smollm2"
-temperature = 0.0
-max_tokens = 32
-timeout_ms = 60000
+{llm}
 [engines.whisper]
 kind = "wyoming"
 url = "tcp://127.0.0.1:10300"
@@ -84,6 +92,10 @@ timeout_ms = 60000
         sock = env.path("ctl.sock").display(),
         models = wake_models().display(),
     ));
+    start_daemon(env, pulse)
+}
+
+fn start_daemon(env: Env, pulse: Pulse) -> Daemon {
     let mut child = KillOnDrop(
         env.cmd(&["run"])
             .env("XDG_RUNTIME_DIR", pulse.runtime.path())
@@ -322,4 +334,131 @@ fn listen_monitor_shows_live_scores() {
         "{text}"
     );
     d.stop();
+}
+
+/// An LLM speaking the real OpenAI protocol that says `text`, so the reply
+/// is known (it says the wake word).
+async fn scripted(text: &str) -> (common::fakes::Fake, String) {
+    let tokens = text
+        .split_inclusive(' ')
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    let fake = common::fakes::llm(common::fakes::LlmMode::Tokens {
+        tokens,
+        gap: Duration::from_millis(5),
+    })
+    .await;
+    let toml = format!(
+        "[llm]\nengines = [\"scripted\"]\n[engines.scripted]\nkind = \"openai\"\nurl = \"http://127.0.0.1:{}/v1\"\nmodel = \"scripted\"\n",
+        fake.port
+    );
+    (fake, toml)
+}
+
+const SAYS_THE_WAKE_WORD: &str = "Okay Nabu. My name is Okay Nabu. You can call me Okay Nabu at any time, and Okay Nabu will answer.";
+
+/// Runs a wake word turn whose reply says the wake word, with the speaker
+/// leaking into the microphone; returns the daemon's log.
+fn own_voice_round(echo_cancel: bool, llm: &str) -> Vec<String> {
+    let mut d = start_with(
+        &format!("echo_cancel = {echo_cancel}\nno_speech_timeout_s = 3.0"),
+        "engines = [\"micro\"]",
+        llm,
+    );
+    d.pulse.leak_speaker_into_mic(60);
+    d.log
+        .wait_for("wake word: listening with micro", Duration::from_secs(10));
+    d.say(&then(wake_phrase(), 400, &wav_16k(QUESTION.as_ref())));
+    d.say(&silence(1000));
+    d.log.wait_for("turn ", Duration::from_secs(120));
+    // Whatever it does after its own reply: give it time.
+    let _ = d.log.try_wait_for("turn ", Duration::from_secs(12));
+    let log = d.log.all.clone();
+    d.stop();
+    log
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local engines and the wake models (scripts/test.sh)"]
+async fn its_own_voice_saying_the_wake_word_does_not_wake_it() {
+    let (_fake, llm) = scripted(SAYS_THE_WAKE_WORD).await;
+    let log = tokio::task::spawn_blocking(move || {
+        // Without echo cancellation the leak does wake it: the room is real.
+        let without = own_voice_round(false, &llm);
+        let with = own_voice_round(true, &llm);
+        (without, with)
+    })
+    .await
+    .unwrap();
+    let (without, with) = log;
+    let turns = |l: &[String]| {
+        l.iter()
+            .filter(|x| x.contains(" turn "))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        without
+            .iter()
+            .any(|l| l.contains("turn interrupted (barge-in) (wake word")),
+        "the leak should wake it without echo cancellation: {:?}",
+        turns(&without)
+    );
+    let t = turns(&with);
+    assert!(
+        t.len() == 1 && t[0].contains("turn answered (wake word"),
+        "one turn, answered in full, nothing woken by its own voice: {t:?}"
+    );
+    assert!(
+        !with
+            .iter()
+            .any(|l| l.contains("wake word okay_nabu") && l.contains("interrupted")),
+        "{with:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local engines and the wake models (scripts/test.sh)"]
+async fn the_users_wake_word_over_the_reply_is_a_barge_in() {
+    let story = "Once upon a time there was a little robot called Okay Nabu who lived in a kitchen. \
+        Every morning it made coffee for the family and read them the news. \
+        One day the family went away on a long holiday by the sea. \
+        The robot waited and waited, and it cleaned every corner of the house. \
+        When they came back, the robot had learned to bake bread. \
+        Everyone was happy, and they ate the bread together in the garden.";
+    let (_fake, llm) = scripted(story).await;
+    tokio::task::spawn_blocking(move || {
+        let mut d = start_with("echo_cancel = true", "engines = [\"micro\"]", &llm);
+        d.pulse.leak_speaker_into_mic(60);
+        d.log
+            .wait_for("wake word: listening with micro", Duration::from_secs(10));
+        d.say(&then(wake_phrase(), 400, &wav_16k(QUESTION.as_ref())));
+        d.say(&silence(1000));
+        // The story plays (its first sentence says the wake word); the
+        // user says it over the reply a few seconds in.
+        d.say(&silence(6000));
+        d.say(&espeak("Okay Nabu.", "en-gb", 150));
+        let line = d.log.wait_for("turn ", Duration::from_secs(30));
+        assert!(
+            line.contains("turn interrupted (barge-in) (wake word"),
+            "{line}"
+        );
+        // It listens: the next question is a new turn of the conversation.
+        d.say(&wav_16k(QUESTION.as_ref()));
+        d.say(&silence(1500));
+        let line = d.log.wait_for("turn ", Duration::from_secs(120));
+        assert!(line.contains("turn answered (wake word"), "{line}");
+        let m = d.messages();
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert_eq!(
+            m[1]["metadata"]["interrupted"], true,
+            "stored as heard: {m:?}"
+        );
+        let heard = m[1]["content"].as_str().unwrap();
+        assert!(heard.starts_with("Once upon a time"), "{heard}");
+        assert!(!heard.contains("garden"), "only what was heard: {heard}");
+        d.stop();
+    })
+    .await
+    .unwrap();
 }

@@ -214,6 +214,8 @@ pub struct RawListen {
     pub max_listen_s: f64,
     pub follow_up_s: f64,
     pub vad_threshold: f64,
+    pub echo_cancel: bool,
+    pub echo_tail_ms: i64,
 }
 
 impl Default for RawListen {
@@ -226,6 +228,8 @@ impl Default for RawListen {
             max_listen_s: 15.0,
             follow_up_s: 0.0,
             vad_threshold: 0.5,
+            echo_cancel: true,
+            echo_tail_ms: 500,
         }
     }
 }

@@ -166,6 +166,10 @@ pub struct ListenConfig {
     pub follow_up: Duration,
     /// Voice activity above this is speech (0..1).
     pub vad_threshold: f32,
+    /// Take the speaker's sound out of the microphone's, and the longest
+    /// echo path it learns.
+    pub echo_cancel: bool,
+    pub echo_tail: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -730,6 +734,10 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             }
             v.clamp(0.01, 0.99) as f32
         },
+        echo_cancel: l.echo_cancel,
+        echo_tail: Duration::from_millis(
+            c.range("listen.echo_tail_ms", l.echo_tail_ms, 20, 1000) as u64
+        ),
     };
     if listen.mode.wake() {
         c.engine_list(

@@ -116,6 +116,8 @@ pub struct Listening {
     pub wake: Vec<Arc<dyn crate::wake::WakeEngine>>,
     pub hands_free: bool,
     pub vad_threshold: f32,
+    /// Echo cancellation on, with this tail (`None`: off).
+    pub echo_tail: Option<std::time::Duration>,
 }
 
 /// The voice loop's long-lived parts.
@@ -201,6 +203,7 @@ impl Voice {
                 wake: Vec::new(),
                 hands_free: false,
                 vad_threshold: cfg.listen.vad_threshold,
+                echo_tail: None,
             },
             msgs_tx,
             msgs_rx,
@@ -260,6 +263,19 @@ impl Voice {
         let (cmds, cmds_rx) = mpsc::unbounded_channel();
         let chain = (wake && !self.listening.wake.is_empty())
             .then(|| crate::wake::chain::Chain::new(self.listening.wake.clone()));
+        let aec = match (self.listening.echo_tail, self.sink.reference()) {
+            (Some(tail), Some(reference)) => {
+                let lib = std::path::Path::new(audio::aec::LIBRARY);
+                match audio::aec::EchoCanceller::new(reference, tail.as_millis() as u32, lib) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let (tx, mut rx) = mpsc::channel(256);
         let msgs = self.msgs_tx.clone();
         // The ear reports through the loop's one channel.
@@ -274,7 +290,10 @@ impl Voice {
             let monitor = self.monitor.clone();
             let vad = self.listening.vad_threshold;
             async move {
-                tokio::join!(ear::run(frames, chain, vad, cmds_rx, tx, monitor), forward);
+                tokio::join!(
+                    ear::run(frames, chain, aec, vad, cmds_rx, tx, monitor),
+                    forward
+                );
             }
         });
         Ok(Ear {

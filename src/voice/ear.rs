@@ -1,4 +1,9 @@
-//! The ear: the one consumer of the microphone's frames. It feeds the wake
+//! The ear: the one consumer of the microphone's frames. It takes the
+//! speaker's echo out of them (`audio/aec.rs`, when on), and listens to
+//! what the speaker plays with the same wake word models: a wake word the
+//! microphone hears just when the speaker said it is the assistant's own
+//! voice (what echo cancellation left, or before it has learned the room),
+//! not the user's. Then it feeds the wake
 //! word engines (when hands-free listening is on), the voice activity
 //! detector, and, while a question is being listened to, the speech-to-text
 //! session. It keeps the last second of audio, so a question that follows
@@ -15,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::turn::Event;
 use crate::audio::Frame;
+use crate::audio::aec::EchoCanceller;
 use crate::wake::WakeEvent;
 use crate::wake::chain::Chain;
 
@@ -22,6 +28,13 @@ use crate::wake::chain::Chain;
 const RING: usize = 50;
 /// Frames per monitor line (100 ms).
 const MONITOR_EVERY: usize = 5;
+/// A wake word heard in the microphone from this long before to this long
+/// after the speaker's own audio scored at least `OWN_SCORE` for it is the
+/// speaker's (samples: 0.5 s, 2 s): the models score its audio before its
+/// echo arrives.
+const OWN_BEFORE: u64 = 8_000;
+const OWN_AFTER: u64 = 32_000;
+const OWN_SCORE: f32 = 0.3;
 
 /// What the ear tells the daemon.
 #[derive(Debug)]
@@ -94,6 +107,7 @@ pub fn level_db(pcm: &[i16]) -> f32 {
 pub async fn run(
     mut frames: mpsc::Receiver<Frame>,
     mut wake: Option<Chain>,
+    mut aec: Option<EchoCanceller>,
     vad_threshold: f32,
     mut cmds: mpsc::UnboundedReceiver<EarCmd>,
     heard: mpsc::Sender<Heard>,
@@ -106,6 +120,11 @@ pub async fn run(
     let mut events = Vec::new();
     let mut dropped = 0u64;
     let mut warned = 0u64;
+    // The wake words the speaker itself said, and where (stream samples).
+    let mut own: Option<Box<dyn crate::wake::WakeStream>> = None;
+    let mut own_failed = false;
+    let mut own_events = Vec::new();
+    let mut said: Vec<(String, u64)> = Vec::new();
     // Monitor figures over the current 100 ms.
     let mut n = 0usize;
     let mut best: Vec<(String, f32)> = Vec::new();
@@ -133,10 +152,36 @@ pub async fn run(
             }
             f = frames.recv() => f,
         };
-        let Some(frame) = frame else {
+        let Some(mut frame) = frame else {
             let _ = heard.send(Heard::Closed).await;
             return;
         };
+        if let Some(a) = aec.as_mut() {
+            a.process(&mut frame);
+            // What the speaker says, through the same wake word models.
+            if let (Some(reference), Some(chain)) = (a.reference_frame(), wake.as_mut()) {
+                if own.is_none() && !own_failed {
+                    own = chain.twin().await;
+                    own_failed = own.is_none();
+                }
+                if let Some(o) = own.as_mut() {
+                    own_events.clear();
+                    if o.push(reference, &mut own_events).await.is_err() {
+                        own = None;
+                    }
+                    for e in own_events.drain(..) {
+                        let (word, score) = match e {
+                            WakeEvent::Score { word, score }
+                            | WakeEvent::Detected { word, score, .. } => (word, score),
+                        };
+                        if score >= OWN_SCORE {
+                            said.push((word, position));
+                        }
+                    }
+                    said.retain(|(_, at)| at + OWN_AFTER >= position);
+                }
+            }
+        }
         position += frame.len() as u64;
         let speech = vad.frame(&frame);
         if let Some(chain) = wake.as_mut() {
@@ -151,6 +196,15 @@ pub async fn run(
                         }
                     }
                     WakeEvent::Detected { word, score, end } => {
+                        // The speaker said it a moment ago: its own voice.
+                        if said.iter().any(|(w, at)| {
+                            *w == word && position + OWN_BEFORE >= *at && position <= at + OWN_AFTER
+                        }) {
+                            tracing::debug!(
+                                "wake word {word} ({score:.2}) in the speaker's own voice: ignored"
+                            );
+                            continue;
+                        }
                         let _ = heard.send(Heard::WakeEnd(end)).await;
                         let _ = heard.send(Heard::Turn(Event::Wake { word, score })).await;
                     }

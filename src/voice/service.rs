@@ -82,6 +82,7 @@ pub fn listening(cfg: &Config) -> Result<Listening, WakeError> {
         },
         hands_free: cfg.listen.mode.wake(),
         vad_threshold: cfg.listen.vad_threshold,
+        echo_tail: cfg.listen.echo_cancel.then_some(cfg.listen.echo_tail),
     })
 }
 
@@ -171,7 +172,7 @@ impl Assistant {
         };
         let listen = if next.listen.mode != self.current.listen.mode
             || next.wake != self.current.wake
-            || next.listen.vad_threshold != self.current.listen.vad_threshold
+            || next.listen != self.current.listen
             || next.engines != self.current.engines
         {
             match listening(&next) {

@@ -40,6 +40,13 @@ impl Chain {
         self.engines.is_empty()
     }
 
+    /// A second stream of the engine in use, for listening to what the
+    /// speaker plays (so its own wake words can be told apart).
+    pub async fn twin(&mut self) -> Option<Box<dyn WakeStream>> {
+        let (i, _) = self.current.as_ref()?;
+        self.engines[*i].open().await.ok()
+    }
+
     /// The engine listening now.
     pub fn active(&self) -> Option<&str> {
         self.current.as_ref().map(|(i, _)| self.engines[*i].name())

@@ -44,6 +44,11 @@ impl Env {
             .env("XDG_DATA_HOME", self.path("xdg-data"))
             .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
             .env("PICHAT_CONFIG", self.config());
+        for var in ["RUST_LOG"] {
+            if let Some(v) = std::env::var_os(var) {
+                c.env(var, v);
+            }
+        }
         c
     }
 
@@ -315,4 +320,52 @@ pub fn wav_16k(p: &Path) -> Vec<i16> {
 /// `ms` of silence at 16 kHz.
 pub fn silence(ms: u64) -> Vec<i16> {
     vec![0; (ms * 16) as usize]
+}
+
+impl Pulse {
+    /// The room: what is played on `spk` leaks into `mic` at `percent`
+    /// of its level (a PulseAudio loopback, 20 ms).
+    pub fn leak_speaker_into_mic(&self, percent: u32) {
+        let out = self
+            .cmd("pactl")
+            .args([
+                "load-module",
+                "module-loopback",
+                "source=spk.monitor",
+                "sink=mic",
+                "latency_msec=20",
+                "source_dont_move=true",
+                "sink_dont_move=true",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "loopback: {out:?}");
+        let module = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // The loopback's stream into `mic`, by its owner module.
+        for _ in 0..100 {
+            let list = self
+                .cmd("pactl")
+                .args(["list", "sink-inputs"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&list.stdout).into_owned();
+            let mut index = None;
+            for block in text.split("Sink Input #").skip(1) {
+                if block.contains(&format!("Owner Module: {module}")) {
+                    index = block.lines().next().map(|l| l.trim().to_string());
+                }
+            }
+            if let Some(i) = index {
+                let st = self
+                    .cmd("pactl")
+                    .args(["set-sink-input-volume", &i, &format!("{percent}%")])
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no loopback stream appeared");
+    }
 }
