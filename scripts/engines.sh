@@ -8,6 +8,7 @@
 #   wyoming-piper (Piper en_US-joe-medium)           tcp://127.0.0.1:10200      engine "piper"
 #   faster-whisper-server (OpenAI transcriptions)    http://127.0.0.1:18000/v1  (optional, WITH_OPENAI=1)
 #   local-tts-studio (OpenAI speech)                 http://127.0.0.1:17878/v1  (optional, WITH_OPENAI=1)
+#   wyoming-openwakeword (wake words, ok_nabu...)     tcp://127.0.0.1:10400      (optional, WITH_WAKE=1)
 #
 # Usage: scripts/engines.sh start|stop|status|restart
 # Env: ENGINES_DIR (as for setup-local-engines.sh), LLM_THREADS (default 1:
@@ -28,6 +29,9 @@ services() {
   if [[ "${WITH_OPENAI:-0}" == 1 ]]; then
     echo "fws 18000"
     echo "localtts 17878"
+  fi
+  if [[ "${WITH_WAKE:-0}" == 1 ]]; then
+    echo "oww 10400"
   fi
 }
 
@@ -56,6 +60,9 @@ launch() {
       HF_HUB_OFFLINE=1 "$V/faster-whisper-server" "$E/models/whisper-tiny.en-ct2" --host 127.0.0.1 --port "$port" ;;
     localtts)
       LOCAL_TTS_DATA_DIR="$E/data/local-tts" "$V/local-tts" --host 127.0.0.1 --port "$port" ;;
+    oww)
+      [[ -x "$E/venv-oww/bin/python" ]] || { echo "engines.sh: $E/venv-oww is missing; run scripts/setup-local-engines.sh" >&2; return 1; }
+      "$E/venv-oww/bin/python" -m wyoming_openwakeword --uri "tcp://127.0.0.1:$port" --preload-model ok_nabu ;;
   esac
 }
 
@@ -101,7 +108,7 @@ stop() {
       echo "  $name: stopped"
     fi
     rm -f "$RUN/$name.pid"
-  done < <(WITH_OPENAI=1 services)
+  done < <(WITH_OPENAI=1 WITH_WAKE=1 services)
 }
 
 status() {

@@ -36,6 +36,8 @@ pub struct TurnTimes {
     pub first_token: Option<Instant>,
     pub first_audio: Option<Instant>,
     pub done: Option<Instant>,
+    /// The end of the user's speech, by voice activity (hands-free turns).
+    pub speech_end: Option<Instant>,
 }
 
 impl TurnTimes {
@@ -55,7 +57,13 @@ impl TurnTimes {
             Self::ms(self.first_token, self.first_audio),
             Self::ms(self.released.or(self.asked), self.first_audio),
             Self::ms(self.pressed.or(self.asked), self.done),
-        )
+        ) + &match self.speech_end {
+            Some(_) => format!(
+                " speech_end_to_audio={}ms",
+                Self::ms(self.speech_end, self.first_audio)
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -323,7 +331,12 @@ impl Voice {
             Event::Released | Event::ListenEnded | Event::Deadline | Event::Pressed
                 if self.turn.state() == State::Listening =>
             {
-                self.cur.times.released = Some(now)
+                self.cur.times.released = Some(now);
+                // Voice activity's last frame ends 20 ms after it began.
+                self.cur.times.speech_end = self
+                    .turn
+                    .last_voice()
+                    .map(|v| v + std::time::Duration::from_millis(20));
             }
             Event::Transcript(_) => self.cur.times.transcribed = Some(now),
             Event::Token(_) => {

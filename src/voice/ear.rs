@@ -58,12 +58,16 @@ pub enum EarCmd {
     Detach,
 }
 
-/// Voice activity of 20 ms frames with earshot (16 ms frames inside).
+/// Voice activity of 20 ms frames with earshot (16 ms frames inside): a
+/// frame is speech when the mean score of the last three 16 ms pieces
+/// reaches the threshold, so that single noisy pieces do not hold a
+/// question open.
 pub struct Vad {
     detector: earshot::Detector,
     carry: Vec<i16>,
     threshold: f32,
-    /// The last 16 ms score.
+    recent: [f32; 3],
+    /// The last smoothed score.
     pub score: f32,
 }
 
@@ -73,6 +77,7 @@ impl Vad {
             detector: earshot::Detector::default(),
             carry: Vec::with_capacity(512),
             threshold,
+            recent: [0.0; 3],
             score: 0.0,
         }
     }
@@ -84,7 +89,9 @@ impl Vad {
         let mut speech = false;
         let mut used = 0;
         while self.carry.len() - used >= 256 {
-            self.score = self.detector.predict_i16(&self.carry[used..used + 256]);
+            let s = self.detector.predict_i16(&self.carry[used..used + 256]);
+            self.recent = [self.recent[1], self.recent[2], s];
+            self.score = self.recent.iter().sum::<f32>() / 3.0;
             speech |= self.score >= self.threshold;
             used += 256;
         }
@@ -248,5 +255,59 @@ pub async fn run(
             );
             warned = dropped * 2;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(n: usize, amp: i32, seed: u32) -> Vec<i16> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (((s >> 16) & 0xFFFF) as i32 - 32768) * amp / 32768
+            })
+            .map(|v| v as i16)
+            .collect()
+    }
+
+    #[test]
+    #[ignore]
+    fn vad_survey() {
+        for amp in [30, 100, 300, 1000, 3000] {
+            let mut v = Vad::new(0.5);
+            let x = lcg(16000, amp, 7);
+            let n = x.chunks(320).filter(|f| v.frame(f)).count();
+            // low-passed (brown-ish) noise
+            let mut lp = 0f32;
+            let y: Vec<i16> = x
+                .iter()
+                .map(|&s| {
+                    lp = 0.95 * lp + 0.05 * s as f32;
+                    (lp * 4.0) as i16
+                })
+                .collect();
+            let mut v2 = Vad::new(0.5);
+            let m = y.chunks(320).filter(|f| v2.frame(f)).count();
+            println!(
+                "white amp {amp} ({:.0} dBFS): {n}/50 speech; low-passed ({:.0} dBFS): {m}/50",
+                level_db(&x),
+                level_db(&y)
+            );
+        }
+        let clip = crate::audio::wav::read(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/question.wav"
+        )))
+        .unwrap();
+        let q = crate::audio::wav::frames_of(&clip).unwrap();
+        let mut v = Vad::new(0.5);
+        let marks: String = q
+            .iter()
+            .map(|f| if v.frame(f) { '#' } else { '.' })
+            .collect();
+        println!("{marks}");
     }
 }

@@ -204,6 +204,8 @@ struct Ear {
     /// Speech heard in this question (stretches shorter than min_speech
     /// dropped).
     speech: Duration,
+    /// Speech frames in a row.
+    run: u32,
 }
 
 /// The machine.
@@ -251,6 +253,11 @@ impl Turn {
             ended_by_voice: false,
             barge_start: Start::None,
         }
+    }
+
+    /// When voice was last heard in the question being listened to.
+    pub fn last_voice(&self) -> Option<Instant> {
+        self.ear.last_voice
     }
 
     /// How the current or last turn started.
@@ -343,13 +350,25 @@ impl Turn {
         out.push(Action::StopListening);
     }
 
-    /// A frame's voice activity while listening hands-free.
+    /// A frame's voice activity while listening hands-free. Speech starts
+    /// with three frames in a row (60 ms) and goes on with two: single
+    /// noisy frames neither start speech nor hold the silence after it open.
     fn voice(&mut self, speech: bool, now: Instant) {
         let ear = &mut self.ear;
         if speech {
-            ear.speech_from.get_or_insert(now);
-            ear.last_voice = Some(now);
-        } else if let (Some(from), Some(last)) = (ear.speech_from, ear.last_voice)
+            ear.run += 1;
+            let starts = ear.speech_from.is_none() && ear.run >= 3;
+            let goes_on = ear.speech_from.is_some() && ear.run >= 2;
+            if starts {
+                ear.speech_from = Some(now - Duration::from_millis(20) * (ear.run - 1));
+            }
+            if starts || goes_on {
+                ear.last_voice = Some(now);
+            }
+            return;
+        }
+        ear.run = 0;
+        if let (Some(from), Some(last)) = (ear.speech_from, ear.last_voice)
             && now.duration_since(last) >= Duration::from_millis(60)
         {
             // A stretch of speech ended; too short to count (a click) is dropped.
@@ -690,8 +709,11 @@ mod tests {
         let t0 = Instant::now();
         let mut t = free(0);
         t.handle(wake(), t0);
-        // A click (40 ms) is not speech; 5 s pass.
-        let a = talk(&mut t, t0, 0, 4980, |m| (1000..1040).contains(&m));
+        // A click (40 ms) is not speech, nor is noise that scores as speech
+        // in one frame of three; 5 s pass.
+        let a = talk(&mut t, t0, 0, 4980, |m| {
+            (1000..1040).contains(&m) || (m / 20) % 3 == 0
+        });
         assert!(a.is_empty(), "{a:?}");
         let a = talk(&mut t, t0, 4980, 5020, |_| false);
         assert_eq!(
@@ -705,6 +727,18 @@ mod tests {
         assert!(!a.iter().any(|x| matches!(x, Action::StoreQuestion { .. })));
         assert_eq!(t.state(), State::Idle);
         assert_eq!(t.deadline(), None);
+    }
+
+    #[test]
+    fn noise_after_the_question_does_not_hold_it_open() {
+        let t0 = Instant::now();
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        // The question, then a noisy room: one frame in three scores as speech.
+        let a = talk(&mut t, t0, 0, 2300, |m| {
+            (300..1500).contains(&m) || (m >= 1500 && (m / 20) % 3 == 0)
+        });
+        assert_eq!(a, vec![Action::Earcon(Earcon::Done), Action::StopListening]);
     }
 
     #[test]
