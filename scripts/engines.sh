@@ -62,7 +62,7 @@ launch() {
       LOCAL_TTS_DATA_DIR="$E/data/local-tts" "$V/local-tts" --host 127.0.0.1 --port "$port" ;;
     oww)
       [[ -x "$E/venv-oww/bin/python" ]] || { echo "engines.sh: $E/venv-oww is missing; run scripts/setup-local-engines.sh" >&2; return 1; }
-      "$E/venv-oww/bin/python" -m wyoming_openwakeword --uri "tcp://127.0.0.1:$port" --preload-model ok_nabu ;;
+      exec "$E/venv-oww/bin/python" -m wyoming_openwakeword --uri "tcp://127.0.0.1:$port" --preload-model ok_nabu ;;
   esac
 }
 

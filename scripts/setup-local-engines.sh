@@ -179,13 +179,15 @@ PIP="$PIP" WAKE_DIR="$ENGINES_DIR/wake" "$(dirname "$0")/setup-wake.sh"
 OWW_VER=1.8.2
 OWW="$ENGINES_DIR/venv-oww"
 if [[ -x "$OWW/bin/python" ]] && "$OWW/bin/python" -c 'import wyoming_openwakeword' 2>/dev/null \
-   && [[ "$("$OWW/bin/pip" show wyoming-openwakeword 2>/dev/null | sed -n 's/^Version: //p')" == "$OWW_VER" ]]; then
+   && [[ "$("$OWW/bin/pip" show wyoming-openwakeword 2>/dev/null | sed -n 's/^Version: //p')" == "$OWW_VER" ]] \
+   && "$OWW/bin/python" -c 'import numpy, sys; sys.exit(numpy.__version__ >= "2")'; then
   skip "wyoming-openwakeword present: $OWW"
 else
   log "wyoming-openwakeword==$OWW_VER in $OWW"
   [[ -x "$OWW/bin/python" ]] || "$PYTHON" -m venv "$OWW"
-  # wyoming 1.2.0 (pinned by it) is a pure-Python sdist: no compiler involved.
-  "$OWW/bin/pip" install -q --prefer-binary "wyoming-openwakeword==$OWW_VER"
+  # wyoming 1.2.0 (pinned by it) is a pure-Python sdist: no compiler involved. Its
+  # tflite-runtime build needs NumPy 1 (with NumPy 2 its model thread dies at the first audio).
+  "$OWW/bin/pip" install -q --prefer-binary "wyoming-openwakeword==$OWW_VER" "numpy<2"
 fi
 
 # ---------------------------------------------------------------- 5. llama-server (COMPILES)

@@ -462,3 +462,28 @@ async fn the_users_wake_word_over_the_reply_is_a_barge_in() {
     .await
     .unwrap();
 }
+
+#[test]
+#[ignore = "needs wyoming-openwakeword: WITH_WAKE=1 scripts/engines.sh start"]
+fn the_wyoming_engine_with_the_real_wyoming_openwakeword() {
+    let mut d = start(
+        "",
+        "engines = [\"oww\"]\n[engines.oww]\nkind = \"wyoming\"\nurl = \"tcp://127.0.0.1:10400\"\ntimeout_ms = 10000",
+    );
+    d.log
+        .wait_for("wake word: listening with oww", Duration::from_secs(20));
+    // openWakeWord's model hears Piper's voice (not espeak-ng's).
+    let said = d.env.path("okay_nabu.wav");
+    d.env
+        .run(&["say", "Okay Nabu.", "--out", said.to_str().unwrap()])
+        .ok();
+    d.say(&then(wav_16k(&said), 400, &wav_16k(QUESTION.as_ref())));
+    d.say(&silence(1500));
+    let line = d.log.wait_for("turn ", Duration::from_secs(120));
+    assert!(
+        line.contains("turn answered (wake word okay_nabu"),
+        "{line}"
+    );
+    assert_eq!(d.messages().len(), 2);
+    d.stop();
+}
