@@ -19,7 +19,8 @@ if [[ "$mode" == "--test" ]]; then
   # python3/sqlite3: lock and schema tests; pulseaudio + the ALSA pulse plugin:
   # real-time virtual microphone and speaker for audio tests; systemd:
   # systemd-analyze for tests/systemd_units.rs (works without systemd running).
-  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd)
+  # libspeexdsp1: the echo canceller pichat loads at run time (tests/hands_free.rs, audio::aec).
+  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd libspeexdsp1 espeak-ng)
 fi
 
 missing=()
