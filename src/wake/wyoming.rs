@@ -231,7 +231,10 @@ impl WakeStream for WyomingStream {
             json!({"rate": 16000, "width": 2, "channels": 1, "timestamp": self.position / 16}),
         );
         ev.payload = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-        match tokio::time::timeout(self.timeout, self.writer.write_all(&ev.encode())).await {
+        // The microphone waits for nobody: a service that stops reading for
+        // a second is failed over.
+        let limit = self.timeout.min(std::time::Duration::from_secs(1));
+        match tokio::time::timeout(limit, self.writer.write_all(&ev.encode())).await {
             Err(_) => return Err(fail("the service stopped taking audio".into())),
             Ok(Err(e)) => return Err(fail(format!("connection lost: {e}"))),
             Ok(Ok(())) => {}
@@ -268,6 +271,121 @@ impl WakeStream for WyomingStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wake::chain::Chain;
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+
+    /// A fake wake service speaking the real protocol: offers `ok_nabu_v0.1`,
+    /// answers `detection` after `after` audio chunks, and hangs up after
+    /// `hang_up` chunks.
+    async fn fake(after: usize, hang_up: usize) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = EventReader::new(r);
+                    let mut chunks = 0;
+                    while let Ok(Some(ev)) = r.next().await {
+                        match ev.kind.as_str() {
+                            "describe" => {
+                                let info = json!({"wake": [{"name": "openwakeword", "models": [{"name": "ok_nabu_v0.1"}]}]});
+                                let _ = w.write_all(&Event::new("info", info).encode()).await;
+                            }
+                            "audio-chunk" => {
+                                chunks += 1;
+                                if chunks == after {
+                                    let d = json!({"name": "ok_nabu_v0.1", "timestamp": 0});
+                                    let _ = w.write_all(&Event::new("detection", d).encode()).await;
+                                }
+                                if chunks == hang_up {
+                                    return;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn word() -> Word {
+        Word {
+            name: "okay_nabu".into(),
+            threshold: None,
+            trigger_level: 1,
+            refractory: Duration::from_millis(500),
+        }
+    }
+
+    #[tokio::test]
+    async fn detections_come_back_by_our_name() {
+        let port = fake(10, usize::MAX).await;
+        let e = WyomingWake::new(
+            "oww",
+            "127.0.0.1",
+            port,
+            Duration::from_secs(2),
+            vec![word()],
+        );
+        let mut s = e.open().await.unwrap();
+        assert_eq!(s.words(), vec!["okay_nabu"]);
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            s.push(&[0; 320], &mut out).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(
+            matches!(&out[..], [WakeEvent::Detected { word, .. }] if word == "okay_nabu"),
+            "{out:?}"
+        );
+        // A word the service does not offer is a clear error.
+        let mut w = word();
+        w.name = "hey_jarvis".into();
+        let e = WyomingWake::new("oww", "127.0.0.1", port, Duration::from_secs(2), vec![w]);
+        let err = e.open().await.err().unwrap().to_string();
+        assert!(
+            err.contains("does not offer \"hey_jarvis\" (it offers: ok_nabu_v0.1)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_that_hangs_up_fails_over_to_the_next() {
+        let first = fake(usize::MAX, 5).await;
+        let second = fake(20, usize::MAX).await;
+        let mk = |name: &str, port| -> Arc<dyn crate::wake::WakeEngine> {
+            Arc::new(WyomingWake::new(
+                name,
+                "127.0.0.1",
+                port,
+                Duration::from_secs(2),
+                vec![word()],
+            ))
+        };
+        let mut chain = Chain::new(vec![mk("first", first), mk("second", second)]);
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            chain.push(&[0; 320], &mut out).await;
+            if !out.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(chain.active(), Some("second"));
+        assert!(matches!(&out[..], [WakeEvent::Detected { .. }]), "{out:?}");
+        // Nothing listening at all: the chain stays quiet (the button works).
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut chain = Chain::new(vec![mk("gone", gone)]);
+        chain.push(&[0; 320], &mut out).await;
+        assert_eq!(chain.active(), None);
+    }
 
     #[test]
     fn names_match_across_versions() {
