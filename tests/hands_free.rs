@@ -487,3 +487,40 @@ fn the_wyoming_engine_with_the_real_wyoming_openwakeword() {
     assert_eq!(d.messages().len(), 2);
     d.stop();
 }
+
+#[test]
+#[ignore = "needs the wake models (scripts/test.sh)"]
+fn sighup_turns_the_wake_word_on_and_off() {
+    // Button only first; then the edited config asks for the wake word.
+    let mut d = start("", "engines = [\"micro\"]");
+    d.log
+        .wait_for("wake word: listening with micro", Duration::from_secs(10));
+    let cfg = std::fs::read_to_string(d.env.config()).unwrap();
+    std::fs::write(
+        d.env.config(),
+        cfg.replace("mode = \"wake\"", "mode = \"button\""),
+    )
+    .unwrap();
+    unsafe { libc::kill(d.child.0.id() as i32, libc::SIGHUP) };
+    d.log.wait_for("config reloaded", Duration::from_secs(10));
+    d.say(&then(wake_phrase(), 400, &wav_16k(QUESTION.as_ref())));
+    assert!(
+        d.log
+            .try_wait_for("turn ", Duration::from_secs(4))
+            .is_none(),
+        "the wake word is off: {:?}",
+        d.log.all
+    );
+    std::fs::write(d.env.config(), &cfg).unwrap();
+    unsafe { libc::kill(d.child.0.id() as i32, libc::SIGHUP) };
+    d.log
+        .wait_for("listening re-armed", Duration::from_secs(10));
+    d.log
+        .wait_for("wake word: listening with micro", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(800));
+    d.say(&then(wake_phrase(), 400, &wav_16k(QUESTION.as_ref())));
+    d.say(&silence(1500));
+    let line = d.log.wait_for("turn ", Duration::from_secs(120));
+    assert!(line.contains("turn answered (wake word"), "{line}");
+    d.stop();
+}
