@@ -291,7 +291,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // Detection rate.
     let mut noise = Noise::new(7);
-    let mut cases: Vec<(String, Vec<i16>)> = Vec::new();
+    let mut cases: Vec<(String, Vec<i16>, usize)> = Vec::new();
     let piper_phrases: Vec<(String, Vec<i16>)> = rt.block_on(async {
         let mut v = Vec::new();
         for p in PHRASES {
@@ -304,19 +304,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let speeds = [130, 165, 200];
     let levels = [0.0f32, -6.0, -12.0];
     let snrs = [None, Some(20.0f32), Some(10.0)];
-    let mut i = 0usize;
-    while cases.len() < args.utterances {
-        let v = VOICES[i % VOICES.len()];
-        let s = speeds[(i / VOICES.len()) % speeds.len()];
-        let p = PHRASES[(i / 2) % PHRASES.len()];
-        let (name, speech) = if !piper_phrases.is_empty() && i % 7 == 6 {
-            piper_phrases[i % piper_phrases.len()].clone()
-        } else {
-            (format!("{v} {s} wpm {p:?}"), espeak(p, v, s)?)
-        };
-        let gain = levels[i % levels.len()];
-        let snr = snrs[(i / levels.len()) % snrs.len()];
+    // Every espeak-ng voice at every speed saying every phrase, and Piper's
+    // voice; levels and noise spread over them.
+    let mut grid: Vec<(String, Vec<i16>)> = Vec::new();
+    for v in VOICES {
+        for s in speeds {
+            for p in PHRASES {
+                grid.push((format!("{v} {s} wpm {p:?}"), espeak(p, v, s)?));
+            }
+        }
+    }
+    for (i, (name, pcm)) in piper_phrases.iter().enumerate() {
+        grid.insert((i * 9 + 4).min(grid.len()), (name.clone(), pcm.clone()));
+    }
+    for (i, (name, speech)) in grid.into_iter().enumerate() {
+        if cases.len() >= args.utterances {
+            break;
+        }
+        let gain = levels[i % 3];
+        let snr = snrs[(i / 3 + i / 9) % 3];
         let pcm = scene(&speech, gain, snr, 16_000, 24_000, &mut noise);
+        // Where the voice ends (espeak-ng adds silence after it).
+        let voiced = speech
+            .chunks(160)
+            .rposition(|c| rms_db(c) > -45.0)
+            .map_or(speech.len(), |k| (k + 1) * 160);
         cases.push((
             format!(
                 "{name}, {gain:+.0} dB, {}",
@@ -324,16 +336,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .unwrap_or("clean".into())
             ),
             pcm,
+            16_000 + voiced,
         ));
-        i += 1;
+    }
+    if cases.is_empty() {
+        return rest(&args, &rt, &engine, &models);
     }
     let mut hits = 0;
     let mut misses = Vec::new();
     let mut lags = Vec::new();
-    for (name, pcm) in &cases {
+    for (name, pcm, voiced_end) in &cases {
         let d = detect(&engine, pcm)?;
-        // The speech ends 24_000 samples before the end of the scene.
-        let speech_end = pcm.len() as u64 - 24_000;
+        let speech_end = *voiced_end as u64;
         match d.first() {
             Some(&end) => {
                 hits += 1;
@@ -345,12 +359,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let voices = VOICES.len() + usize::from(!piper_phrases.is_empty());
+    let mut by_voice: Vec<(String, usize, usize)> = Vec::new();
+    for (name, ..) in &cases {
+        let v = name.split(' ').next().unwrap_or_default().to_string();
+        let missed = misses.iter().any(|m| m == name);
+        match by_voice.iter_mut().find(|b| b.0 == v) {
+            Some(b) => {
+                b.1 += usize::from(!missed);
+                b.2 += 1;
+            }
+            None => by_voice.push((v, usize::from(!missed), 1)),
+        }
+    }
     println!(
         "{:<34} {hits}/{} = {:.1} %   ({voices} voices, 3 speeds, 3 levels, clean / SNR 20 / 10 dB)   goal >= 95 %",
         "detection rate",
         cases.len(),
         hits as f64 * 100.0 / cases.len() as f64
     );
+    let per: Vec<String> = by_voice
+        .iter()
+        .map(|(v, h, n)| format!("{v} {h}/{n}"))
+        .collect();
+    println!("    per voice: {}", per.join(", "));
     for m in misses.iter().take(10) {
         println!("    missed: {m}");
     }
@@ -361,6 +392,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ms(Percentiles::new(lags).p(99.0))
     );
 
+    rest(&args, &rt, &engine, &models)
+}
+
+/// False accepts, then the virtual room.
+fn rest(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+    engine: &MicroEngine,
+    models: &Path,
+) -> anyhow::Result<()> {
+    let speeds = [130, 165, 200];
+    let levels = [0.0f32, -6.0, -12.0];
     // False accepts on an hour of speech without the wake word.
     if args.hours > 0.0 {
         let texts = fortunes()?;
@@ -419,7 +462,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     match Room::start() {
         Ok(room) => {
-            let r = rt.block_on(in_the_room(&args, &room, &models));
+            let r = rt.block_on(in_the_room(args, &room, models));
             if let Err(e) = r {
                 println!("virtual room: stopped ({e:#})");
             }
@@ -534,8 +577,9 @@ impl Room {
             .spawn()?)
     }
 
-    /// What is played on `spk` reaches `mic` at `percent` of its level.
-    fn leak(&self, percent: u32) -> anyhow::Result<()> {
+    /// What is played on `spk` reaches `mic` at `percent` of its level;
+    /// returns the loopback's module (to unload it).
+    fn leak(&self, percent: u32) -> anyhow::Result<String> {
         let module = self.pactl(&[
             "load-module",
             "module-loopback",
@@ -550,7 +594,7 @@ impl Room {
                 if block.contains(&format!("Owner Module: {module}")) {
                     let idx = block.lines().next().unwrap_or_default().trim().to_string();
                     self.pactl(&["set-sink-input-volume", &idx, &format!("{percent}%")])?;
-                    return Ok(());
+                    return Ok(module);
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -575,13 +619,18 @@ struct Daemon {
 
 impl Daemon {
     fn start(room: &Room, config: &str) -> anyhow::Result<Daemon> {
+        Self::start_with(room, config, "pulse")
+    }
+
+    /// With `input` as the microphone (`pulse`, or `wav:PATH` paced in real time).
+    fn start_with(room: &Room, config: &str, input: &str) -> anyhow::Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("h.db");
         let cfg = dir.path().join("pichat.toml");
         std::fs::write(
             &cfg,
             format!(
-                "[history]\npath = \"{}\"\n[audio]\ninput = \"pulse\"\noutput = \"pulse\"\nvolume = 1.0\n[ptt]\nsource = \"none\"\nsocket = \"{}\"\n{config}",
+                "[history]\npath = \"{}\"\n[audio]\ninput = \"{input}\"\noutput = \"pulse\"\nvolume = 1.0\n[ptt]\nsource = \"none\"\nsocket = \"{}\"\n{config}",
                 db.display(),
                 dir.path().join("ctl.sock").display()
             ),
@@ -726,9 +775,13 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             "[listen]\nmode = \"wake\"\nno_speech_timeout_s = 1.0\necho_cancel = false\n{wake}"
         );
         let _d = tokio::task::block_in_place(|| Daemon::start(room, &cfg))?;
+        // The earcon reaches the microphone's recording through the room's
+        // leak, so phrase and earcon are in one recording (the leak's own
+        // latency, some tens of ms, is counted in: an upper bound).
+        let leak = room.leak(100)?;
         let dir = tempfile::tempdir()?;
-        let rec_path = dir.path().join("spk.raw");
-        let mut rec = room.record("spk.monitor", &rec_path)?;
+        let rec_path = dir.path().join("mic.raw");
+        let mut rec = room.record("mic.monitor", &rec_path)?;
         std::thread::sleep(Duration::from_millis(300));
         let mut ends = Vec::new();
         let mut stream: Vec<i16> = vec![0; 8000];
@@ -740,10 +793,11 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             // Silence: the earcon, the no-speech timeout, its earcon.
             stream.extend(std::iter::repeat_n(0, 16_000 * 3));
         }
-        tokio::task::block_in_place(|| room.play("both", &stream))?;
+        tokio::task::block_in_place(|| room.play("mic", &stream))?;
         std::thread::sleep(Duration::from_millis(500));
         let _ = rec.kill();
         let _ = rec.wait();
+        room.pactl(&["unload-module", &leak])?;
         let rec = read_raw(&rec_path);
         // In the recording: each listening earcon (a 660 Hz tone), and
         // the end of the voice before it.
@@ -788,6 +842,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
         let q = question()?;
         let phrase = espeak(PHRASES[0], "en-us", 150)?;
         let mut figures = Vec::new();
+        let mut parts: [Vec<Duration>; 3] = Default::default();
         let mut silence_ms = 0;
         for i in 0..=args.turns {
             let mut utt = phrase.clone();
@@ -801,13 +856,18 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             if i == 0 {
                 continue; // the first turn warms the models up
             }
-            if let Some(v) = line
-                .split("speech_end_to_audio=")
-                .nth(1)
-                .and_then(|r| r.split("ms").next())
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                figures.push(Duration::from_millis(v));
+            let field = |name: &str| {
+                line.split(&format!("{name}="))
+                    .nth(1)
+                    .and_then(|r| r.split("ms").next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_millis)
+            };
+            if let Some(v) = field("speech_end_to_audio") {
+                figures.push(v);
+                for (i, n) in ["stt", "llm_first_token", "first_audio"].iter().enumerate() {
+                    parts[i].push(field(n).unwrap_or_default());
+                }
             }
             silence_ms = 700;
             std::thread::sleep(Duration::from_millis(1500));
@@ -820,11 +880,18 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             ms(p.p(90.0)),
             figures.len()
         );
+        let med = |v: &Vec<Duration>| ms(Percentiles::new(v.clone()).p(50.0));
+        println!(
+            "    p50 of its parts: speech-to-text {}, LLM first token {}, first sentence to audio {}",
+            med(&parts[0]),
+            med(&parts[1]),
+            med(&parts[2])
+        );
     }
 
     // Its own voice.
     if args.replies > 0 || args.barge_ins > 0 {
-        room.leak(60)?;
+        let _leak = room.leak(60)?;
         let says = "Okay Nabu. My name is Okay Nabu. You can call me Okay Nabu at any time, and Okay Nabu will answer.";
         let fake = super::fakes::llm(super::fakes::LlmMode::Tokens {
             tokens: says.split_inclusive(' ').map(str::to_string).collect(),
@@ -929,6 +996,36 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
 }
 
 async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
+    // The same audio for everyone: speech without the wake word, over noise.
+    let texts = fortunes()?;
+    let mut audio = Vec::new();
+    let mut noise = Noise::new(3);
+    let mut k = 0;
+    while audio.len() < (args.cpu_seconds as usize + 15) * 16_000 {
+        let s = espeak(&texts[k % texts.len()], VOICES[k % VOICES.len()], 160)?;
+        audio.extend(scene(&s, -6.0, Some(20.0), 4000, 4000, &mut noise));
+        k += 1;
+    }
+    let dir = tempfile::tempdir()?;
+    let wav = dir.path().join("speech.wav");
+    crate::audio::wav::write(&wav, &audio, 16_000)?;
+    println!(
+        "armed and waiting, a WAV file as the microphone (paced in real time): the pipeline's own cost"
+    );
+    cpu_round(args, room, models, &format!("wav:{}", wav.display()), None).await?;
+    println!(
+        "armed and waiting, the virtual room's PulseAudio microphone (cpal through ALSA's pulse plugin)"
+    );
+    cpu_round(args, room, models, "pulse", Some(&audio)).await
+}
+
+async fn cpu_round(
+    args: &Args,
+    room: &Room,
+    models: &Path,
+    input: &str,
+    play: Option<&[i16]>,
+) -> anyhow::Result<()> {
     let py = args
         .oww_python
         .clone()
@@ -972,7 +1069,8 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
             );
             let mut found = None;
             for _ in 0..40 {
-                if let Ok(d) = tokio::task::block_in_place(|| Daemon::start(room, &cfg)) {
+                if let Ok(d) = tokio::task::block_in_place(|| Daemon::start_with(room, &cfg, input))
+                {
                     found = Some(d);
                     break;
                 }
@@ -982,40 +1080,30 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // The same audio for both: speech without the wake word, over noise.
-    let texts = fortunes()?;
-    let mut audio = Vec::new();
-    let mut noise = Noise::new(3);
-    let mut k = 0;
-    while audio.len() < args.cpu_seconds as usize * 16_000 + 32_000 {
-        let s = espeak(&texts[k % texts.len()], VOICES[k % VOICES.len()], 160)?;
-        audio.extend(scene(&s, -6.0, Some(20.0), 4000, 4000, &mut noise));
-        k += 1;
-    }
-    let player = {
-        let mut c = room.cmd("pacat");
-        c.args([
-            "--latency-msec=20",
-            "-p",
-            "--raw",
-            "--format=s16le",
-            "--rate=16000",
-            "--channels=1",
-            "-d",
-            "mic",
-        ])
-        .stdin(Stdio::piped());
-        c.spawn()?
+    let mut player = match play {
+        Some(audio) => {
+            let mut c = room.cmd("pacat");
+            c.args([
+                "--latency-msec=20",
+                "-p",
+                "--raw",
+                "--format=s16le",
+                "--rate=16000",
+                "--channels=1",
+                "-d",
+                "mic",
+            ])
+            .stdin(Stdio::piped());
+            let mut child = c.spawn()?;
+            let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("pacat"))?;
+            let raw: Vec<u8> = audio.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let writer = std::thread::spawn(move || {
+                let _ = stdin.write_all(&raw);
+            });
+            Some((child, writer))
+        }
+        None => None,
     };
-    let mut player = player;
-    let mut stdin = player
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("pacat"))?;
-    let raw: Vec<u8> = audio.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&raw);
-    });
     std::thread::sleep(Duration::from_secs(2));
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let pids: Vec<(String, u32)> = [
@@ -1057,9 +1145,11 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
             cpu[0] / cpu[2]
         );
     }
-    let _ = player.kill();
-    let _ = player.wait();
-    let _ = writer.join();
+    if let Some((mut child, writer)) = player.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = writer.join();
+    }
     drop(ours);
     drop(theirs);
     if let Some(o) = oww.as_mut() {
