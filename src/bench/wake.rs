@@ -957,6 +957,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             let cfg = format!("[listen]\nmode = \"wake\"\nno_speech_timeout_s = 1.5\n{wake}{llm}");
             let mut d = tokio::task::block_in_place(|| Daemon::start(room, &cfg))?;
             let mut barged = 0;
+            let mut missed_by = Vec::new();
             for i in 0..args.barge_ins {
                 let mut utt = phrase.clone();
                 utt.extend(std::iter::repeat_n(0, 6400));
@@ -974,12 +975,14 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
                 if line.contains("interrupted") {
                     barged += 1;
                     tokio::task::block_in_place(|| d.wait_for("turn ", Duration::from_secs(10)));
+                } else {
+                    missed_by.push(VOICES[i % VOICES.len()]);
                 }
                 std::thread::sleep(Duration::from_millis(1000));
                 d.drain();
             }
             println!(
-                "{:<34} {barged}/{} = {:.0} %   goal >= 90 %",
+                "{:<34} {barged}/{} = {:.0} %   goal >= 90 %   (missed, by voice: {missed_by:?})",
                 "user's wake word over a reply",
                 args.barge_ins,
                 barged as f64 * 100.0 / args.barge_ins.max(1) as f64
