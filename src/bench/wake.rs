@@ -801,23 +801,36 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
         let rec = read_raw(&rec_path);
         // In the recording: each listening earcon (a 660 Hz tone), and
         // the end of the voice before it.
-        let blocks: Vec<(f32, f32)> = rec
+        // The earcon is 70 ms at 660 Hz, 20 ms of silence, 90 ms at 880 Hz:
+        // five blocks of the first tone and an 880 Hz block after them; no
+        // voice holds a pure tone that long.
+        let blocks: Vec<(f32, f32, f32)> = rec
             .chunks(160)
-            .map(|c| (block_db(c), tone_ratio(c, 660.0)))
+            .map(|c| (block_db(c), tone_ratio(c, 660.0), tone_ratio(c, 880.0)))
             .collect();
+        let is_earcon = |k: usize| {
+            k + 16 < blocks.len()
+                && (k..k + 5).all(|i| blocks[i].1 > 0.7 && blocks[i].0 > -40.0)
+                && (k + 7..k + 16).any(|i| blocks[i].2 > 0.7)
+        };
         let mut lat = Vec::new();
         let mut k = 0;
         while k < blocks.len() {
-            if blocks[k].1 > 0.6 && blocks[k].0 > -40.0 {
-                // Back over the earcon's own fade-in to the last voiced block.
-                let mut j = k;
-                while j > 0 && (blocks[j - 1].0 < -45.0 || blocks[j - 1].1 > 0.6) {
+            if is_earcon(k) {
+                // The earcon's first, partial block; then back over the
+                // quiet to the last voiced block of the phrase.
+                let mut onset = k;
+                while onset > 0 && blocks[onset - 1].0 > -45.0 && blocks[onset - 1].1 > 0.2 {
+                    onset -= 1;
+                }
+                let mut j = onset;
+                while j > 0 && blocks[j - 1].0 < -45.0 {
                     j -= 1;
                 }
-                if j > 0 && k - j < 200 {
-                    lat.push(Duration::from_millis((k - j) as u64 * 10));
+                if j > 0 && onset - j < 200 {
+                    lat.push(Duration::from_millis((onset - j) as u64 * 10));
                 }
-                // Skip this earcon (and the error earcon after the timeout).
+                // Past this earcon and the error earcon after the timeout.
                 k += 250;
             } else {
                 k += 1;
