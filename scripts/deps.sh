@@ -19,9 +19,10 @@ if [[ "$mode" == "--test" ]]; then
   # python3/sqlite3: lock and schema tests; pulseaudio + the ALSA pulse plugin:
   # real-time virtual microphone and speaker for audio tests; systemd:
   # systemd-analyze for tests/systemd_units.rs (works without systemd running).
+  # libspeexdsp1: the echo canceller pichat loads at run time (tests/hands_free.rs, audio::aec).
   # chromium + chromium-driver: the web app's tests drive Debian's browser
   # headless over WebDriver (tests/web_app.rs); never a browser download.
-  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd chromium chromium-driver)
+  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd chromium chromium-driver libspeexdsp1 espeak-ng)
 fi
 
 missing=()

@@ -8,11 +8,12 @@
 #   wyoming-piper (Piper en_US-joe-medium)           tcp://127.0.0.1:10200      engine "piper"
 #   faster-whisper-server (OpenAI transcriptions)    http://127.0.0.1:18000/v1  (optional, WITH_OPENAI=1)
 #   local-tts-studio (OpenAI speech)                 http://127.0.0.1:17878/v1  (optional, WITH_OPENAI=1)
+#   wyoming-openwakeword (wake words, ok_nabu...)     tcp://127.0.0.1:10400      (optional, WITH_WAKE=1)
 #
 # Usage: scripts/engines.sh start|stop|status|restart
 # Env: ENGINES_DIR (as for setup-local-engines.sh), LLM_THREADS (default 1:
 # llama.cpp threads spin, so with 2 cores leave one to the rest);
-# LLAMA_PORT, WHISPER_PORT, PIPER_PORT, FWS_PORT, LOCALTTS_PORT move an engine
+# LLAMA_PORT, WHISPER_PORT, PIPER_PORT, FWS_PORT, LOCALTTS_PORT, OWW_PORT move an engine
 # off its default port (the tests use spare ports).
 #
 # Each engine runs as its own process group whose leader's pid is in
@@ -37,6 +38,9 @@ services() {
   if [[ "${WITH_OPENAI:-0}" == 1 ]]; then
     echo "fws ${FWS_PORT:-18000}"
     echo "localtts ${LOCALTTS_PORT:-17878}"
+  fi
+  if [[ "${WITH_WAKE:-0}" == 1 ]]; then
+    echo "oww ${OWW_PORT:-10400}"
   fi
 }
 
@@ -127,6 +131,9 @@ launch() {
       HF_HUB_OFFLINE=1 exec setsid "$V/faster-whisper-server" "$E/models/whisper-tiny.en-ct2" --host 127.0.0.1 --port "$port" ;;
     localtts)
       LOCAL_TTS_DATA_DIR="$E/data/local-tts" exec setsid "$V/local-tts" --host 127.0.0.1 --port "$port" ;;
+    oww)
+      [[ -x "$E/venv-oww/bin/python" ]] || { echo "engines.sh: $E/venv-oww is missing; run scripts/setup-local-engines.sh" >&2; return 1; }
+      exec setsid "$E/venv-oww/bin/python" -m wyoming_openwakeword --uri "tcp://127.0.0.1:$port" --preload-model ok_nabu ;;
   esac
 }
 
@@ -196,7 +203,7 @@ stop() {
     elif port_open "$port"; then
       echo "  $name: port $port is held by a process we cannot see; left alone"
     fi
-  done < <(WITH_OPENAI=1 services)
+  done < <(WITH_OPENAI=1 WITH_WAKE=1 services)
   return $failed
 }
 

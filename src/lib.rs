@@ -4,6 +4,7 @@
 pub mod audio;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod engines;
 pub mod history;
@@ -13,6 +14,8 @@ pub mod ptt;
 pub mod server;
 pub mod service;
 pub mod signals;
+pub mod supervisor;
 pub mod sync;
 pub mod time;
 pub mod voice;
+pub mod wake;

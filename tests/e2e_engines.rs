@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Env, Pulse, wait_timeout};
+use common::{Env, Log, Pulse, wait_timeout};
 
 const QUESTION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/question.wav");
 
@@ -242,50 +241,6 @@ fn speak_into_mic(pulse: &Pulse, wav: &str) {
     std::io::Write::write_all(p.stdin.as_mut().unwrap(), &raw).unwrap();
     drop(p.stdin.take());
     assert!(wait_timeout(&mut p, Duration::from_secs(30)).is_some_and(|s| s.success()));
-}
-
-/// The daemon's log, read line by line on a thread.
-struct Log {
-    lines: std::sync::mpsc::Receiver<String>,
-    all: Vec<String>,
-}
-
-impl Log {
-    fn new(stderr: std::process::ChildStderr) -> Log {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(l);
-            }
-        });
-        Log {
-            lines: rx,
-            all: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`.
-    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
-        let end = Instant::now() + within;
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.all.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line with {needle:?}; the daemon said:\n{}",
-            self.all.join("\n")
-        );
-    }
 }
 
 fn loud(samples: &[i16]) -> bool {

@@ -41,6 +41,7 @@ struct Engines {
     dir: tempfile::TempDir,
     /// llama, whisper, piper, fws, localtts
     ports: [u16; 5],
+    oww_port: u16,
 }
 
 const NAMES: [&str; 5] = ["llama", "whisper", "piper", "fws", "localtts"];
@@ -73,6 +74,7 @@ impl Engines {
         Engines {
             dir,
             ports: std::array::from_fn(|_| spare_port()),
+            oww_port: spare_port(),
         }
     }
 
@@ -83,6 +85,9 @@ impl Engines {
             c.env(var, port.to_string());
         }
         c.env("WITH_OPENAI", if with_openai { "1" } else { "0" });
+        // The wake-word service is not stubbed: keep `stop` off the real
+        // one's port (CI runs it) with a port nothing listens on.
+        c.env("OWW_PORT", self.oww_port.to_string());
         c.output().unwrap()
     }
 

@@ -6,6 +6,7 @@
 //! `capture.rs` / `playback.rs` (cpal, each stream on its own thread, since a
 //! cpal stream is not `Send`) and `wav.rs` (a WAV file instead of a device).
 
+pub mod aec;
 pub mod capture;
 pub mod devices;
 pub mod earcon;
@@ -83,6 +84,11 @@ pub trait AudioSink: Send + Sync {
     fn rate(&self) -> u32;
     /// What this sink is, for logs.
     fn describe(&self) -> String;
+    /// What it plays, as it is handed to the device, for echo
+    /// cancellation (`None`: nothing reaches a room, e.g. a WAV file).
+    fn reference(&self) -> Option<std::sync::Arc<aec::Reference>> {
+        None
+    }
 }
 
 /// Waits until everything queued so far has been heard (or flushed).

@@ -40,6 +40,8 @@ struct Shared {
     /// The stream's rate, chosen when it is first needed.
     rate: Mutex<Option<u32>>,
     converter: Mutex<Option<Converter>>,
+    /// What is written to the device, for echo cancellation.
+    reference: Arc<super::aec::Reference>,
 }
 
 enum Cmd {
@@ -95,6 +97,7 @@ impl CpalSink {
             volume: AtomicU32::new(volume.clamp(0.0, 1.0).to_bits()),
             rate: Mutex::new(None),
             converter: Mutex::new(None),
+            reference: Arc::default(),
         });
         let (cmd, rx) = std_mpsc::channel();
         let thread_shared = shared.clone();
@@ -206,6 +209,10 @@ impl AudioSink for CpalSink {
     fn describe(&self) -> String {
         self.name.clone()
     }
+
+    fn reference(&self) -> Option<Arc<super::aec::Reference>> {
+        Some(self.shared.reference.clone())
+    }
 }
 
 impl CpalSink {
@@ -304,6 +311,11 @@ fn open_stream(
                 }
             });
         }
+        let ts = info.timestamp();
+        let delay = ts.playback.duration_since(ts.callback);
+        cb_shared
+            .reference
+            .push(rate, &mono, std::time::Instant::now() + delay);
         write_out(data, &mono, channels);
     };
     let log = std::sync::Arc::new(Mutex::new(super::ErrorLog::new(format!("playback {name}"))));

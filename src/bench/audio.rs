@@ -121,7 +121,7 @@ fn latency(spec: DeviceSpec, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -131,7 +131,7 @@ fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
-fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     Ok(status
         .lines()

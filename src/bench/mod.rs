@@ -9,6 +9,7 @@ mod server_reads;
 mod service;
 mod sync;
 mod voice;
+mod wake;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,6 +30,8 @@ pub enum BenchCmd {
     Sync(sync::Args),
     /// The services as systemd sees them: cold start to READY, reload time.
     Service(service::Args),
+    /// Hands-free: wake detection rate and false accepts, latencies, its own voice, armed CPU and memory.
+    Wake(wake::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -39,6 +42,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Server(a) => server::run(a),
         BenchCmd::Sync(a) => sync::run(a),
         BenchCmd::Service(a) => service::run(a),
+        BenchCmd::Wake(a) => wake::run(a),
     }
     .map(|()| ExitCode::SUCCESS)
 }

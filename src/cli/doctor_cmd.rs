@@ -1,6 +1,7 @@
 //! `pichat doctor`: checks everything the assistant needs, for real, and
 //! prints a table: the config, the audio devices (each opened briefly), the
-//! push-to-talk source, every configured engine (one tiny request each),
+//! push-to-talk source, the wake word engines and the voice activity
+//! detector, every configured engine (one tiny request each),
 //! the chat server, free disk and the database's integrity. Exit 1 when
 //! something required fails.
 
@@ -191,6 +192,43 @@ async fn check_all(cfg: &Config, rep: &mut Report) {
         ),
     }
 
+    // Hands-free listening: the wake word engines and the voice activity detector.
+    if cfg.listen.mode.wake() {
+        check_wake(cfg, rep).await;
+    }
+    let mut vad = crate::voice::ear::Vad::new(cfg.listen.vad_threshold);
+    let silent = (0..50).filter(|_| vad.frame(&[0; audio::FRAME])).count();
+    let mut noise = 12345u32;
+    let hiss: Vec<i16> = (0..audio::FRAME * 50)
+        .map(|_| {
+            noise = noise.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            ((noise >> 16) as i16) / 64
+        })
+        .collect();
+    let hissing = hiss.chunks(audio::FRAME).filter(|f| vad.frame(f)).count();
+    rep.add(
+        "voice activity (earshot)",
+        if silent == 0 && hissing < 10 { Status::Ok } else { Status::Warn },
+        format!(
+            "threshold {:.2}: {silent} of 50 frames of silence and {hissing} of 50 of hiss taken for speech",
+            cfg.listen.vad_threshold
+        ),
+    );
+    if cfg.listen.mode.wake() && cfg.listen.echo_cancel {
+        let r = audio::aec::EchoCanceller::new(
+            std::sync::Arc::default(),
+            cfg.listen.echo_tail.as_millis() as u32,
+            Path::new(audio::aec::LIBRARY),
+        );
+        rep.result("echo cancellation", false, r, |_| {
+            format!(
+                "{} loaded, {} ms tail",
+                audio::aec::LIBRARY,
+                cfg.listen.echo_tail.as_millis()
+            )
+        });
+    }
+
     // Engines, one small real request each.
     for (stage, names) in [
         ("stt", &cfg.stt.engines),
@@ -268,6 +306,66 @@ async fn check_all(cfg: &Config, rep: &mut Report) {
             Status::Ok,
             format!("{}: not created yet", cfg.history.path.display()),
         );
+    }
+}
+
+/// Each wake word engine: opened for the configured words, fed a second of
+/// silence (which must not wake it), with its cost.
+async fn check_wake(cfg: &Config, rep: &mut Report) {
+    let engines = match crate::wake::build(cfg) {
+        Ok(e) => e,
+        Err(e) => {
+            rep.add("wake word", Status::Fail, e.to_string());
+            return;
+        }
+    };
+    let mut any = false;
+    let n = engines.len();
+    for (i, e) in engines.iter().enumerate() {
+        let t = Instant::now();
+        let r = async {
+            let mut s = e.open().await?;
+            let opened = t.elapsed();
+            let mut out = Vec::new();
+            let t1 = Instant::now();
+            for _ in 0..50 {
+                s.push(&[0; audio::FRAME], &mut out).await?;
+            }
+            let fed = t1.elapsed();
+            let woke = out
+                .iter()
+                .any(|e| matches!(e, crate::wake::WakeEvent::Detected { .. }));
+            Ok::<_, crate::wake::WakeError>((s.words(), opened, fed, woke))
+        }
+        .await;
+        any |= r.as_ref().is_ok_and(|x| !x.3);
+        let label = format!("wake engine {}", e.name());
+        match r {
+            Ok((words, opened, fed, false)) => rep.add(
+                label,
+                Status::Ok,
+                format!(
+                    "{}: opened in {} ms; 1 s of silence took {:.1} ms and did not wake it",
+                    words.join(", "),
+                    opened.as_millis(),
+                    fed.as_secs_f64() * 1000.0
+                ),
+            ),
+            Ok((_, _, _, true)) => rep.add(label, Status::Fail, "woke on a second of silence"),
+            // The last engine failing with none working leaves the button alone.
+            Err(err) => rep.add(
+                label,
+                Status::Warn,
+                format!(
+                    "{err}{}",
+                    if i + 1 == n && !any {
+                        "; only the button will start turns"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod audio_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod history_cmd;
+mod listen_cmd;
 mod safe_text;
 mod server_cmd;
 mod sync_cmd;
@@ -54,6 +55,9 @@ pub enum Command {
     Record(audio_cmd::RecordArgs),
     /// Play a WAV file on the speaker.
     Play(audio_cmd::PlayArgs),
+    /// Watch hands-free listening live: wake word scores, voice activity, levels.
+    #[command(subcommand)]
+    Listen(listen_cmd::ListenCmd),
     /// Push-to-talk by command (through the daemon's control socket), or watch the button.
     #[command(subcommand)]
     Ptt(audio_cmd::PttCmd),
@@ -95,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record(a) => audio_cmd::record(a, cli.config.as_deref()),
         Command::Play(a) => audio_cmd::play(a, cli.config.as_deref()),
         Command::Ptt(c) => audio_cmd::ptt(c, cli.config.as_deref()),
+        Command::Listen(c) => listen_cmd::run(c, cli.config.as_deref()),
         Command::Serve(a) => server_cmd::serve(a, cli.config.as_deref()),
         Command::Token(a) => server_cmd::token(a, cli.config.as_deref()),
         Command::Bench(cmd) => crate::bench::run(cmd),

@@ -214,6 +214,34 @@ pub fn token(args: TokenArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// What SIGHUP does to `pichat serve`: check the edited config, say that
+/// changes apply at restart.
+struct ServeReload<'a> {
+    cli_config: Option<&'a Path>,
+    addr: SocketAddr,
+}
+
+impl crate::supervisor::Reload for ServeReload<'_> {
+    fn status(&self) -> String {
+        format!("serving on {}", self.addr)
+    }
+
+    async fn reload(&mut self) {
+        let (path, origin) = crate::config::locate(self.cli_config);
+        match crate::config::load_file(&path, origin != crate::config::ConfigOrigin::Default) {
+            Ok(_) => tracing::warn!(
+                "{}: valid; the server applies config changes at restart (systemctl restart pichat-server)",
+                path.display()
+            ),
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!("config not valid, the running server is unchanged: {line}");
+                }
+            }
+        }
+    }
+}
+
 pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let loaded = super::load_config(cli_config)?;
     let cfg = loaded.config;
@@ -276,42 +304,13 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         let _ = std::io::stdout().flush();
         let shutdown = crate::signals::shutdown_token();
         // systemd (Type=notify): ready, a watchdog, and SIGHUP that checks
-        // the edited config instead of killing the server.
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let server = tokio::spawn(server::run(listener, handle, engines, opts, shutdown.clone()));
-        crate::service::ready(&format!("serving on {addr}"));
-        let mut watchdog = crate::service::watchdog_interval().map(tokio::time::interval);
-        let mut server = std::pin::pin!(server);
-        loop {
-            tokio::select! {
-                r = &mut server => {
-                    crate::service::stopping();
-                    r??;
-                    break;
-                }
-                _ = hangup.recv() => {
-                    crate::service::reloading();
-                    let (path, origin) = crate::config::locate(cli_config);
-                    match crate::config::load_file(&path, origin != crate::config::ConfigOrigin::Default) {
-                        Ok(_) => tracing::warn!(
-                            "{}: valid; the server applies config changes at restart (systemctl restart pichat-server)",
-                            path.display()
-                        ),
-                        Err(e) => {
-                            for line in e.to_string().lines() {
-                                tracing::error!("config not valid, the running server is unchanged: {line}");
-                            }
-                        }
-                    }
-                    crate::service::ready(&format!("serving on {addr}"));
-                }
-                _ = async {
-                    match watchdog.as_mut() {
-                        Some(w) => { w.tick().await; }
-                        None => std::future::pending().await,
-                    }
-                } => crate::service::watchdog(),
-            }
+        // the edited config instead of killing the server. The loop ends
+        // when the server does (it watches `shutdown` itself).
+        let server = tokio::spawn(server::run(listener, handle, engines, opts, shutdown));
+        let mut sup = ServeReload { cli_config, addr };
+        let never = tokio_util::sync::CancellationToken::new();
+        if let Some(r) = crate::supervisor::run(&mut sup, server, &never).await? {
+            r??;
         }
         Ok::<(), anyhow::Error>(())
     });

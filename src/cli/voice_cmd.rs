@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use tokio_util::task::TaskTracker;
 
 use crate::audio::earcon::Earcons;
 use crate::audio::{self, AudioSink, AudioSource};
@@ -102,205 +101,9 @@ pub fn run(cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
         let shutdown = crate::signals::shutdown_token();
-        let (history, store) = open_history(&cfg)?;
-        let sink = output(&cfg, None)?;
-        let source = audio::open_input(&cfg.audio.input)?;
-        let earcons = Earcons::load(&cfg.audio)?;
-        let engines = Engines::from_config(&cfg)?;
-        let (hub, ptt_rx) = crate::ptt::PttHub::new();
-        let mut ptt = Ptt::arm(&cfg.ptt, &hub, &shutdown)?;
-        let ready = format!(
-            "ready: microphone {}, speaker {}, push-to-talk {}, history {}",
-            source.describe(),
-            sink.describe(),
-            ptt.armed.sources.join(" + "),
-            cfg.history.path.display()
-        );
-        let mut voice = Voice::new(
-            &cfg,
-            VoiceParts {
-                history: history.clone(),
-                engines,
-                source: Some(source),
-                sink,
-                earcons,
-            },
-        );
-        let (control, control_rx) = tokio::sync::mpsc::channel(4);
-        let tracker = TaskTracker::new();
-        // The sync with the chat server, if configured: it only reads and
-        // writes the local store; no turn ever waits on it.
-        let kick = std::sync::Arc::new(tokio::sync::Notify::new());
-        voice.sync_kick = Some(kick.clone());
-        let mut sync_token = start_sync(&cfg, &history, &kick, &tracker, &shutdown);
-        tracker.spawn(daemon::run(voice, ptt_rx, control_rx, shutdown.clone()));
-        // Reload requests are taken from here on (before READY: systemd may
-        // send one as soon as it sees READY).
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        tracing::info!("{ready} (in {} ms)", started.elapsed().as_millis());
-        crate::service::ready("listening for push-to-talk");
-
-        let mut current = cfg;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = hangup.recv() => {
-                    let t = std::time::Instant::now();
-                    crate::service::reloading();
-                    if let Some(next) = reload(&path, must_exist, &current, &hub, &mut ptt, &shutdown, &control).await {
-                        if next.sync != current.sync {
-                            sync_token.cancel();
-                            sync_token = start_sync(&next, &history, &kick, &tracker, &shutdown);
-                            tracing::info!("sync target changed: restarted");
-                        }
-                        current = next;
-                        tracing::info!("config reloaded from {} in {} ms", path.display(), t.elapsed().as_millis());
-                    }
-                    crate::service::ready("listening for push-to-talk");
-                }
-            }
-        }
-        crate::service::stopping();
-        tracker.close();
-        tracker.wait().await;
-        ptt.disarm().await;
-        drop(history);
-        tokio::task::spawn_blocking(move || store.join()).await?;
-        tracing::info!("stopped");
-        anyhow::Ok(())
+        crate::voice::service::run(&path, must_exist, cfg, started, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Starts the sync task when `sync.url` is set; returns its stop token.
-fn start_sync(
-    cfg: &Config,
-    history: &HistoryHandle,
-    kick: &std::sync::Arc<tokio::sync::Notify>,
-    tracker: &TaskTracker,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> tokio_util::sync::CancellationToken {
-    let token = shutdown.child_token();
-    if cfg.sync.url.is_some() {
-        tracker.spawn(crate::sync::run(
-            cfg.sync.clone(),
-            history.clone(),
-            kick.clone(),
-            token.clone(),
-        ));
-    }
-    token
-}
-
-/// The armed push-to-talk sources, on their own tracker so they can be
-/// re-armed on reload (the old ones fully gone before the new ones bind).
-struct Ptt {
-    armed: crate::ptt::Armed,
-    token: tokio_util::sync::CancellationToken,
-    tracker: TaskTracker,
-}
-
-impl Ptt {
-    fn arm(
-        cfg: &crate::config::PttConfig,
-        hub: &crate::ptt::PttHub,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<Ptt> {
-        let token = shutdown.child_token();
-        let tracker = TaskTracker::new();
-        let armed = crate::ptt::arm(cfg, hub, &tracker, &token)?;
-        Ok(Ptt {
-            armed,
-            token,
-            tracker,
-        })
-    }
-
-    async fn disarm(self) {
-        self.token.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-        drop(self.armed);
-    }
-}
-
-/// Re-reads and applies the config (SIGHUP). An invalid file changes
-/// nothing: its problems are logged with their lines. Returns the config
-/// now in force when it changed.
-async fn reload(
-    path: &Path,
-    must_exist: bool,
-    current: &Config,
-    hub: &crate::ptt::PttHub,
-    ptt: &mut Ptt,
-    shutdown: &tokio_util::sync::CancellationToken,
-    control: &tokio::sync::mpsc::Sender<daemon::Control>,
-) -> Option<Config> {
-    let next = match crate::config::load_file(path, must_exist) {
-        Ok(l) => l.config,
-        Err(e) => {
-            for line in e.to_string().lines() {
-                tracing::error!("reload refused, the running config stays: {line}");
-            }
-            return None;
-        }
-    };
-    let engines = match Engines::from_config(&next) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!("reload refused, the running config stays: {e}");
-            return None;
-        }
-    };
-    let earcons = match Earcons::load(&next.audio) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!("reload refused, the running config stays: {e}");
-            return None;
-        }
-    };
-    let mut restart = Vec::new();
-    if next.audio.input != current.audio.input {
-        restart.push("audio.input");
-    }
-    if next.audio.output != current.audio.output {
-        restart.push("audio.output");
-    }
-    if next.history != current.history {
-        restart.push("[history]");
-    }
-    if next.log != current.log {
-        restart.push("[log]");
-    }
-    if !restart.is_empty() {
-        tracing::warn!(
-            "changed but applied only at restart: {}",
-            restart.join(", ")
-        );
-    }
-    if next.ptt != current.ptt {
-        let old = std::mem::replace(
-            ptt,
-            match Ptt::arm(&next.ptt, hub, &shutdown.child_token()) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!("reload refused, the running config stays: {e:#}");
-                    return None;
-                }
-            },
-        );
-        old.disarm().await;
-        tracing::info!("push-to-talk re-armed: {}", ptt.armed.sources.join(" + "));
-    }
-    let cfg = next.clone();
-    let apply: daemon::Control = Box::new(move |v: &mut Voice| {
-        v.reconfigure(&cfg, engines);
-        v.set_earcons(earcons);
-    });
-    if control.send(apply).await.is_err() {
-        return None;
-    }
-    Some(next)
 }
 
 pub fn ask(args: AskArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -366,7 +169,9 @@ pub fn ask(args: AskArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode>
         }
         match report.outcome {
             Some(Outcome::Answered) => {}
-            Some(Outcome::NothingHeard) => eprintln!("pichat: nothing was heard in the recording"),
+            Some(Outcome::NothingHeard | Outcome::NoSpeech | Outcome::FollowUpEnded) => {
+                eprintln!("pichat: nothing was heard in the recording")
+            }
             Some(Outcome::Failed(e)) => eprintln!("pichat: error: {e}"),
             Some(Outcome::Interrupted) | None => eprintln!("pichat: interrupted"),
         }

@@ -32,6 +32,8 @@ const ALL_ENGINE_KEYS: &[&str] = &[
     "max_tokens",
     "language",
     "format",
+    "models",
+    "library",
 ];
 
 /// How the config file was chosen (for messages).
@@ -194,6 +196,11 @@ fn remove_path(table: &mut toml::Table, path: &str) -> bool {
 fn known_keys(section: &str) -> Vec<String> {
     if section.starts_with("engines.") {
         return ALL_ENGINE_KEYS.iter().map(|s| s.to_string()).collect();
+    }
+    if section.starts_with("wake.words.") {
+        return ["threshold", "trigger_level", "refractory_ms"]
+            .map(String::from)
+            .to_vec();
     }
     let Ok(defaults) = toml::Table::try_from(RawConfig::default()) else {
         return vec![];
@@ -515,6 +522,53 @@ mod tests {
         let (raw, cfg) = check("[llm]\nengines = [\"mine\"]\n[engines.mine]\nkind = \"openai\"\nurl = \"http://h:1/v1\"\n").unwrap();
         assert!(raw.engines.contains_key("whisper"));
         assert!(cfg.engines.contains_key("mine"));
+    }
+
+    #[test]
+    fn listen_and_wake_keys_at_and_past_their_limits() {
+        let ok = "[listen]\nmode = \"wake\"\nsilence_ms = 10000\nmin_speech_ms = 0\nno_speech_timeout_s = 60.0\nmax_listen_s = 1.0\nfollow_up_s = 60.0\nvad_threshold = 0.99\necho_tail_ms = 1000\n[wake.words.okay_nabu]\nthreshold = 0.999\ntrigger_level = 50\nrefractory_ms = 60000\n";
+        let (_, cfg) = check(ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.listen.silence, std::time::Duration::from_secs(10));
+        assert_eq!(cfg.listen.mode, ListenMode::Wake);
+        assert_eq!(cfg.wake.words["okay_nabu"].trigger_level, 50);
+        let past = "[listen]\nmode = \"always\"\nsilence_ms = 10001\nmin_speech_ms = -1\nno_speech_timeout_s = 60.5\nmax_listen_s = 0.5\nfollow_up_s = 61\nvad_threshold = 1.0\necho_tail_ms = 1001\n[wake.words.okay_nabu]\nthreshold = 1.0\ntrigger_level = 51\nrefractory_ms = 60001\nloud = 1\n";
+        let err = check(past).unwrap_err().to_string();
+        for (line, key) in [
+            (
+                2,
+                "listen.mode: \"always\" is not valid (allowed: button, wake, both)",
+            ),
+            (3, "listen.silence_ms: 10001 is out of range"),
+            (4, "listen.min_speech_ms: -1 is out of range"),
+            (5, "listen.no_speech_timeout_s: 60.5 is out of range"),
+            (6, "listen.max_listen_s: 0.5 is out of range"),
+            (7, "listen.follow_up_s: 61"),
+            (8, "listen.vad_threshold: 1 is out of range"),
+            (9, "listen.echo_tail_ms: 1001 is out of range"),
+            (11, "wake.words.okay_nabu.threshold: 1 is out of range"),
+            (12, "wake.words.okay_nabu.trigger_level: 51 is out of range"),
+            (
+                13,
+                "wake.words.okay_nabu.refractory_ms: 60001 is out of range",
+            ),
+            (
+                14,
+                "wake.words.okay_nabu.loud: unknown key (known keys in [wake.words.okay_nabu]: threshold, trigger_level, refractory_ms)",
+            ),
+        ] {
+            assert!(
+                err.contains(&format!("t.toml:{line}: {key}")),
+                "{key}:\n{err}"
+            );
+        }
+        // A wake word engine of a kind that cannot listen for one.
+        let err = check("[listen]\nmode = \"both\"\n[wake]\nengines = [\"home\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml:4: wake.engines: engine \"home\" has kind \"openai\", which cannot do this stage (allowed kinds: micro, wyoming)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct RawConfig {
     pub stt: RawStt,
     pub llm: RawLlm,
     pub tts: RawTts,
+    pub listen: RawListen,
+    pub wake: RawWake,
     pub engines: BTreeMap<String, RawEngine>,
     pub history: RawHistory,
     pub sync: RawSync,
@@ -29,6 +31,8 @@ impl Default for RawConfig {
             stt: RawStt::default(),
             llm: RawLlm::default(),
             tts: RawTts::default(),
+            listen: RawListen::default(),
+            wake: RawWake::default(),
             engines: default_engines(),
             history: RawHistory::default(),
             sync: RawSync::default(),
@@ -67,6 +71,15 @@ pub fn default_engines() -> BTreeMap<String, RawEngine> {
         RawEngine {
             kind: "wyoming".into(),
             url: Some("tcp://127.0.0.1:10200".into()),
+            ..RawEngine::default()
+        },
+    );
+    m.insert(
+        "micro".into(),
+        RawEngine {
+            kind: "micro".into(),
+            models: Some(String::new()),
+            library: Some(String::new()),
             ..RawEngine::default()
         },
     );
@@ -192,6 +205,76 @@ impl Default for RawTts {
     }
 }
 
+/// `[listen]`: how a turn starts and how it ends by itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawListen {
+    pub mode: String,
+    pub silence_ms: i64,
+    pub min_speech_ms: i64,
+    pub no_speech_timeout_s: f64,
+    pub max_listen_s: f64,
+    pub follow_up_s: f64,
+    pub vad_threshold: f64,
+    pub echo_cancel: bool,
+    pub echo_tail_ms: i64,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            mode: "button".into(),
+            silence_ms: 700,
+            min_speech_ms: 250,
+            no_speech_timeout_s: 5.0,
+            max_listen_s: 15.0,
+            follow_up_s: 0.0,
+            vad_threshold: 0.5,
+            echo_cancel: true,
+            echo_tail_ms: 500,
+        }
+    }
+}
+
+/// `[wake]`: the wake word engines and the words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawWake {
+    pub engines: Vec<String>,
+    pub words: BTreeMap<String, RawWakeWord>,
+}
+
+impl Default for RawWake {
+    fn default() -> Self {
+        let mut words = BTreeMap::new();
+        words.insert("okay_nabu".into(), RawWakeWord::default());
+        RawWake {
+            engines: vec!["micro".into()],
+            words,
+        }
+    }
+}
+
+/// `[wake.words.NAME]`: one word's detection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawWakeWord {
+    /// 0 = the model's own cutoff.
+    pub threshold: f64,
+    pub trigger_level: i64,
+    pub refractory_ms: i64,
+}
+
+impl Default for RawWakeWord {
+    fn default() -> Self {
+        RawWakeWord {
+            threshold: 0.0,
+            trigger_level: 1,
+            refractory_ms: 2000,
+        }
+    }
+}
+
 /// One `[engines.NAME]` table. Which keys apply depends on `kind`; the
 /// resolver reports keys that the kind does not use.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -222,6 +305,10 @@ pub struct RawEngine {
     pub language: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
     /// Never allowed: present only so that a secret written into the file is
     /// caught and reported instead of silently ignored or used.
     #[serde(skip_serializing)]

@@ -33,6 +33,8 @@ pub struct Config {
     pub stt: SttConfig,
     pub llm: LlmConfig,
     pub tts: TtsConfig,
+    pub listen: ListenConfig,
+    pub wake: WakeConfig,
     pub engines: BTreeMap<String, EngineConfig>,
     pub history: HistoryConfig,
     pub sync: SyncConfig,
@@ -133,6 +135,59 @@ pub struct TtsConfig {
     pub max_duration: Duration,
 }
 
+/// How a turn starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenMode {
+    /// The button (GPIO, keyboard, control socket) only.
+    Button,
+    /// The wake word; the button works as well.
+    Wake,
+    /// Both, said explicitly.
+    Both,
+}
+
+impl ListenMode {
+    /// Whether the wake word engines run.
+    pub fn wake(self) -> bool {
+        matches!(self, ListenMode::Wake | ListenMode::Both)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
+    pub mode: ListenMode,
+    /// Silence that ends the question.
+    pub silence: Duration,
+    /// Less speech than this is not a question (a cough, a click).
+    pub min_speech: Duration,
+    /// No speech this long after the wake word: back to idle.
+    pub no_speech_timeout: Duration,
+    /// The longest a question may last.
+    pub max_listen: Duration,
+    /// Listening on after a reply without a wake word (zero: off).
+    pub follow_up: Duration,
+    /// Voice activity above this is speech (0..1).
+    pub vad_threshold: f32,
+    /// Take the speaker's sound out of the microphone's, and the longest
+    /// echo path it learns.
+    pub echo_cancel: bool,
+    pub echo_tail: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WakeWordConfig {
+    /// `None`: the model's own cutoff.
+    pub threshold: Option<f32>,
+    pub trigger_level: u32,
+    pub refractory: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WakeConfig {
+    pub engines: Vec<String>,
+    pub words: BTreeMap<String, WakeWordConfig>,
+}
+
 /// Where an engine's secret comes from. The secret itself is only read when
 /// the engine is used, and never printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +255,11 @@ pub enum EngineKind {
         argv: Vec<String>,
     },
     Server,
+    /// microWakeWord models run in the daemon.
+    Micro {
+        models: PathBuf,
+        library: PathBuf,
+    },
 }
 
 impl EngineKind {
@@ -209,6 +269,7 @@ impl EngineKind {
             EngineKind::OpenAi { .. } => "openai",
             EngineKind::Command { .. } => "command",
             EngineKind::Server => "server",
+            EngineKind::Micro { .. } => "micro",
         }
     }
 }
@@ -298,11 +359,12 @@ pub fn engine_keys(kind: &str) -> &'static [&'static str] {
         ],
         "command" => &["command", "timeout_ms"],
         "server" => &["timeout_ms"],
+        "micro" => &["models", "library", "timeout_ms"],
         _ => &[],
     }
 }
 
-pub const ENGINE_KINDS: &str = "wyoming, openai, command, server";
+pub const ENGINE_KINDS: &str = "wyoming, openai, command, server, micro";
 
 struct Checker {
     problems: Vec<Problem>,
@@ -503,6 +565,21 @@ fn resolve_engine(c: &mut Checker, name: &str, e: &RawEngine) -> Option<EngineCo
             }
         },
         "server" => EngineKind::Server,
+        "micro" => {
+            let models = e
+                .models
+                .as_deref()
+                .filter(|m| !m.trim().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| paths::data_dir().join("wake"));
+            let library = e
+                .library
+                .as_deref()
+                .filter(|m| !m.trim().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| models.join("libtensorflowlite_c.so"));
+            EngineKind::Micro { models, library }
+        }
         other => {
             c.err(
                 format!("{key}.kind"),
@@ -636,6 +713,115 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         ),
     };
 
+    let l = &raw.listen;
+    let secs = |c: &mut Checker, key: &str, v: f64, lo: f64, hi: f64| -> Duration {
+        if !(lo..=hi).contains(&v) || !v.is_finite() {
+            c.err(key, format!("{v} is out of range (allowed: {lo}..={hi})"));
+            return Duration::from_secs_f64(if v.is_finite() { v.clamp(lo, hi) } else { lo });
+        }
+        Duration::from_secs_f64(v)
+    };
+    let listen = ListenConfig {
+        mode: c.choice(
+            "listen.mode",
+            &l.mode,
+            &[
+                ("button", ListenMode::Button),
+                ("wake", ListenMode::Wake),
+                ("both", ListenMode::Both),
+            ],
+        ),
+        silence: Duration::from_millis(
+            c.range("listen.silence_ms", l.silence_ms, 100, 10_000) as u64
+        ),
+        min_speech: Duration::from_millis(c.range(
+            "listen.min_speech_ms",
+            l.min_speech_ms,
+            0,
+            10_000,
+        ) as u64),
+        no_speech_timeout: secs(
+            &mut c,
+            "listen.no_speech_timeout_s",
+            l.no_speech_timeout_s,
+            0.5,
+            60.0,
+        ),
+        max_listen: secs(&mut c, "listen.max_listen_s", l.max_listen_s, 1.0, 600.0),
+        follow_up: secs(&mut c, "listen.follow_up_s", l.follow_up_s, 0.0, 60.0),
+        vad_threshold: {
+            let v = l.vad_threshold;
+            if !(0.01..=0.99).contains(&v) {
+                c.err(
+                    "listen.vad_threshold",
+                    format!("{v} is out of range (allowed: 0.01..=0.99)"),
+                );
+            }
+            v.clamp(0.01, 0.99) as f32
+        },
+        echo_cancel: l.echo_cancel,
+        echo_tail: Duration::from_millis(
+            c.range("listen.echo_tail_ms", l.echo_tail_ms, 20, 1000) as u64
+        ),
+    };
+    if listen.mode.wake() {
+        c.engine_list(
+            "wake.engines",
+            &raw.wake.engines,
+            raw,
+            &["micro", "wyoming"],
+        );
+        if raw.wake.words.is_empty() {
+            c.err(
+                "wake.words",
+                "no wake word (add a [wake.words.NAME] table, e.g. [wake.words.okay_nabu])",
+            );
+        }
+    }
+    let mut words = BTreeMap::new();
+    for (name, w) in &raw.wake.words {
+        let key = format!("wake.words.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            c.err(&key, "a word's name is letters, digits, '_' and '-' (the model's file name, e.g. okay_nabu)");
+        }
+        let threshold = if w.threshold == 0.0 {
+            None
+        } else if !(0.01..=0.999).contains(&w.threshold) {
+            c.err(
+                format!("{key}.threshold"),
+                format!(
+                    "{} is out of range (allowed: 0 for the model's own, or 0.01..=0.999)",
+                    w.threshold
+                ),
+            );
+            None
+        } else {
+            Some(w.threshold as f32)
+        };
+        words.insert(
+            name.clone(),
+            WakeWordConfig {
+                threshold,
+                trigger_level: c.range(&format!("{key}.trigger_level"), w.trigger_level, 1, 50)
+                    as u32,
+                refractory: Duration::from_millis(c.range(
+                    &format!("{key}.refractory_ms"),
+                    w.refractory_ms,
+                    0,
+                    60_000,
+                ) as u64),
+            },
+        );
+    }
+    let wake = WakeConfig {
+        engines: raw.wake.engines.clone(),
+        words,
+    };
+
     let mut engines = BTreeMap::new();
     for (name, e) in &raw.engines {
         if let Some(ec) = resolve_engine(&mut c, name, e) {
@@ -704,7 +890,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     };
 
     let sv = &raw.server;
-    let listen = sv.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
+    let server_listen = sv.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
         c.err(
             "server.listen",
             format!(
@@ -728,7 +914,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         &["wyoming", "openai", "command"],
     );
     let server = ServerConfig {
-        listen,
+        listen: server_listen,
         database: c
             .path_opt(&sv.database)
             .unwrap_or_else(|| paths::data_dir().join("server.db")),
@@ -827,6 +1013,8 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             stt,
             llm,
             tts,
+            listen,
+            wake,
             engines,
             history,
             sync,

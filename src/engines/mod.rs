@@ -328,11 +328,5 @@ impl Engines {
     }
 }
 
-/// The process-wide TLS setup (rustls with the ring provider, lighter to
-/// cross-compile than aws-lc). Idempotent; called before any client is built.
-pub fn init_tls() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+/// The process-wide TLS setup (lives with the protocol client).
+pub use crate::client::init_tls;

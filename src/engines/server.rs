@@ -66,7 +66,7 @@ impl Llm for ServerLlm {
             .find(|m| m.role == crate::history::Role::User)
             .map(|m| m.content.clone())
             .ok_or_else(|| self.err("no question to send"))?;
-        let mut ws = crate::sync::connect(&self.sync, self.timeout)
+        let mut ws = crate::client::connect(&self.sync, self.timeout)
             .await
             .map_err(|e| {
                 if e.is_retryable() {

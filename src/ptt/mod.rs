@@ -54,6 +54,8 @@ pub enum PttError {
 pub struct PttHub {
     tx: mpsc::Sender<PttEvent>,
     pressed: Arc<AtomicBool>,
+    /// The daemon's live listening figures, for the socket's `monitor`.
+    monitor: Arc<std::sync::Mutex<Option<tokio::sync::broadcast::Sender<String>>>>,
 }
 
 impl PttHub {
@@ -63,9 +65,22 @@ impl PttHub {
             PttHub {
                 tx,
                 pressed: Arc::new(AtomicBool::new(false)),
+                monitor: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// Where `monitor` clients read the daemon's listening figures.
+    pub fn set_monitor(&self, tx: tokio::sync::broadcast::Sender<String>) {
+        if let Ok(mut m) = self.monitor.lock() {
+            *m = Some(tx);
+        }
+    }
+
+    /// A subscription to the listening figures, if the daemon gives them.
+    pub fn monitor(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.monitor.lock().ok()?.as_ref().map(|t| t.subscribe())
     }
 
     pub fn is_pressed(&self) -> bool {

@@ -8,6 +8,10 @@
 //! reading no more than that), at most [`MAX_CLIENTS`] connections at once,
 //! 10 s of silence. An unknown command is echoed back cut short and with
 //! its control characters escaped.
+//!
+//! `monitor` instead streams the daemon's live listening figures (wake
+//! scores, voice activity, levels), a line every 100 ms, until the client
+//! goes away.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -171,9 +175,36 @@ async fn handle(stream: UnixStream, hub: PttHub) {
             // Too long, or the peer closed mid-line: nothing more from it.
             return;
         }
-        let reply = apply(&hub, &String::from_utf8_lossy(&line));
+        let text = String::from_utf8_lossy(&line);
+        if text.trim() == "monitor" {
+            return monitor(&hub, w).await;
+        }
+        let reply = apply(&hub, &text);
         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Streams the monitor lines to a client until it leaves; a slow client
+/// skips lines rather than holding anyone up.
+async fn monitor(hub: &PttHub, mut w: tokio::net::unix::OwnedWriteHalf) {
+    let Some(mut rx) = hub.monitor() else {
+        let _ = w
+            .write_all(b"error: this daemon gives no listening figures\n")
+            .await;
+        return;
+    };
+    loop {
+        let line = match rx.recv().await {
+            Ok(l) => l,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let bytes = format!("{line}\n");
+        match tokio::time::timeout(Duration::from_secs(5), w.write_all(bytes.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

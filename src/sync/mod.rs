@@ -14,11 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SyncConfig;
@@ -27,7 +24,7 @@ use crate::history::sync::{self as hsync, Remote};
 use crate::history::{self, HistoryError};
 use crate::protocol::{self, ClientFrame, Reply, Request, ServerFrame, requests as rq};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::client::Ws;
 
 /// Messages read from the outbox per round (the protocol takes 500 per
 /// `append_messages`; the round is cut into frames the server takes).
@@ -95,111 +92,20 @@ pub struct Session {
 
 /// Opens a WebSocket to the server with the device token.
 pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
-    let url = cfg.url.as_ref().ok_or(SyncError::Off)?;
-    let token = cfg
-        .token
-        .read()
-        .map_err(SyncError::Token)?
-        .ok_or_else(|| SyncError::Token("none configured".into()))?;
-    crate::engines::init_tls();
-    let mut req = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| SyncError::Connect {
-            url: shown(url),
-            cause: e.to_string(),
-        })?;
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().map_err(|_| {
-            SyncError::Token("the token has characters a header cannot hold".into())
-        })?,
-    );
-    let connector = match &cfg.ca_file {
-        Some(ca) => Some(tls_with_ca(ca).map_err(|cause| SyncError::Connect {
-            url: shown(url),
-            cause,
-        })?),
-        None => None,
-    };
-    // What the server may send, no more: its largest frame (a page is cut
-    // by bytes, a speech result is at most 8 MiB of WAV).
-    let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(protocol::limits::MAX_SERVER_FRAME))
-        .max_frame_size(Some(protocol::limits::MAX_SERVER_FRAME));
-    let fut = tokio_tungstenite::connect_async_tls_with_config(req, Some(limits), true, connector);
-    match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(SyncError::Timeout(timeout)),
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(r))) if r.status().as_u16() == 401 => {
-            Err(SyncError::Unauthorized)
-        }
-        Ok(Err(e)) => Err(SyncError::Connect {
-            url: shown(url),
-            cause: connect_cause(&e, cfg.ca_file.is_some()),
-        }),
-    }
+    Ok(crate::client::connect(cfg, timeout).await?)
 }
 
-/// The server's URL for logs and errors: without a password or a query
-/// (which may carry a token).
-fn shown(url: &url::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.to_string()
-}
-
-/// What went wrong connecting; a certificate the TLS layer refused says
-/// which setting decides what is trusted.
-fn connect_cause(e: &tokio_tungstenite::tungstenite::Error, has_ca_file: bool) -> String {
-    let refused_cert = match e {
-        tokio_tungstenite::tungstenite::Error::Io(io) => matches!(
-            io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
-            Some(rustls::Error::InvalidCertificate(_))
-        ),
-        _ => false,
-    };
-    match (refused_cert, has_ca_file) {
-        (false, _) => e.to_string(),
-        (true, false) => {
-            format!("{e} (a server with a private CA needs sync.ca_file = \"/path/to/ca.pem\")")
-        }
-        (true, true) => {
-            format!("{e} (the certificate is not signed by sync.ca_file or a system root)")
+impl From<crate::client::ClientError> for SyncError {
+    fn from(e: crate::client::ClientError) -> Self {
+        use crate::client::ClientError as C;
+        match e {
+            C::Off => SyncError::Off,
+            C::Token(t) => SyncError::Token(t),
+            C::Connect { url, cause } => SyncError::Connect { url, cause },
+            C::Unauthorized => SyncError::Unauthorized,
+            C::Timeout(d) => SyncError::Timeout(d),
         }
     }
-}
-
-/// TLS with the system roots plus a private CA (PEM).
-fn tls_with_ca(
-    path: &std::path::Path,
-) -> std::result::Result<tokio_tungstenite::Connector, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read sync.ca_file {}: {e}", path.display()))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| format!("sync.ca_file {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "sync.ca_file {} holds no certificate",
-            path.display()
-        ));
-    }
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| format!("sync.ca_file {}: {e}", path.display()))?;
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
 }
 
 fn conv_to_remote(c: &protocol::records::Conversation) -> Remote {
@@ -719,7 +625,10 @@ pub async fn run(
             let mut s = Session::open(&cfg, history.clone()).await?;
             tracing::info!(
                 "sync: connected to {}",
-                cfg.url.as_ref().map(shown).unwrap_or_default()
+                cfg.url
+                    .as_ref()
+                    .map(crate::client::shown)
+                    .unwrap_or_default()
             );
             failures = 0;
             s.pull().await?;

@@ -1,17 +1,23 @@
 //! The I/O around the turn machine: carries out its [`Action`]s (microphone,
 //! speech-to-text, LLM, text-to-speech, earcons, history) and turns what
 //! happens into [`Event`]s. Every slow part runs as its own task and reports
-//! through one channel, so the loop never waits on an engine or the
-//! network; cancelling a part is dropping its task.
+//! through one channel ([`Msg`]), so the loop never waits on an engine or
+//! the network; cancelling a part is dropping its task.
+//!
+//! [`Voice`] holds the long-lived parts; what belongs to one turn (its ids,
+//! the LLM's context, the model that answered, timings, what was handed to
+//! the speaker) is a [`TurnState`], replaced when a turn starts. The tasks
+//! report what they learn as messages, never through shared state.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::turn::{Action, Event, Outcome, State, Turn, TurnConfig};
+use super::ear::{self, EarCmd, Heard};
+use super::turn::{Action, Event, Outcome, Start, State, Turn, TurnConfig};
 use crate::audio::earcon::{Earcon, Earcons};
 use crate::audio::{self, AudioSink, AudioSource};
 use crate::config::Config;
@@ -30,6 +36,8 @@ pub struct TurnTimes {
     pub first_token: Option<Instant>,
     pub first_audio: Option<Instant>,
     pub done: Option<Instant>,
+    /// The end of the user's speech, by voice activity (hands-free turns).
+    pub speech_end: Option<Instant>,
 }
 
 impl TurnTimes {
@@ -49,7 +57,13 @@ impl TurnTimes {
             Self::ms(self.first_token, self.first_audio),
             Self::ms(self.released.or(self.asked), self.first_audio),
             Self::ms(self.pressed.or(self.asked), self.done),
-        )
+        ) + &match self.speech_end {
+            Some(_) => format!(
+                " speech_end_to_audio={}ms",
+                Self::ms(self.speech_end, self.first_audio)
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -63,14 +77,58 @@ pub struct TurnReport {
     pub conversation_id: Option<String>,
 }
 
-/// Sentences handed to the speaker, with where their audio starts in the
-/// sink's sample count, to know what was heard when speech is stopped.
-#[derive(Default)]
-struct Spoken {
+/// What the running parts report to the loop.
+#[derive(Debug)]
+pub enum Msg {
+    /// For the turn machine.
+    Turn(Event),
+    /// The LLM engine that answers, and the model id to store.
+    LlmModel(String),
+    /// The id the engine stored the reply under (the chat server).
+    ReplyId(String),
+    /// Sentence `index` handed to the speaker starts at this sample count
+    /// of the sink.
+    Mark { index: usize, start: u64 },
+    /// The first audio of the reply was queued.
+    FirstAudio(Instant),
+    /// From the ear.
+    Heard(Heard),
+    /// Speech was stopped with this many samples heard (queued after the
+    /// speaker's last marks).
+    Stopped { played: u64 },
+}
+
+/// Everything that belongs to one turn.
+#[derive(Debug, Default)]
+pub struct TurnState {
+    question_id: Option<String>,
+    question_is_audio: bool,
+    /// The LLM's messages for the question.
+    context: Option<Vec<crate::history::ChatMessage>>,
+    model: Option<String>,
+    reply_id: Option<String>,
+    times: TurnTimes,
+    /// Sentences handed to the speaker, with where their audio starts.
     marks: Vec<(String, Option<u64>)>,
 }
 
-/// The voice loop's parts and state.
+/// The microphone while hands-free: always open, read by the ear.
+struct Ear {
+    cmds: mpsc::UnboundedSender<EarCmd>,
+    _task: AbortOnDropHandle<()>,
+}
+
+/// Hands-free listening settings of a reload.
+#[derive(Clone)]
+pub struct Listening {
+    pub wake: Vec<Arc<dyn crate::wake::WakeEngine>>,
+    pub hands_free: bool,
+    pub vad_threshold: f32,
+    /// Echo cancellation on, with this tail (`None`: off).
+    pub echo_tail: Option<std::time::Duration>,
+}
+
+/// The voice loop's long-lived parts.
 pub struct Voice {
     pub turn: Turn,
     history: HistoryHandle,
@@ -85,26 +143,28 @@ pub struct Voice {
     pub sync_kick: Option<Arc<tokio::sync::Notify>>,
     system_prompt: String,
     context_tokens: usize,
-    max_listen: Duration,
-    events_tx: mpsc::Sender<Event>,
-    events_rx: mpsc::Receiver<Event>,
+    listening: Listening,
+    msgs_tx: mpsc::Sender<Msg>,
+    msgs_rx: mpsc::Receiver<Msg>,
+    /// The ear of a hands-free daemon (`None`: the microphone opens per turn).
+    ear: Option<Ear>,
+    /// The ear of one button turn.
+    turn_ear: Option<Ear>,
+    last_wake_end: Option<u64>,
     listen_task: Option<AbortOnDropHandle<()>>,
-    listen_deadline: Option<tokio::time::Instant>,
     llm_task: Option<AbortOnDropHandle<()>>,
     speak_tx: Option<mpsc::UnboundedSender<String>>,
     speak_task: Option<AbortOnDropHandle<()>>,
-    spoken: Arc<Mutex<Spoken>>,
+    /// The conversation turns go on in (across turns).
     conversation: Option<String>,
-    /// The conversation with the latest activity, when the turn decided.
+    cur: TurnState,
+    /// How the turn being reported started.
+    reporting: Start,
+    /// Live figures for `pichat listen monitor`.
+    pub monitor: broadcast::Sender<String>,
+    /// The conversation with the latest activity, when the turn started
+    /// listening (or took a typed question).
     latest: Option<String>,
-    question_id: Option<String>,
-    /// The LLM's messages for the current question.
-    context: Option<Vec<crate::history::ChatMessage>>,
-    llm_model: Arc<Mutex<Option<String>>>,
-    /// The id an engine stored the reply under (the chat server), if any.
-    reply_id: Arc<Mutex<Option<String>>>,
-    question_is_audio: bool,
-    times: Arc<Mutex<TurnTimes>>,
     pub last: TurnReport,
 }
 
@@ -117,18 +177,29 @@ pub struct VoiceParts {
     pub earcons: Earcons,
 }
 
+/// The turn machine's settings from the config.
+pub fn turn_config(cfg: &Config) -> TurnConfig {
+    TurnConfig {
+        new_conversation_after: cfg.ptt.new_conversation_after,
+        long_press: cfg.ptt.long_press,
+        max_chunk_chars: cfg.tts.max_chunk_chars,
+        max_button: cfg.stt.max_duration,
+        silence: cfg.listen.silence,
+        min_speech: cfg.listen.min_speech,
+        no_speech: cfg.listen.no_speech_timeout,
+        max_listen: cfg.listen.max_listen,
+        follow_up: cfg.listen.follow_up,
+    }
+}
+
 impl Voice {
     pub fn new(cfg: &Config, parts: VoiceParts) -> Voice {
-        let (events_tx, events_rx) = mpsc::channel(256);
+        let (msgs_tx, msgs_rx) = mpsc::channel(256);
         let stt: Arc<dyn SpeechToText> = Arc::new(fallback::SttChain {
             engines: parts.engines.stt.clone(),
         });
         Voice {
-            turn: Turn::new(TurnConfig {
-                new_conversation_after: cfg.ptt.new_conversation_after,
-                long_press: cfg.ptt.long_press,
-                max_chunk_chars: cfg.tts.max_chunk_chars,
-            }),
+            turn: Turn::new(turn_config(cfg)),
             history: parts.history,
             engines: parts.engines,
             stt,
@@ -139,23 +210,26 @@ impl Voice {
             sync_kick: None,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
-            max_listen: cfg.stt.max_duration,
-            events_tx,
-            events_rx,
+            listening: Listening {
+                wake: Vec::new(),
+                hands_free: false,
+                vad_threshold: cfg.listen.vad_threshold,
+                echo_tail: None,
+            },
+            msgs_tx,
+            msgs_rx,
+            ear: None,
+            turn_ear: None,
+            last_wake_end: None,
             listen_task: None,
-            listen_deadline: None,
             llm_task: None,
             speak_tx: None,
             speak_task: None,
-            spoken: Arc::default(),
             conversation: None,
+            cur: TurnState::default(),
+            reporting: Start::None,
+            monitor: broadcast::channel(64).0,
             latest: None,
-            question_id: None,
-            context: None,
-            llm_model: Arc::default(),
-            reply_id: Arc::default(),
-            question_is_audio: false,
-            times: Arc::default(),
             last: TurnReport::default(),
         }
     }
@@ -167,15 +241,77 @@ impl Voice {
             engines: engines.stt.clone(),
         });
         self.engines = engines;
-        self.turn.set_config(TurnConfig {
-            new_conversation_after: cfg.ptt.new_conversation_after,
-            long_press: cfg.ptt.long_press,
-            max_chunk_chars: cfg.tts.max_chunk_chars,
-        });
+        self.turn.set_config(turn_config(cfg));
         self.system_prompt = cfg.llm.system_prompt.clone();
         self.context_tokens = cfg.llm.context_tokens;
-        self.max_listen = cfg.stt.max_duration;
         self.sink.set_volume(cfg.audio.volume);
+    }
+
+    /// Turns hands-free listening on (wake words) or off; re-arms the ear
+    /// with the given engines. Without a microphone it stays off.
+    pub fn set_listening(&mut self, l: Listening) {
+        self.listening = l;
+        self.ear = None;
+        if let Some(s) = self.source.as_mut() {
+            s.stop();
+        }
+        if !self.listening.hands_free {
+            return;
+        }
+        match self.start_ear(true) {
+            Ok(e) => self.ear = Some(e),
+            Err(e) => tracing::error!(
+                "microphone: {e}; no wake word until it works (the button still does)"
+            ),
+        }
+    }
+
+    fn start_ear(&mut self, wake: bool) -> Result<Ear, audio::AudioError> {
+        let source = self
+            .source
+            .as_mut()
+            .ok_or_else(|| audio::AudioError::Other("no microphone is configured".into()))?;
+        let frames = source.start()?;
+        let (cmds, cmds_rx) = mpsc::unbounded_channel();
+        let chain = (wake && !self.listening.wake.is_empty())
+            .then(|| crate::wake::chain::Chain::new(self.listening.wake.clone()));
+        let aec = match (self.listening.echo_tail, self.sink.reference()) {
+            (Some(tail), Some(reference)) => {
+                let lib = std::path::Path::new(audio::aec::LIBRARY);
+                match audio::aec::EchoCanceller::new(reference, tail.as_millis() as u32, lib) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (tx, mut rx) = mpsc::channel(256);
+        let msgs = self.msgs_tx.clone();
+        // The ear reports through the loop's one channel.
+        let forward = async move {
+            while let Some(h) = rx.recv().await {
+                if msgs.send(Msg::Heard(h)).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let task = tokio::spawn({
+            let monitor = self.monitor.clone();
+            let vad = self.listening.vad_threshold;
+            async move {
+                tokio::join!(
+                    ear::run(frames, chain, aec, vad, cmds_rx, tx, monitor),
+                    forward
+                );
+            }
+        });
+        Ok(Ear {
+            cmds,
+            _task: AbortOnDropHandle::new(task),
+        })
     }
 
     pub fn set_earcons(&mut self, earcons: Earcons) {
@@ -189,36 +325,46 @@ impl Voice {
     /// Feeds an event from outside (push-to-talk, a typed question).
     pub async fn feed(&mut self, ev: Event) {
         let now = Instant::now();
-        {
-            let mut t = self.times.lock().unwrap_or_else(|e| e.into_inner());
-            match &ev {
-                Event::Pressed if self.turn.state() == State::Idle => {
-                    *t = TurnTimes {
-                        pressed: Some(now),
-                        ..Default::default()
-                    }
-                }
-                Event::Released | Event::ListenEnded if self.turn.state() == State::Listening => {
-                    t.released = Some(now)
-                }
-                Event::Transcript(_) => t.transcribed = Some(now),
-                Event::Typed(_) => {
-                    *t = TurnTimes::default();
-                }
-                _ => {}
+        let idle = matches!(self.turn.state(), State::Idle);
+        match &ev {
+            Event::Pressed | Event::Wake { .. } if idle => {
+                self.cur = TurnState::default();
+                self.cur.times.pressed = Some(now);
             }
+            Event::Typed(_) => self.cur = TurnState::default(),
+            Event::Released | Event::ListenEnded | Event::Deadline | Event::Pressed
+                if self.turn.state() == State::Listening =>
+            {
+                self.cur.times.released = Some(now);
+                // Voice activity's last frame ends 20 ms after it began.
+                self.cur.times.speech_end = self
+                    .turn
+                    .last_voice()
+                    .map(|v| v + std::time::Duration::from_millis(20));
+            }
+            Event::Transcript(_) => self.cur.times.transcribed = Some(now),
+            Event::Token(_) => {
+                self.cur.times.first_token.get_or_insert(now);
+            }
+            _ => {}
         }
         if let Event::Typed(q) | Event::Transcript(q) = &ev {
             self.last.question = Some(q.trim().to_string());
         }
-        let deciding = match &ev {
+        // Which conversation a question goes to is decided by the turn; tell
+        // it the latest activity first, when it starts listening or takes a
+        // typed question.
+        let starting = match &ev {
             Event::Typed(_) => self.turn.state() == State::Idle,
-            Event::Released | Event::ListenEnded => self.turn.state() == State::Listening,
+            Event::Pressed | Event::Wake { .. } => self.turn.state() != State::Listening,
             _ => false,
         };
-        if deciding {
+        if starting {
             self.note_latest_activity(now).await;
         }
+        // The turn a Report in these actions is about started like this
+        // (a follow-up may begin in the same step).
+        self.reporting = self.turn.start().clone();
         let actions = self.turn.handle(ev, now);
         for a in actions {
             self.execute(a).await;
@@ -228,7 +374,7 @@ impl Voice {
     /// Which conversation the Pi continues (PROTOCOL-NOTES.md): the one
     /// with the latest activity in the history, from any device (the sync
     /// brings the web's), when that is recent enough. Told to the turn,
-    /// which decides, just before it decides.
+    /// which decides when the question is asked.
     async fn note_latest_activity(&mut self, now: Instant) {
         let q = crate::history::ListQuery {
             filter: crate::history::ArchivedFilter::Active,
@@ -253,22 +399,63 @@ impl Voice {
         }
     }
 
-    /// Waits for the next event from the running parts (or the listening
-    /// deadline). `None` only if every sender is gone, which cannot happen
+    /// Handles a message of the running parts.
+    pub async fn on_msg(&mut self, m: Msg) {
+        match m {
+            Msg::Turn(ev) => self.feed(ev).await,
+            Msg::LlmModel(m) => self.cur.model = Some(m),
+            Msg::ReplyId(id) => self.cur.reply_id = Some(id),
+            Msg::Mark { index, start } => {
+                if let Some(m) = self.cur.marks.get_mut(index) {
+                    m.1.get_or_insert(start);
+                }
+            }
+            Msg::FirstAudio(t) => {
+                self.cur.times.first_audio.get_or_insert(t);
+            }
+            Msg::Stopped { played } => {
+                let spoken = self
+                    .cur
+                    .marks
+                    .iter()
+                    .filter(|(_, start)| start.is_some_and(|s| s < played))
+                    .map(|(t, _)| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                self.feed(Event::SpeechStopped { spoken }).await
+            }
+            Msg::Heard(Heard::WakeEnd(end)) => self.last_wake_end = Some(end),
+            Msg::Heard(Heard::Turn(ev)) => {
+                // Voice activity only matters while listening.
+                if matches!(ev, Event::Voice { .. }) && self.turn.state() != State::Listening {
+                    return;
+                }
+                self.feed(ev).await
+            }
+            Msg::Heard(Heard::Closed) => {
+                if self.ear.is_some() && self.turn_ear.is_none() {
+                    tracing::warn!("microphone: the input ended; the wake word is off");
+                    self.ear = None;
+                }
+                self.turn_ear = None;
+                // The session sees its frames end and reports ListenEnded.
+            }
+        }
+    }
+
+    /// Waits for the next message from the running parts, or the turn's
+    /// deadline. `None` only if every sender is gone, which cannot happen
     /// while `self` lives.
-    pub async fn next_event(&mut self) -> Option<Event> {
-        let deadline = self.listen_deadline;
+    pub async fn next_msg(&mut self) -> Option<Msg> {
+        let deadline = self.turn.deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
-            e = self.events_rx.recv() => e,
+            m = self.msgs_rx.recv() => m,
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
-            } => {
-                self.listen_deadline = None;
-                Some(Event::ListenEnded)
-            }
+            } => Some(Msg::Turn(Event::Deadline)),
         }
     }
 
@@ -282,22 +469,28 @@ impl Voice {
         }
     }
 
-    async fn execute(&mut self, a: Action) {
-        match a {
-            Action::Earcon(e) => self.earcon(e).await,
-            Action::StartListening => self.start_listening(),
-            Action::StopListening => {
-                self.listen_deadline = None;
+    fn stop_mic(&mut self) {
+        match &self.ear {
+            Some(e) => {
+                let _ = e.cmds.send(EarCmd::Detach);
+            }
+            None => {
+                self.turn_ear = None;
                 if let Some(s) = self.source.as_mut() {
                     s.stop();
                 }
             }
+        }
+    }
+
+    async fn execute(&mut self, a: Action) {
+        match a {
+            Action::Earcon(e) => self.earcon(e).await,
+            Action::StartListening => self.start_listening(),
+            Action::StopListening => self.stop_mic(),
             Action::CancelListening => {
-                self.listen_deadline = None;
                 self.listen_task = None;
-                if let Some(s) = self.source.as_mut() {
-                    s.stop();
-                }
+                self.stop_mic();
             }
             Action::StoreQuestion {
                 text,
@@ -319,16 +512,9 @@ impl Voice {
                 self.speak_task = None;
                 self.speak_tx = None;
                 self.sink.flush();
-                let spoken = {
-                    let sp = self.spoken.lock().unwrap_or_else(|e| e.into_inner());
-                    sp.marks
-                        .iter()
-                        .filter(|(_, start)| start.is_some_and(|s| s < played))
-                        .map(|(t, _)| t.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                };
-                let _ = self.events_tx.try_send(Event::SpeechStopped { spoken });
+                // Marks the speaker sent may still be in the channel: what
+                // was heard is decided after them.
+                let _ = self.msgs_tx.try_send(Msg::Stopped { played });
             }
             Action::StoreAnswer {
                 text,
@@ -340,25 +526,47 @@ impl Voice {
     }
 
     fn start_listening(&mut self) {
-        let Some(source) = self.source.as_mut() else {
+        let (stt_tx, stt_rx) = mpsc::channel(audio::FRAME_QUEUE);
+        let attach = |ear: &Ear, from| {
+            ear.cmds
+                .send(EarCmd::Attach {
+                    stt: stt_tx.clone(),
+                    from,
+                })
+                .is_ok()
+        };
+        let from = match self.turn.start() {
+            Start::Wake { .. } => self.last_wake_end.take(),
+            _ => None,
+        };
+        let attached = match &self.ear {
+            Some(e) => attach(e, from),
+            None => match self.start_ear(false) {
+                Ok(e) => {
+                    let ok = attach(&e, None);
+                    self.turn_ear = Some(e);
+                    ok
+                }
+                Err(e) => {
+                    tracing::error!("microphone: {e}");
+                    let _ = self
+                        .msgs_tx
+                        .try_send(Msg::Turn(Event::SttFailed(e.to_string())));
+                    return;
+                }
+            },
+        };
+        drop(stt_tx);
+        if !attached {
             let _ = self
-                .events_tx
-                .try_send(Event::SttFailed("no microphone is configured".into()));
+                .msgs_tx
+                .try_send(Msg::Turn(Event::SttFailed("the microphone stopped".into())));
             return;
-        };
-        let frames = match source.start() {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!("microphone: {e}");
-                let _ = self.events_tx.try_send(Event::SttFailed(e.to_string()));
-                return;
-            }
-        };
-        self.listen_deadline = Some(tokio::time::Instant::now() + self.max_listen);
+        }
         let stt = self.stt.clone();
-        let tx = self.events_tx.clone();
+        let tx = self.msgs_tx.clone();
         self.listen_task = Some(AbortOnDropHandle::new(tokio::spawn(listen(
-            stt, frames, tx,
+            stt, stt_rx, tx,
         ))));
     }
 
@@ -404,7 +612,7 @@ impl Voice {
             role: Role::User,
             content: text.clone(),
         });
-        self.context = Some(context);
+        self.cur.context = Some(context);
         let title = crate::history::title_from(&text);
         let model = self.engines.llm.first().and_then(|l| l.model());
         let (c, q) = (conv_id.clone(), question_id.clone());
@@ -433,12 +641,12 @@ impl Voice {
         });
         self.conversation = Some(conv_id.clone());
         self.last.conversation_id = Some(conv_id);
-        self.question_id = Some(question_id);
-        self.question_is_audio = from_voice;
+        self.cur.question_id = Some(question_id);
+        self.cur.question_is_audio = from_voice;
     }
 
     async fn ask_llm(&mut self) {
-        let messages = self.context.take().unwrap_or_else(|| {
+        let messages = self.cur.context.take().unwrap_or_else(|| {
             let mut m = vec![crate::history::ChatMessage {
                 role: Role::System,
                 content: self.system_prompt.clone(),
@@ -459,57 +667,48 @@ impl Voice {
                 .question
                 .as_deref()
                 .map(crate::history::title_from),
-            question_id: self.question_id.clone(),
-            question_is_audio: self.question_is_audio,
+            question_id: self.cur.question_id.clone(),
+            question_is_audio: self.cur.question_is_audio,
             ..Default::default()
         };
-        let reply_id = self.reply_id.clone();
-        if let Ok(mut r) = reply_id.lock() {
-            *r = None;
-        }
+        self.cur.reply_id = None;
+        self.cur.model = None;
+        self.cur.marks.clear();
+        self.cur.times.asked = Some(Instant::now());
         let llms = self.engines.llm.clone();
-        let tx = self.events_tx.clone();
-        let model = self.llm_model.clone();
-        let times = self.times.clone();
-        if let Ok(mut t) = times.lock() {
-            t.asked = Some(Instant::now());
-        }
-        self.spoken = Arc::default();
+        let tx = self.msgs_tx.clone();
         self.llm_task = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let send = |ev| tx.send(Msg::Turn(ev));
             let (llm, mut stream) = match fallback::chat(&llms, &req).await {
                 Ok(x) => x,
                 Err(e) => {
-                    let _ = tx.send(Event::LlmFailed(e.to_string())).await;
+                    let _ = send(Event::LlmFailed(e.to_string())).await;
                     return;
                 }
             };
-            if let Ok(mut m) = model.lock() {
-                *m = Some(llm.model().unwrap_or_else(|| llm.name().to_string()));
+            let model = llm.model().unwrap_or_else(|| llm.name().to_string());
+            if tx.send(Msg::LlmModel(model)).await.is_err() {
+                return;
             }
             let mut tokens = None;
             while let Some(ev) = stream.next().await {
                 match ev {
                     Ok(LlmEvent::Token(t)) => {
-                        if let Ok(mut tt) = times.lock() {
-                            tt.first_token.get_or_insert_with(Instant::now);
-                        }
-                        if tx.send(Event::Token(t)).await.is_err() {
+                        if send(Event::Token(t)).await.is_err() {
                             return;
                         }
                     }
                     Ok(LlmEvent::Usage { completion, .. }) => tokens = Some(completion),
                     Ok(LlmEvent::ReplyId(id)) => {
-                        if let Ok(mut r) = reply_id.lock() {
-                            *r = Some(id);
-                        }
+                        let _ = tx.send(Msg::ReplyId(id)).await;
                     }
                     Err(e) => {
-                        let _ = tx.send(Event::LlmFailed(e.to_string())).await;
+                        let _ = send(Event::LlmFailed(e.to_string())).await;
                         return;
                     }
                 }
             }
-            let _ = tx.send(Event::LlmDone { tokens }).await;
+            let _ = send(Event::LlmDone { tokens }).await;
         })));
     }
 
@@ -521,12 +720,12 @@ impl Voice {
                 self.engines.tts.clone(),
                 self.sink.clone(),
                 rx,
-                self.events_tx.clone(),
-                self.spoken.clone(),
-                self.times.clone(),
+                self.msgs_tx.clone(),
+                self.cur.marks.len(),
             );
             self.speak_task = Some(AbortOnDropHandle::new(tokio::spawn(task)));
         }
+        self.cur.marks.push((sentence.clone(), None));
         if let Some(tx) = &self.speak_tx {
             let _ = tx.send(sentence);
         }
@@ -534,16 +733,13 @@ impl Voice {
 
     async fn store_answer(&mut self, text: String, tokens: Option<u32>, complete: bool) {
         self.last.answer = Some(text.clone());
-        let (Some(conv), Some(q)) = (self.conversation.clone(), self.question_id.clone()) else {
+        let (Some(conv), Some(q)) = (self.conversation.clone(), self.cur.question_id.clone())
+        else {
             return;
         };
-        let model = self.llm_model.lock().ok().and_then(|m| m.clone());
-        let reply_id = self.reply_id.lock().ok().and_then(|m| m.clone());
-        let rt = self
-            .times
-            .lock()
-            .ok()
-            .and_then(|t| t.asked.map(|a| a.elapsed().as_millis() as i64));
+        let model = self.cur.model.clone();
+        let reply_id = self.cur.reply_id.clone();
+        let rt = self.cur.times.asked.map(|a| a.elapsed().as_millis() as i64);
         let r = self
             .history
             .call(move |s| {
@@ -570,22 +766,31 @@ impl Voice {
     }
 
     fn report(&mut self, o: Outcome) {
-        let times = {
-            let mut t = self.times.lock().unwrap_or_else(|e| e.into_inner());
-            t.done = Some(Instant::now());
-            t.clone()
-        };
+        self.cur.times.done = Some(Instant::now());
+        let times = self.cur.times.clone();
         let q = self.last.question.clone().unwrap_or_default();
+        let by = self.reporting.to_string();
         match &o {
-            Outcome::Answered => tracing::info!("turn answered: {} | {q:?}", times.summary()),
+            Outcome::Answered => {
+                tracing::info!("turn answered ({by}): {} | {q:?}", times.summary())
+            }
             Outcome::Interrupted => {
-                tracing::info!("turn interrupted (barge-in): {} | {q:?}", times.summary())
+                tracing::info!(
+                    "turn interrupted (barge-in) ({by}): {} | {q:?}",
+                    times.summary()
+                )
             }
             Outcome::NothingHeard => tracing::info!(
-                "turn: nothing heard (empty transcript): {}",
+                "turn ({by}): nothing heard (empty transcript): {}",
                 times.summary()
             ),
-            Outcome::Failed(e) => tracing::warn!("turn failed: {e} | {}", times.summary()),
+            Outcome::NoSpeech => {
+                tracing::info!("turn ({by}): no speech after the wake word; back to idle")
+            }
+            Outcome::FollowUpEnded => {
+                tracing::debug!("follow-up window ended in silence; back to idle")
+            }
+            Outcome::Failed(e) => tracing::warn!("turn failed ({by}): {e} | {}", times.summary()),
         }
         self.last.outcome = Some(o);
         self.last.times = times;
@@ -597,6 +802,8 @@ impl Voice {
         self.llm_task = None;
         self.speak_task = None;
         self.speak_tx = None;
+        self.ear = None;
+        self.turn_ear = None;
         if let Some(s) = self.source.as_mut() {
             s.stop();
         }
@@ -608,12 +815,13 @@ impl Voice {
 async fn listen(
     stt: Arc<dyn SpeechToText>,
     mut frames: mpsc::Receiver<audio::Frame>,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Msg>,
 ) {
+    let send = |ev| tx.send(Msg::Turn(ev));
     let mut session = match stt.start().await {
         Ok(s) => Some(s),
         Err(e) => {
-            let _ = tx.send(Event::SttFailed(e.to_string())).await;
+            let _ = send(Event::SttFailed(e.to_string())).await;
             None
         }
     };
@@ -621,95 +829,83 @@ async fn listen(
         if let Some(s) = session.as_mut()
             && let Err(e) = s.push(&f).await
         {
-            let _ = tx.send(Event::SttFailed(e.to_string())).await;
+            let _ = send(Event::SttFailed(e.to_string())).await;
             session = None;
         }
     }
     // The microphone closed: after a release, or because the input ended.
-    let _ = tx.send(Event::ListenEnded).await;
+    let _ = send(Event::ListenEnded).await;
     if let Some(s) = session {
         let ev = match s.finish().await {
             Ok(t) => Event::Transcript(t),
             Err(e) => Event::SttFailed(e.to_string()),
         };
-        let _ = tx.send(ev).await;
+        let _ = send(ev).await;
     }
 }
 
 /// Synthesizes sentences in order and queues their audio; the next sentence
 /// is synthesized while the current one plays. When the channel closes and
-/// everything queued has been heard, reports SpeechDone.
+/// everything queued has been heard, reports SpeechDone. Sentence `first`
+/// is the turn's first mark index of this speaker.
 async fn speaker(
     tts: Vec<Arc<dyn crate::engines::TextToSpeech>>,
     sink: Arc<dyn AudioSink>,
     mut rx: mpsc::UnboundedReceiver<String>,
-    tx: mpsc::Sender<Event>,
-    spoken: Arc<Mutex<Spoken>>,
-    times: Arc<Mutex<TurnTimes>>,
+    tx: mpsc::Sender<Msg>,
+    first: usize,
 ) {
+    let fail = |e: String| tx.send(Msg::Turn(Event::TtsFailed(e)));
+    let mut index = first;
     while let Some(sentence) = rx.recv().await {
-        let idx = {
-            let mut sp = spoken.lock().unwrap_or_else(|e| e.into_inner());
-            sp.marks.push((sentence.clone(), None));
-            sp.marks.len() - 1
-        };
         let (_, mut stream) = match fallback::synthesize(&tts, &sentence).await {
             Ok(x) => x,
             Err(e) => {
-                let _ = tx.send(Event::TtsFailed(e.to_string())).await;
+                let _ = fail(e.to_string()).await;
                 return;
             }
         };
+        let mut marked = false;
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(c) => {
-                    {
-                        let mut sp = spoken.lock().unwrap_or_else(|e| e.into_inner());
-                        if sp.marks[idx].1.is_none() {
-                            sp.marks[idx].1 = Some(sink.progress().borrow().queued);
-                        }
+                    if !marked {
+                        let start = sink.progress().borrow().queued;
+                        let _ = tx.send(Msg::Mark { index, start }).await;
+                        marked = true;
                     }
                     if let Err(e) = sink.enqueue(&c.pcm, c.rate) {
-                        let _ = tx.send(Event::TtsFailed(e.to_string())).await;
+                        let _ = fail(e.to_string()).await;
                         return;
                     }
-                    if let Ok(mut t) = times.lock() {
-                        t.first_audio.get_or_insert_with(Instant::now);
-                    }
+                    let _ = tx.send(Msg::FirstAudio(Instant::now())).await;
                 }
                 Err(e) => {
-                    let _ = tx.send(Event::TtsFailed(e.to_string())).await;
+                    let _ = fail(e.to_string()).await;
                     return;
                 }
             }
         }
+        index += 1;
     }
     audio::drained(sink.as_ref()).await;
-    let _ = tx.send(Event::SpeechDone).await;
+    let _ = tx.send(Msg::Turn(Event::SpeechDone)).await;
 }
 
 /// A change to apply to the running assistant (e.g. a reloaded config).
 pub type Control = Box<dyn FnOnce(&mut Voice) + Send>;
 
-/// Runs the assistant until `shutdown`: push-to-talk events in, turns out.
-/// The loop also applies `control` changes between events and tells the
-/// systemd watchdog it is alive.
+/// Runs the assistant until `shutdown`: push-to-talk events and wake words
+/// in, turns out. The loop also applies `control` changes between events.
 pub async fn run(
     mut voice: Voice,
     mut ptt: mpsc::Receiver<PttEvent>,
     mut control: mpsc::Receiver<Control>,
     shutdown: CancellationToken,
 ) {
-    let mut watchdog = crate::service::watchdog_interval().map(tokio::time::interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = async {
-                match watchdog.as_mut() {
-                    Some(w) => { w.tick().await; }
-                    None => std::future::pending().await,
-                }
-            } => crate::service::watchdog(),
             c = control.recv() => if let Some(apply) = c {
                 apply(&mut voice);
             },
@@ -718,8 +914,8 @@ pub async fn run(
                 Some(PttEvent::Released) => voice.feed(Event::Released).await,
                 None => break,
             },
-            ev = voice.next_event() => if let Some(ev) = ev {
-                voice.feed(ev).await;
+            m = voice.next_msg() => if let Some(m) = m {
+                voice.on_msg(m).await;
             },
         }
     }
@@ -727,7 +923,7 @@ pub async fn run(
 }
 
 /// Runs one turn to its end (for `pichat ask`): feeds `start`, then the
-/// events of the running parts, until the machine is idle again.
+/// messages of the running parts, until the machine is idle again.
 pub async fn one_turn(
     voice: &mut Voice,
     start: Vec<Event>,
@@ -743,8 +939,8 @@ pub async fn one_turn(
                 voice.abort();
                 break;
             }
-            ev = voice.next_event() => match ev {
-                Some(ev) => voice.feed(ev).await,
+            m = voice.next_msg() => match m {
+                Some(m) => voice.on_msg(m).await,
                 None => break,
             },
         }

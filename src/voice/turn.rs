@@ -3,13 +3,24 @@
 //! carries the actions out and turns what happens into events.
 //!
 //! ```text
-//! Idle --press--> Listening --release--> Transcribing --text--> Thinking
-//!   ^                                        |                     | first sentence
-//!   |             (empty text: "didn't       v                     v
-//!   +------------- catch that" earcon) --- Idle <--speech done-- Speaking
-//! press while Thinking/Speaking = barge-in: stop speech and the LLM,
-//! store what was spoken, listen again.
+//!                 press | wake word
+//! Idle ----------------------------> Listening --release / end of speech--> Transcribing
+//!  ^  ^                                 |  ^                                      | text
+//!  |  |  no speech after the wake word  |  | follow-up window                     v
+//!  |  +---- ("didn't catch that") ------+  |  (after a reply)                  Thinking
+//!  |                                       |                                      | first sentence
+//!  +--- silence in the follow-up window ---+---------- speech done ---------- Speaking
+//! press or wake word while Thinking/Speaking = barge-in: stop speech and the
+//! LLM, store what was spoken, listen again.
 //! ```
+//!
+//! Every listening state has a deadline ([`Turn::deadline`]); the I/O sends
+//! [`Event::Deadline`] when it passes. A turn started by the button ends on
+//! release (or at `max_button`); one started by the wake word or a
+//! follow-up ends by itself when voice activity ([`Event::Voice`], one per
+//! 20 ms frame) has been silent for `silence` after at least `min_speech`
+//! of speech, or at `max_listen`; no speech within `no_speech` (or the
+//! follow-up window) goes back to idle without storing anything.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +55,48 @@ pub enum Event {
     /// Listening ended without a release: the longest recording was
     /// reached, or the input (a WAV file) ran out.
     ListenEnded,
+    /// The wake word was heard, with its engine's score.
+    Wake {
+        word: String,
+        score: f32,
+    },
+    /// Voice activity of one 20 ms microphone frame, while listening.
+    Voice {
+        speech: bool,
+    },
+    /// The deadline of [`Turn::deadline`] has passed.
+    Deadline,
+}
+
+/// How the current (or last) turn started, for the log line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// No turn yet, or a typed question.
+    None,
+    Button,
+    Wake {
+        word: String,
+        score: f32,
+    },
+    FollowUp,
+}
+
+impl Start {
+    /// Whether this turn ends by itself (voice activity), not on release.
+    fn hands_free(&self) -> bool {
+        matches!(self, Start::Wake { .. } | Start::FollowUp)
+    }
+}
+
+impl std::fmt::Display for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Start::None => write!(f, "typed"),
+            Start::Button => write!(f, "button"),
+            Start::Wake { word, score } => write!(f, "wake word {word} ({score:.2})"),
+            Start::FollowUp => write!(f, "follow-up"),
+        }
+    }
 }
 
 /// What the I/O around the machine must do, in order.
@@ -86,6 +139,10 @@ pub enum Action {
 pub enum Outcome {
     Answered,
     NothingHeard,
+    /// No speech after the wake word within `no_speech`.
+    NoSpeech,
+    /// The follow-up window passed in silence.
+    FollowUpEnded,
     Interrupted,
     Failed(String),
 }
@@ -109,6 +166,46 @@ pub struct TurnConfig {
     /// A press held this long starts a new conversation (zero: never).
     pub long_press: Duration,
     pub max_chunk_chars: usize,
+    /// The longest a button turn listens.
+    pub max_button: Duration,
+    /// Hands-free listening: the silence that ends the question, the least
+    /// speech that is one, how long to wait for speech after the wake word,
+    /// the longest question, the follow-up window (zero: off).
+    pub silence: Duration,
+    pub min_speech: Duration,
+    pub no_speech: Duration,
+    pub max_listen: Duration,
+    pub follow_up: Duration,
+}
+
+impl TurnConfig {
+    /// Settings for tests and one-shot questions: button only.
+    pub fn button(max_chunk_chars: usize) -> TurnConfig {
+        TurnConfig {
+            new_conversation_after: Duration::from_secs(600),
+            long_press: Duration::ZERO,
+            max_chunk_chars,
+            max_button: Duration::from_secs(30),
+            silence: Duration::from_millis(700),
+            min_speech: Duration::from_millis(250),
+            no_speech: Duration::from_secs(5),
+            max_listen: Duration::from_secs(15),
+            follow_up: Duration::ZERO,
+        }
+    }
+}
+
+/// What was heard so far while listening hands-free.
+#[derive(Debug, Clone, Default)]
+struct Ear {
+    /// When the current stretch of speech began and when voice was last heard.
+    speech_from: Option<Instant>,
+    last_voice: Option<Instant>,
+    /// Speech heard in this question (stretches shorter than min_speech
+    /// dropped).
+    speech: Duration,
+    /// Speech frames in a row.
+    run: u32,
 }
 
 /// The machine.
@@ -128,6 +225,14 @@ pub struct Turn {
     tokens: Option<u32>,
     llm_done: bool,
     failure: Option<String>,
+    start: Start,
+    /// When listening began (for the deadlines).
+    listening_since: Option<Instant>,
+    ear: Ear,
+    /// The question ended by voice activity (its earcon already played).
+    ended_by_voice: bool,
+    /// The next listening after a barge-in is hands-free.
+    barge_start: Start,
 }
 
 impl Turn {
@@ -146,7 +251,49 @@ impl Turn {
             tokens: None,
             llm_done: false,
             failure: None,
+            start: Start::None,
+            listening_since: None,
+            ear: Ear::default(),
+            ended_by_voice: false,
+            barge_start: Start::None,
         }
+    }
+
+    /// When voice was last heard in the question being listened to.
+    pub fn last_voice(&self) -> Option<Instant> {
+        self.ear.last_voice
+    }
+
+    /// How the current or last turn started.
+    pub fn start(&self) -> &Start {
+        &self.start
+    }
+
+    /// When [`Event::Deadline`] is due: set in every listening state.
+    pub fn deadline(&self) -> Option<Instant> {
+        let since = self.listening_since?;
+        if self.state != State::Listening {
+            return None;
+        }
+        let cfg = &self.cfg;
+        Some(match &self.start {
+            Start::Wake { .. } | Start::FollowUp => {
+                let hard = since + cfg.max_listen;
+                let wait = if self.start == Start::FollowUp {
+                    cfg.follow_up
+                } else {
+                    cfg.no_speech
+                };
+                match self.ear.last_voice {
+                    // Speech heard: the silence after it, or the hard cap.
+                    Some(v) if self.ear.speech_from.is_some() || !self.ear.speech.is_zero() => {
+                        (v + cfg.silence).min(hard)
+                    }
+                    _ => (since + wait).min(hard),
+                }
+            }
+            _ => since + cfg.max_button,
+        })
     }
 
     pub fn state(&self) -> State {
@@ -188,11 +335,96 @@ impl Turn {
         out.push(Action::Report(outcome));
     }
 
-    fn listen(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn listen(&mut self, now: Instant, start: Start, out: &mut Vec<Action>) {
         self.state = State::Listening;
         self.pressed_at = Some(now);
-        out.push(Action::Earcon(Earcon::Listening));
+        self.listening_since = Some(now);
+        self.ear = Ear::default();
+        self.ended_by_voice = false;
+        if start != Start::FollowUp {
+            out.push(Action::Earcon(Earcon::Listening));
+        }
+        self.start = start;
         out.push(Action::StartListening);
+    }
+
+    /// Listening ends: transcribe what was said.
+    fn stop_listening(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let held = self
+            .pressed_at
+            .map(|p| now.duration_since(p))
+            .unwrap_or_default();
+        self.new_conversation = match self.start {
+            // Hands-free turns have no press to hold; a follow-up continues.
+            Start::FollowUp => false,
+            Start::Wake { .. } => self.is_new_conversation(now, Duration::ZERO),
+            _ => self.is_new_conversation(now, held),
+        };
+        self.force_new = false;
+        self.state = State::Transcribing;
+        out.push(Action::StopListening);
+    }
+
+    /// A frame's voice activity while listening hands-free. Speech starts
+    /// with three frames in a row (60 ms) and goes on with two: single
+    /// noisy frames neither start speech nor hold the silence after it open.
+    fn voice(&mut self, speech: bool, now: Instant) {
+        let ear = &mut self.ear;
+        if speech {
+            ear.run += 1;
+            let starts = ear.speech_from.is_none() && ear.run >= 3;
+            let goes_on = ear.speech_from.is_some() && ear.run >= 2;
+            if starts {
+                ear.speech_from = Some(now - Duration::from_millis(20) * (ear.run - 1));
+            }
+            if starts || goes_on {
+                ear.last_voice = Some(now);
+            }
+            return;
+        }
+        ear.run = 0;
+        if let (Some(from), Some(last)) = (ear.speech_from, ear.last_voice)
+            && now.duration_since(last) >= Duration::from_millis(60)
+        {
+            // A stretch of speech ended; too short to count (a click) is dropped.
+            let len = last.duration_since(from) + Duration::from_millis(20);
+            if len >= self.cfg.min_speech || !ear.speech.is_zero() {
+                ear.speech += len;
+            } else {
+                ear.last_voice = None;
+            }
+            ear.speech_from = None;
+        }
+    }
+
+    /// The deadline passed while listening.
+    fn listening_deadline(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.start.hands_free() {
+            self.stop_listening(now, out);
+            return;
+        }
+        let since = self.listening_since.unwrap_or(now);
+        let mut heard = self.ear.speech;
+        if let (Some(from), Some(last)) = (self.ear.speech_from, self.ear.last_voice) {
+            heard += last.duration_since(from) + Duration::from_millis(20);
+        }
+        let capped = now.duration_since(since) >= self.cfg.max_listen;
+        if heard >= self.cfg.min_speech && !heard.is_zero() {
+            out.push(Action::Earcon(Earcon::Done));
+            self.ended_by_voice = true;
+            self.stop_listening(now, out);
+        } else if capped || self.ear.last_voice.is_none() {
+            out.push(Action::CancelListening);
+            if self.start == Start::FollowUp {
+                self.end(now, out, Outcome::FollowUpEnded);
+            } else {
+                out.push(Action::Earcon(Earcon::Error));
+                self.end(now, out, Outcome::NoSpeech);
+            }
+        } else {
+            // Only a click: keep waiting for speech.
+            self.ear = Ear::default();
+        }
     }
 
     /// Whether a question asked now belongs in a new conversation.
@@ -231,28 +463,44 @@ impl Turn {
         let mut out = Vec::new();
         use State::*;
         match (self.state, ev) {
-            (Idle, Event::Pressed) => self.listen(now, &mut out),
+            (Idle, Event::Pressed) => self.listen(now, Start::Button, &mut out),
+            (Idle, Event::Wake { word, score }) => {
+                self.listen(now, Start::Wake { word, score }, &mut out)
+            }
+            (Listening, Event::Voice { speech }) if self.start.hands_free() => {
+                self.voice(speech, now)
+            }
+            (Listening, Event::Deadline) if self.deadline().is_some_and(|d| now >= d) => {
+                self.listening_deadline(now, &mut out)
+            }
+            // A press in a silent follow-up window is a new button turn.
+            (Listening, Event::Pressed)
+                if self.start == Start::FollowUp && self.ear.last_voice.is_none() =>
+            {
+                out.push(Action::CancelListening);
+                self.listen(now, Start::Button, &mut out);
+            }
+            // A press ends a hands-free question at once.
+            (Listening, Event::Pressed) if self.start.hands_free() => {
+                self.stop_listening(now, &mut out)
+            }
+            (Listening, Event::Released) if self.start.hands_free() => {}
             (Idle, Event::Typed(text)) => {
                 self.new_conversation = self.is_new_conversation(now, Duration::ZERO);
                 self.force_new = false;
                 self.question(text, false, &mut out);
             }
             (Listening, Event::Released) | (Listening, Event::ListenEnded) => {
-                let held = self
-                    .pressed_at
-                    .map(|p| now.duration_since(p))
-                    .unwrap_or_default();
-                self.new_conversation = self.is_new_conversation(now, held);
-                self.force_new = false;
-                self.state = Transcribing;
-                out.push(Action::StopListening);
+                self.stop_listening(now, &mut out)
             }
             (Transcribing, Event::Transcript(text)) => {
                 if super::sentences::speakable(&text).is_empty() {
                     out.push(Action::Earcon(Earcon::Error));
                     self.end(now, &mut out, Outcome::NothingHeard);
                 } else {
-                    out.push(Action::Earcon(Earcon::Done));
+                    if !self.ended_by_voice {
+                        out.push(Action::Earcon(Earcon::Done));
+                    }
                     self.question(text.trim().to_string(), true, &mut out);
                 }
             }
@@ -263,7 +511,7 @@ impl Turn {
             // A press while the question is being transcribed: start over.
             (Transcribing, Event::Pressed) => {
                 out.push(Action::CancelListening);
-                self.listen(now, &mut out);
+                self.listen(now, Start::Button, &mut out);
             }
             (Thinking | Speaking, Event::Token(t)) if !self.llm_done => {
                 self.reply.push_str(&t);
@@ -307,17 +555,29 @@ impl Turn {
                     complete: failure.is_none(),
                 });
                 match failure {
-                    None => self.end(now, &mut out, Outcome::Answered),
+                    None => {
+                        self.end(now, &mut out, Outcome::Answered);
+                        if !self.cfg.follow_up.is_zero() {
+                            self.listen(now, Start::FollowUp, &mut out);
+                        }
+                    }
                     Some(e) => {
                         out.push(Action::Earcon(Earcon::Error));
                         self.end(now, &mut out, Outcome::Failed(e));
                     }
                 }
             }
-            // Barge-in.
+            // Barge-in, by the button or the wake word.
             (Thinking | Speaking, Event::Pressed) => {
                 out.push(Action::CancelLlm);
                 out.push(Action::StopSpeech);
+                self.barge_start = Start::Button;
+                self.state = Stopping;
+            }
+            (Thinking | Speaking, Event::Wake { word, score }) => {
+                out.push(Action::CancelLlm);
+                out.push(Action::StopSpeech);
+                self.barge_start = Start::Wake { word, score };
                 self.state = Stopping;
             }
             (Speaking | Thinking, Event::TtsFailed(e)) => {
@@ -336,7 +596,8 @@ impl Turn {
                 }
                 out.push(Action::Report(Outcome::Interrupted));
                 self.last_turn_end = Some(now);
-                self.listen(now, &mut out);
+                let start = std::mem::replace(&mut self.barge_start, Start::None);
+                self.listen(now, start, &mut out);
             }
             (Failing, Event::SpeechStopped { spoken }) => {
                 if !spoken.trim().is_empty() {
@@ -364,10 +625,309 @@ mod tests {
 
     fn turn() -> Turn {
         Turn::new(TurnConfig {
-            new_conversation_after: Duration::from_secs(600),
             long_press: Duration::from_secs(2),
-            max_chunk_chars: 200,
+            ..TurnConfig::button(200)
         })
+    }
+
+    /// A hands-free machine: 700 ms silence, 250 ms least speech, 5 s to
+    /// start talking, 15 s at most, a follow-up window of `follow_up` s.
+    fn free(follow_up: u64) -> Turn {
+        Turn::new(TurnConfig {
+            follow_up: Duration::from_secs(follow_up),
+            ..TurnConfig::button(200)
+        })
+    }
+
+    /// Feeds voice activity every 20 ms from `from` to `to` (ms), speech
+    /// where `speech(ms)` says so; returns every action.
+    fn talk(
+        t: &mut Turn,
+        t0: Instant,
+        from: u64,
+        to: u64,
+        speech: impl Fn(u64) -> bool,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut ms = from;
+        while ms < to {
+            let now = t0 + Duration::from_millis(ms);
+            out.extend(t.handle(Event::Voice { speech: speech(ms) }, now));
+            // The I/O sends Deadline when it passes.
+            if let Some(d) = t.deadline()
+                && d <= now
+            {
+                out.extend(t.handle(Event::Deadline, now));
+            }
+            ms += 20;
+        }
+        out
+    }
+
+    fn wake() -> Event {
+        Event::Wake {
+            word: "okay_nabu".into(),
+            score: 0.97,
+        }
+    }
+
+    fn answer(t: &mut Turn, now: Instant) -> Vec<Action> {
+        let mut a = t.handle(Event::Transcript("What time is it?".into()), now);
+        a.extend(t.handle(Event::Token("It is noon.".into()), now));
+        a.extend(t.handle(Event::LlmDone { tokens: None }, now));
+        a.extend(t.handle(Event::SpeechDone, now));
+        a
+    }
+
+    #[test]
+    fn wake_word_then_silence_ends_the_question() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = free(0);
+        assert_eq!(
+            t.handle(wake(), ms(0)),
+            vec![Action::Earcon(Earcon::Listening), Action::StartListening]
+        );
+        assert_eq!(t.deadline(), Some(ms(5000)), "waits 5 s for speech");
+        // Speech from 300 to 1500 ms, then silence.
+        let a = talk(&mut t, t0, 0, 2100, |m| (300..1500).contains(&m));
+        assert!(a.is_empty(), "still listening: {a:?}");
+        assert_eq!(t.deadline(), Some(ms(1480 + 700)));
+        let a = talk(&mut t, t0, 2100, 2300, |_| false);
+        assert_eq!(
+            a,
+            vec![Action::Earcon(Earcon::Done), Action::StopListening],
+            "700 ms of silence end it"
+        );
+        assert_eq!(t.state(), State::Transcribing);
+        assert_eq!(t.deadline(), None);
+        // No second earcon for the transcript; the question is asked.
+        let a = t.handle(Event::Transcript("What time is it?".into()), ms(2500));
+        assert_eq!(
+            a[0],
+            Action::StoreQuestion {
+                text: "What time is it?".into(),
+                new_conversation: true,
+                from_voice: true
+            }
+        );
+        assert_eq!(
+            t.start(),
+            &Start::Wake {
+                word: "okay_nabu".into(),
+                score: 0.97
+            }
+        );
+    }
+
+    #[test]
+    fn no_speech_after_the_wake_word_goes_back_to_idle() {
+        let t0 = Instant::now();
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        // A click (40 ms) is not speech, nor is noise that scores as speech
+        // in one frame of three; 5 s pass.
+        let a = talk(&mut t, t0, 0, 4980, |m| {
+            (1000..1040).contains(&m) || (m / 20) % 3 == 0
+        });
+        assert!(a.is_empty(), "{a:?}");
+        let a = talk(&mut t, t0, 4980, 5020, |_| false);
+        assert_eq!(
+            a,
+            vec![
+                Action::CancelListening,
+                Action::Earcon(Earcon::Error),
+                Action::Report(Outcome::NoSpeech)
+            ]
+        );
+        assert!(!a.iter().any(|x| matches!(x, Action::StoreQuestion { .. })));
+        assert_eq!(t.state(), State::Idle);
+        assert_eq!(t.deadline(), None);
+    }
+
+    #[test]
+    fn noise_after_the_question_does_not_hold_it_open() {
+        let t0 = Instant::now();
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        // The question, then a noisy room: one frame in three scores as speech.
+        let a = talk(&mut t, t0, 0, 2300, |m| {
+            (300..1500).contains(&m) || (m >= 1500 && (m / 20) % 3 == 0)
+        });
+        assert_eq!(a, vec![Action::Earcon(Earcon::Done), Action::StopListening]);
+    }
+
+    #[test]
+    fn endless_speech_is_cut_at_max_listen() {
+        let t0 = Instant::now();
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        let a = talk(&mut t, t0, 0, 14_980, |_| true);
+        assert!(a.is_empty());
+        assert_eq!(t.deadline(), Some(t0 + Duration::from_secs(15)));
+        let a = talk(&mut t, t0, 14_980, 15_020, |_| true);
+        assert_eq!(a, vec![Action::Earcon(Earcon::Done), Action::StopListening]);
+        // The limit and one past it: 15 s of a 14.98 s question is kept.
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        let a = talk(&mut t, t0, 0, 15_000, |m| m < 14_000);
+        assert!(a.contains(&Action::StopListening));
+        assert_eq!(t.state(), State::Transcribing);
+    }
+
+    #[test]
+    fn a_press_ends_a_hands_free_question_at_once() {
+        let t0 = Instant::now();
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        talk(&mut t, t0, 0, 600, |m| m > 100);
+        let a = t.handle(Event::Pressed, t0 + Duration::from_millis(600));
+        assert_eq!(a, vec![Action::StopListening]);
+        assert!(
+            t.handle(Event::Released, t0 + Duration::from_millis(700))
+                .is_empty()
+        );
+        assert_eq!(t.state(), State::Transcribing);
+    }
+
+    #[test]
+    fn a_follow_up_continues_the_conversation_and_silence_ends_it_quietly() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = free(6);
+        t.handle(wake(), ms(0));
+        talk(&mut t, t0, 0, 2000, |m| (200..1000).contains(&m));
+        let a = answer(&mut t, ms(3000));
+        assert!(a.contains(&Action::Report(Outcome::Answered)));
+        // Listening again, without an earcon, for 6 s.
+        assert_eq!(a[a.len() - 1], Action::StartListening);
+        assert!(!a[a.len() - 2..].contains(&Action::Earcon(Earcon::Listening)));
+        assert_eq!(t.start(), &Start::FollowUp);
+        assert_eq!(t.deadline(), Some(ms(9000)));
+        let a = talk(&mut t, t0, 3000, 5500, |m| (3500..4500).contains(&m));
+        assert_eq!(a, vec![Action::Earcon(Earcon::Done), Action::StopListening]);
+        let a = t.handle(Event::Transcript("And tomorrow?".into()), ms(6000));
+        assert!(
+            a.contains(&Action::StoreQuestion {
+                text: "And tomorrow?".into(),
+                new_conversation: false,
+                from_voice: true
+            }),
+            "same conversation: {a:?}"
+        );
+        t.handle(Event::Token("Rain.".into()), ms(6100));
+        t.handle(Event::LlmDone { tokens: None }, ms(6100));
+        t.handle(Event::SpeechDone, ms(7000));
+        // Silence through the window: idle, no earcon, nothing stored.
+        let a = talk(&mut t, t0, 7000, 13_100, |_| false);
+        assert_eq!(
+            a,
+            vec![
+                Action::CancelListening,
+                Action::Report(Outcome::FollowUpEnded)
+            ]
+        );
+        assert_eq!(t.state(), State::Idle);
+    }
+
+    #[test]
+    fn a_press_in_a_silent_follow_up_window_is_a_button_turn() {
+        let t0 = Instant::now();
+        let mut t = free(6);
+        t.handle(Event::Pressed, t0);
+        t.handle(Event::Released, t0);
+        answer(&mut t, t0);
+        assert_eq!(t.start(), &Start::FollowUp);
+        let a = t.handle(Event::Pressed, t0 + Duration::from_secs(1));
+        assert_eq!(
+            a,
+            vec![
+                Action::CancelListening,
+                Action::Earcon(Earcon::Listening),
+                Action::StartListening
+            ]
+        );
+        assert_eq!(t.start(), &Start::Button);
+        // Voice activity does not end a button turn; its deadline is max_button.
+        assert!(talk(&mut t, t0, 1000, 5000, |_| false).is_empty());
+        assert_eq!(t.deadline(), Some(t0 + Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn the_wake_word_over_the_reply_is_a_barge_in() {
+        let t0 = Instant::now();
+        let mut t = free(0);
+        t.handle(Event::Typed("Tell me a story".into()), t0);
+        t.handle(Event::Token("Once upon a time. There was".into()), t0);
+        assert_eq!(
+            t.handle(wake(), t0),
+            vec![Action::CancelLlm, Action::StopSpeech]
+        );
+        let a = t.handle(
+            Event::SpeechStopped {
+                spoken: "Once upon a time.".into(),
+            },
+            t0,
+        );
+        assert!(a.contains(&Action::StoreAnswer {
+            text: "Once upon a time.".into(),
+            tokens: None,
+            complete: false
+        }));
+        assert!(a.contains(&Action::Report(Outcome::Interrupted)));
+        assert_eq!(a[a.len() - 1], Action::StartListening);
+        // It listens hands-free: silence ends the new question.
+        assert!(t.start().hands_free());
+        assert!(t.deadline().is_some());
+    }
+
+    #[test]
+    fn every_listening_state_has_a_deadline() {
+        let t0 = Instant::now();
+        type StartFn = fn(&mut Turn, Instant);
+        let starts: [(&str, StartFn); 4] = [
+            ("button", |t, now| {
+                t.handle(Event::Pressed, now);
+            }),
+            ("wake", |t, now| {
+                t.handle(wake(), now);
+            }),
+            ("follow-up", |t, now| {
+                t.handle(wake(), now);
+                talk(t, now, 0, 2000, |m| (100..900).contains(&m));
+                answer(t, now);
+            }),
+            ("barge-in", |t, now| {
+                t.handle(Event::Typed("q".into()), now);
+                t.handle(Event::Pressed, now);
+                t.handle(
+                    Event::SpeechStopped {
+                        spoken: String::new(),
+                    },
+                    now,
+                );
+            }),
+        ];
+        for (name, start) in starts {
+            let mut t = free(4);
+            start(&mut t, t0);
+            assert_eq!(t.state(), State::Listening, "{name}");
+            let d = t
+                .deadline()
+                .unwrap_or_else(|| panic!("{name}: no deadline"));
+            assert!(d > t0, "{name}");
+            // At the deadline the machine leaves listening.
+            t.handle(Event::Deadline, d);
+            assert_ne!(t.state(), State::Listening, "{name} still listening");
+        }
+        // A deadline event before it is due changes nothing.
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        assert!(
+            t.handle(Event::Deadline, t0 + Duration::from_secs(1))
+                .is_empty()
+        );
+        assert_eq!(t.state(), State::Listening);
     }
 
     fn has(actions: &[Action], a: &Action) -> bool {

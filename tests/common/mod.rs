@@ -44,6 +44,11 @@ impl Env {
             .env("XDG_DATA_HOME", self.path("xdg-data"))
             .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
             .env("PICHAT_CONFIG", self.config());
+        for var in ["RUST_LOG"] {
+            if let Some(v) = std::env::var_os(var) {
+                c.env(var, v);
+            }
+        }
         c
     }
 
@@ -205,5 +210,162 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A daemon's log, read line by line on a thread.
+pub struct Log {
+    lines: std::sync::mpsc::Receiver<String>,
+    pub all: Vec<String>,
+}
+
+impl Log {
+    pub fn new(stderr: std::process::ChildStderr) -> Log {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(l);
+            }
+        });
+        Log {
+            lines: rx,
+            all: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        self.try_wait_for(needle, within).unwrap_or_else(|| {
+            panic!(
+                "no log line with {needle:?}; the daemon said:\n{}",
+                self.all.join("\n")
+            )
+        })
+    }
+
+    /// Waits for a line containing `needle`; `None` if none came in time.
+    pub fn try_wait_for(&mut self, needle: &str, within: Duration) -> Option<String> {
+        let end = std::time::Instant::now() + within;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.all.push(l.clone());
+                    if l.contains(needle) {
+                        return Some(l);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
+}
+
+/// Plays 16 kHz mono samples into the virtual microphone `mic` in real
+/// time (blocks until done).
+pub fn play_into_mic(pulse: &Pulse, pcm: &[i16]) {
+    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut p = pulse
+        .cmd("pacat")
+        .args([
+            "--latency-msec=20",
+            "-p",
+            "--raw",
+            "--format=s16le",
+            "--rate=16000",
+            "--channels=1",
+            "-d",
+            "mic",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(p.stdin.as_mut().unwrap(), &raw).unwrap();
+    drop(p.stdin.take());
+    let secs = pcm.len() as u64 / 16_000 + 30;
+    assert!(wait_timeout(&mut p, Duration::from_secs(secs)).is_some_and(|s| s.success()));
+}
+
+/// Speech by espeak-ng (`voice`, words per minute), as 16 kHz mono.
+pub fn espeak(text: &str, voice: &str, wpm: u32) -> Vec<i16> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.wav");
+    let ok = Command::new("espeak-ng")
+        .args([
+            "-v",
+            voice,
+            "-s",
+            &wpm.to_string(),
+            "-w",
+            p.to_str().unwrap(),
+            text,
+        ])
+        .status()
+        .expect("espeak-ng is installed (scripts/setup-local-engines.sh)")
+        .success();
+    assert!(ok, "espeak-ng failed");
+    wav_16k(&p)
+}
+
+/// A WAV file as 16 kHz mono samples.
+pub fn wav_16k(p: &Path) -> Vec<i16> {
+    let clip = pichat::audio::wav::read(p).unwrap();
+    pichat::audio::wav::frames_of(&clip).unwrap().concat()
+}
+
+/// `ms` of silence at 16 kHz.
+pub fn silence(ms: u64) -> Vec<i16> {
+    vec![0; (ms * 16) as usize]
+}
+
+impl Pulse {
+    /// The room: what is played on `spk` leaks into `mic` at `percent`
+    /// of its level (a PulseAudio loopback, 20 ms).
+    pub fn leak_speaker_into_mic(&self, percent: u32) {
+        let out = self
+            .cmd("pactl")
+            .args([
+                "load-module",
+                "module-loopback",
+                "source=spk.monitor",
+                "sink=mic",
+                "latency_msec=20",
+                "source_dont_move=true",
+                "sink_dont_move=true",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "loopback: {out:?}");
+        let module = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // The loopback's stream into `mic`, by its owner module.
+        for _ in 0..100 {
+            let list = self
+                .cmd("pactl")
+                .args(["list", "sink-inputs"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&list.stdout).into_owned();
+            let mut index = None;
+            for block in text.split("Sink Input #").skip(1) {
+                if block.contains(&format!("Owner Module: {module}")) {
+                    index = block.lines().next().map(|l| l.trim().to_string());
+                }
+            }
+            if let Some(i) = index {
+                let st = self
+                    .cmd("pactl")
+                    .args(["set-sink-input-volume", &i, &format!("{percent}%")])
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no loopback stream appeared");
     }
 }
