@@ -4,7 +4,7 @@
 # missing. Usage: scripts/deps.sh [--build|--test]
 #   --build  compilers and libraries to build pichat (default)
 #   --test   also what the tests use (python3, sqlite3, util-linux's setpriv,
-#            systemd-analyze)
+#            systemd-analyze, Debian's chromium + chromium-driver for the web app)
 set -euo pipefail
 
 mode="${1:---build}"
@@ -19,7 +19,9 @@ if [[ "$mode" == "--test" ]]; then
   # python3/sqlite3: lock and schema tests; pulseaudio + the ALSA pulse plugin:
   # real-time virtual microphone and speaker for audio tests; systemd:
   # systemd-analyze for tests/systemd_units.rs (works without systemd running).
-  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd)
+  # chromium + chromium-driver: the web app's tests drive Debian's browser
+  # headless over WebDriver (tests/web_app.rs); never a browser download.
+  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd chromium chromium-driver)
 fi
 
 missing=()

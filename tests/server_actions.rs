@@ -43,6 +43,11 @@ async fn hello_welcome_and_ping() {
     );
     let time = w["payload"]["server_time"].as_str().unwrap();
     assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+    // The models settings and conversations may name: the engines, in order.
+    assert_eq!(
+        w["payload"]["models"],
+        json!([{"engine": "fake", "model": "fake-model"}])
+    );
 
     let p = c.request("ping", json!({})).await;
     assert_eq!(p["action"], "pong");
@@ -64,6 +69,45 @@ async fn hello_welcome_and_ping() {
         (Some("error"), Some("bad_request"))
     );
     assert_eq!(e["payload"]["action"], "hello");
+}
+
+#[tokio::test]
+async fn conversations_say_where_their_messages_came_from() {
+    let srv = TestServer::start(engines(vec![FakeLlm::tokens(&["hi"])])).await;
+    let t = srv.token("alice").await;
+    let mut pi = srv.hello(&t, "voice").await;
+    let mut web = srv.hello(&t, "web").await;
+    let c = web
+        .request("create_conversation", json!({"title": "Marks"}))
+        .await;
+    let id = c["payload"]["conversation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // No messages: no origins (the field is left out).
+    assert!(c["payload"]["conversation"].get("origins").is_none(), "{c}");
+    let mid = "018f0000-0000-7000-8000-000000000001";
+    let r = pi
+        .request(
+            "append_messages",
+            json!({"messages": [{"id": mid, "conversation_id": id, "role": "user", "content": "spoken"}]}),
+        )
+        .await;
+    assert_eq!(r["action"], "messages_appended", "{r}");
+    let got = web.request("get_conversation", json!({"id": id})).await;
+    assert_eq!(got["payload"]["conversation"]["origins"], json!(["voice"]));
+    let r = web
+        .request(
+            "append_messages",
+            json!({"messages": [{"id": "018f0000-0000-7000-8000-000000000002", "conversation_id": id, "role": "user", "content": "typed"}]}),
+        )
+        .await;
+    assert_eq!(r["action"], "messages_appended", "{r}");
+    let list = web.request("get_conversations", json!({})).await;
+    assert_eq!(
+        list["payload"]["conversations"][0]["origins"],
+        json!(["voice", "web"])
+    );
 }
 
 #[tokio::test]

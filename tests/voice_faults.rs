@@ -458,3 +458,67 @@ async fn a_tts_engine_claiming_a_hostile_format_is_skipped_for_the_next() {
     assert_eq!(reader.spec().sample_rate, 22_050);
     assert!(reader.duration() >= 22_050 / 5 - 10);
 }
+
+/// The conversation the Pi continues is the one last active on any device
+/// (here: written by the web app, as the sync stored it), when recent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_turn_continues_the_conversation_last_active_on_the_web() {
+    use pichat::history::{NewConversation, NewMessage, OpenOptions, Role, Store};
+    let env = Env::new();
+    let llm = fakes::llm(tokens(&["Sure."])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("good", openai(&llm.url(), 2000)),
+            ("voice", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["whisper"],
+        &["good"],
+        &["voice"],
+    );
+    let now = pichat::time::now_ms();
+    let (old, web) = {
+        let mut s = Store::open(&env.path("h.db"), &OpenOptions::default()).unwrap();
+        let mut add = |title: &str, at: i64| {
+            let c = s
+                .create_conversation(NewConversation {
+                    title: Some(title.into()),
+                    created_at: Some(at),
+                    ..Default::default()
+                })
+                .unwrap();
+            let mut m = NewMessage::new(&c.id, Role::User, format!("{title} question"));
+            m.created_at = Some(at);
+            m.origin = pichat::history::Origin::Web;
+            s.append_message(m).unwrap();
+            c.id
+        };
+        (
+            add("Old one", now - 3_600_000),
+            add("Typed on the web", now - 60_000),
+        )
+    };
+    let ask = |args: &[&str]| {
+        let mut a = vec!["ask"];
+        a.extend_from_slice(args);
+        env.cmd(&a)
+    };
+    let out = env.path("o.wav");
+    let r = run_async(ask(&["and then?", "--out", out.to_str().unwrap()])).await;
+    r.ok();
+    let h = history(&env);
+    assert_eq!(
+        h["conversation"]["id"],
+        web.as_str(),
+        "the web's conversation goes on: {h}"
+    );
+    assert_eq!(h["messages"].as_array().unwrap().len(), 3, "{h}");
+    // --new starts one, whatever was active.
+    let r = run_async(ask(&["new topic", "--new", "--out", out.to_str().unwrap()])).await;
+    r.ok();
+    let h = history(&env);
+    assert_ne!(h["conversation"]["id"], web.as_str());
+    assert_ne!(h["conversation"]["id"], old.as_str());
+    assert_eq!(h["messages"][0]["content"], "new topic");
+}

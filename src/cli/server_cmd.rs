@@ -23,6 +23,64 @@ pub struct ServeArgs {
     /// Server database instead of server.database
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
+    /// Write a private CA and a server certificate (for https:// and wss://), print the
+    /// config lines that use them, and exit
+    #[arg(long)]
+    make_cert: bool,
+    /// With --make-cert: the folder to write to (default: beside server.tls_cert, else
+    /// the data folder's tls/)
+    #[arg(long, value_name = "DIR", requires = "make_cert")]
+    cert_dir: Option<PathBuf>,
+    /// With --make-cert: a name or address the certificate is for (repeat it; default:
+    /// this machine's host name, NAME.local, localhost and its addresses)
+    #[arg(long = "cert-name", value_name = "HOST", requires = "make_cert")]
+    cert_names: Vec<String>,
+    /// With --make-cert: replace existing files (a new CA too: clients need the new ca.pem)
+    #[arg(long, requires = "make_cert")]
+    force: bool,
+}
+
+/// `pichat serve --make-cert`.
+fn make_cert(args: &ServeArgs, cfg: &crate::config::Config) -> anyhow::Result<ExitCode> {
+    let dir = args.cert_dir.clone().unwrap_or_else(|| {
+        cfg.server
+            .tls
+            .as_ref()
+            .and_then(|t| t.cert.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| crate::config::paths::data_dir().join("tls"))
+    });
+    let names = if args.cert_names.is_empty() {
+        server::certs::default_names()
+    } else {
+        args.cert_names.clone()
+    };
+    let f = server::certs::make(&dir, &names, args.force)?;
+    let mut out = std::io::stdout().lock();
+    if f.new_ca {
+        writeln!(
+            out,
+            "made a private CA: {} (its key: {})",
+            f.ca_cert.display(),
+            f.ca_key.display()
+        )?;
+    } else {
+        writeln!(out, "signed with the CA already in {}", dir.display())?;
+    }
+    writeln!(out, "made a server certificate for {}", f.names.join(", "))?;
+    writeln!(out, "\nIn the server's config ([server]):")?;
+    writeln!(out, "  tls_cert = \"{}\"", f.cert.display())?;
+    writeln!(out, "  tls_key = \"{}\"", f.key.display())?;
+    writeln!(
+        out,
+        "\nOn each Pi: copy {} there and set ([sync]) ca_file = \"/etc/pichat/ca.pem\" and url = \"wss://HOST:PORT/ws\".",
+        f.ca_cert.display()
+    )?;
+    writeln!(
+        out,
+        "In the browser: import {} as a trusted authority (once), then open https://HOST:PORT/.",
+        f.ca_cert.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +217,9 @@ pub fn token(args: TokenArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
 pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let loaded = super::load_config(cli_config)?;
     let cfg = loaded.config;
+    if args.make_cert {
+        return make_cert(&args, &cfg);
+    }
     crate::logging::init(&cfg.log.level, cfg.log.format);
     // Every connection is a file descriptor: use all the hard limit allows
     // (`server::run` fits the connection limits to it).
@@ -192,7 +253,11 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         .thread_name("pichat-server")
         .build()
         .context("cannot start the async runtime")?;
-    let opts = ServerOptions::from_config(&cfg);
+    let mut opts = ServerOptions::from_config(&cfg);
+    if let Some(files) = &cfg.server.tls {
+        opts.tls = Some(server::tls::load(files)?);
+    }
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let result = rt.block_on(async {
         let listener = server::bind(listen).await?;
         let tokens = handle
@@ -207,6 +272,7 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         let addr = listener.local_addr().unwrap_or(listen);
         // One line on stdout for scripts (and tests) to learn the port.
         println!("listening on {addr}");
+        tracing::info!("the web app: {scheme}://{addr}/ (sign in with a token from `pichat token add USER --device browser`)");
         let _ = std::io::stdout().flush();
         let shutdown = crate::signals::shutdown_token();
         // systemd (Type=notify): ready, a watchdog, and SIGHUP that checks

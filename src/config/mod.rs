@@ -421,6 +421,43 @@ mod tests {
     }
 
     #[test]
+    fn web_app_settings_at_their_bounds_and_one_past() {
+        let (_, c) = check("[server]\nsession_hours = 8784\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.server.session_ttl,
+            std::time::Duration::from_secs(8784 * 3600)
+        );
+        let (_, c) = check("[server]\nsession_hours = 1\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.session_ttl, std::time::Duration::from_secs(3600));
+        for past in ["0", "8785"] {
+            let err = check(&format!("[server]\nsession_hours = {past}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "t.toml:2: server.session_hours: {past} is out of range"
+                )),
+                "{err}"
+            );
+        }
+        let (_, c) = check("[server]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n").unwrap();
+        assert_eq!(
+            c.server.tls,
+            Some(resolve::TlsFiles {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        let err = check("[server]\ntls_cert = \"/c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.tls_key: server.tls_cert is set but server.tls_key is not"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn problems_have_lines() {
         let text = "[audio]\nvolume = 2.0\nvolum = 1\n\n[ptt]\ngpio_pin = \"x\"\nmode = \"x\"\n";
         let err = check(text).unwrap_err().to_string();

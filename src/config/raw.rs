@@ -284,6 +284,9 @@ pub struct RawServer {
     pub send_queue_kib: i64,
     pub read_budget_mib: i64,
     pub frame_timeout_s: i64,
+    pub session_hours: i64,
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Default for RawServer {
@@ -304,6 +307,9 @@ impl Default for RawServer {
             send_queue_kib: 1024,
             read_budget_mib: 64,
             frame_timeout_s: 20,
+            session_hours: 720,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }

@@ -253,6 +253,17 @@ pub struct ServerConfig {
     pub send_queue_bytes: usize,
     pub read_budget_bytes: usize,
     pub frame_timeout: Duration,
+    /// How long a browser stays signed in.
+    pub session_ttl: Duration,
+    /// The certificate chain and key (PEM) to serve https:// and wss://
+    /// with; both or neither.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -763,6 +774,25 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             1,
             600,
         ) as u64),
+        session_ttl: Duration::from_secs(
+            c.range("server.session_hours", sv.session_hours, 1, 24 * 366) as u64 * 3600,
+        ),
+        tls: match (c.path_opt(&sv.tls_cert), c.path_opt(&sv.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (cert, _) => {
+                let (set, unset) = if cert.is_some() {
+                    ("server.tls_cert", "server.tls_key")
+                } else {
+                    ("server.tls_key", "server.tls_cert")
+                };
+                c.err(
+                    unset,
+                    format!("{set} is set but {unset} is not: give both (PEM files; `pichat serve --make-cert` makes them), or neither for plain http"),
+                );
+                None
+            }
+        },
     };
 
     let level = raw.log.level.trim().to_ascii_lowercase();

@@ -27,8 +27,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -95,8 +96,37 @@ fn guarded<T>(store: &mut Store, f: impl FnOnce(&mut Store) -> Result<T>) -> Res
     }
 }
 
+/// A figure of the store threads, for whoever watches them (the server's
+/// `/metrics`): how long a call waited before it ran, how long a group
+/// commit took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    QueueWait(Duration),
+    Commit(Duration),
+}
+
+type Observer = Arc<OnceLock<Box<dyn Fn(Timing) + Send + Sync>>>;
+
+fn note(observer: &Observer, t: Timing) {
+    if let Some(f) = observer.get() {
+        f(t);
+    }
+}
+
+/// `f`, telling the observer how long it waited to run.
+fn timed<T, F>(observer: Observer, f: F) -> impl FnOnce(&mut Store) -> Result<T> + Send + 'static
+where
+    F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+{
+    let queued = Instant::now();
+    move |s: &mut Store| {
+        note(&observer, Timing::QueueWait(queued.elapsed()));
+        f(s)
+    }
+}
+
 /// The writer thread's loop.
-fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>) {
+fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>, observer: &Observer) {
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
@@ -132,7 +162,10 @@ fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>) {
                         Err(_) => break,
                     }
                 }
-                let outcome = match store.conn.execute_batch("COMMIT") {
+                let commit_start = Instant::now();
+                let commit = store.conn.execute_batch("COMMIT");
+                note(observer, Timing::Commit(commit_start.elapsed()));
+                let outcome = match commit {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         tracing::error!(
@@ -315,6 +348,7 @@ impl Readers {
 pub struct HistoryHandle {
     tx: mpsc::Sender<Job>,
     readers: Arc<ReadersGuard>,
+    observer: Observer,
 }
 
 /// Closes the readers when the last handle goes.
@@ -356,6 +390,8 @@ impl HistoryHandle {
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<(HistoryHandle, StoreThread)> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let observer: Observer = Arc::default();
+        let watched = observer.clone();
         let path = path.to_path_buf();
         let thread_opts = opts.clone();
         let thread_path = path.clone();
@@ -372,7 +408,7 @@ impl HistoryHandle {
                         return;
                     }
                 };
-                serve(&mut store, &rx);
+                serve(&mut store, &rx, &watched);
             })
             .map_err(|e| {
                 HistoryError::StoreGone(format!("cannot start the history thread: {e}"))
@@ -403,6 +439,7 @@ impl HistoryHandle {
             HistoryHandle {
                 tx,
                 readers: Arc::new(ReadersGuard(readers)),
+                observer,
             },
             StoreThread(join),
         ))
@@ -447,8 +484,14 @@ impl HistoryHandle {
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.send(Self::plain(f, tx))?;
+        self.send(Self::plain(timed(self.observer.clone(), f), tx))?;
         outcome(rx).await
+    }
+
+    /// Calls `f` with each [`Timing`] from now on (the first observer set
+    /// stays; it runs on the store threads, so it must be quick).
+    pub fn observe(&self, f: impl Fn(Timing) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(f));
     }
 
     /// Runs a read on a read-only connection (see the module docs), taken
@@ -462,6 +505,7 @@ impl HistoryHandle {
         let Some(readers) = &self.readers.0 else {
             return self.call(f).await;
         };
+        let f = timed(self.observer.clone(), f);
         let (tx, rx) = oneshot::channel();
         let job: ReadJob = Box::new(move |store: &mut Store| {
             let path = store.path().to_path_buf();
@@ -485,6 +529,7 @@ impl HistoryHandle {
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let f = timed(self.observer.clone(), f);
         let job = Job::Batched(Box::new(move |store: &mut Store| {
             let path = store.path().to_path_buf();
             let result = guarded(store, f).map_err(|e| e.with_path(&path));
@@ -700,12 +745,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_queue_wait_and_the_commits_are_observed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) =
+            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        h.observe(move |t| s2.lock().unwrap().push(t));
+        h.call(|s| s.schema_version()).await.unwrap();
+        h.call_batched(|s| s.server().add_token("alice", None, &[1; 32]))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let waits = seen
+            .iter()
+            .filter(|t| matches!(t, Timing::QueueWait(_)))
+            .count();
+        let commits = seen
+            .iter()
+            .filter(|t| matches!(t, Timing::Commit(_)))
+            .count();
+        assert_eq!((waits, commits), (2, 1), "{seen:?}");
+        drop(h);
+        thread.join();
+    }
+
+    #[tokio::test]
     async fn a_store_that_is_gone_says_so() {
         let (tx, rx) = mpsc::channel::<Job>();
         drop(rx);
         let h = HistoryHandle {
             tx,
             readers: Arc::new(ReadersGuard(None)),
+            observer: Arc::default(),
         };
         let e = h.call(|s| s.schema_version()).await.unwrap_err();
         assert!(matches!(e, HistoryError::StoreGone(_)), "{e}");

@@ -20,6 +20,7 @@ pub mod schema;
 mod search;
 pub mod server;
 pub mod sync;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

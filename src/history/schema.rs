@@ -5,7 +5,7 @@
 //! is refused without being touched.
 
 /// `MIGRATIONS[i]` takes the database from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Version 3: which fields of a conversation were changed here and not yet
 /// pushed (bits: 1 title, 2 archived, 4 model), so that a sync merges field
@@ -13,6 +13,39 @@ pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 const V3: &str = r#"
 ALTER TABLE conversations ADD COLUMN pending_fields INTEGER NOT NULL DEFAULT 0;
 UPDATE conversations SET pending_fields = 7 WHERE pending = 1;
+"#;
+
+/// Version 4 (the chat server's web app): signed-in browser sessions
+/// (`srv_sessions`: the SHA-256 of each session cookie, the token it was
+/// made from, its expiry), and per-conversation message counts by origin
+/// (`voice_messages`, `web_messages`, `api_messages`) for the list's marks,
+/// kept by the same trigger that keeps `message_count`.
+const V4: &str = r#"
+CREATE TABLE srv_sessions (
+    id           BLOB PRIMARY KEY CHECK (length(id) = 32),
+    token_id     INTEGER NOT NULL REFERENCES srv_tokens (id),
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX srv_sessions_by_token ON srv_sessions (token_id, created_at);
+ALTER TABLE srv_conversations ADD COLUMN voice_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE srv_conversations ADD COLUMN web_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE srv_conversations ADD COLUMN api_messages INTEGER NOT NULL DEFAULT 0;
+UPDATE srv_conversations SET
+    voice_messages = (SELECT count(*) FROM srv_messages m WHERE m.conversation_id = srv_conversations.id AND m.origin = 'voice'),
+    web_messages = (SELECT count(*) FROM srv_messages m WHERE m.conversation_id = srv_conversations.id AND m.origin = 'web'),
+    api_messages = (SELECT count(*) FROM srv_messages m WHERE m.conversation_id = srv_conversations.id AND m.origin = 'api');
+DROP TRIGGER srv_messages_count_insert;
+CREATE TRIGGER srv_messages_count_insert AFTER INSERT ON srv_messages BEGIN
+    UPDATE srv_conversations SET
+        message_count = message_count + 1,
+        voice_messages = voice_messages + (new.origin = 'voice'),
+        web_messages = web_messages + (new.origin = 'web'),
+        api_messages = api_messages + (new.origin = 'api'),
+        last_message_at = max(coalesce(last_message_at, new.created_at), new.created_at),
+        activity_at = max(activity_at, new.created_at)
+    WHERE id = new.conversation_id;
+END;
 "#;
 
 /// The schema version this binary writes.

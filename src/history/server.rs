@@ -73,6 +73,9 @@ pub struct ServerConversation {
     pub rev: i64,
     /// The rev of its creation.
     pub created_rev: i64,
+    /// Where its messages were made (voice, web, api), in that order; each
+    /// origin once.
+    pub origins: Vec<Origin>,
 }
 
 /// A user's settings (all empty and rev 0 until first changed).
@@ -167,7 +170,10 @@ pub struct MessageWithReply {
 }
 
 const CONV_COLS: &str = "id, title, model_id, created_at, updated_at, last_message_at, \
-     message_count, archived, deleted, rev, created_rev";
+     message_count, archived, deleted, rev, created_rev, voice_messages, web_messages, api_messages";
+
+/// The column after [`CONV_COLS`].
+const AFTER_CONV_COLS: usize = 14;
 
 fn conv_from_row(r: &Row<'_>) -> rusqlite::Result<ServerConversation> {
     Ok(ServerConversation {
@@ -182,6 +188,15 @@ fn conv_from_row(r: &Row<'_>) -> rusqlite::Result<ServerConversation> {
         deleted: r.get(8)?,
         rev: r.get(9)?,
         created_rev: r.get(10)?,
+        origins: [Origin::Voice, Origin::Web, Origin::Api]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, o)| match r.get::<_, i64>(11 + i) {
+                Ok(n) if n > 0 => Some(Ok(o)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<rusqlite::Result<_>>()?,
     })
 }
 
@@ -240,7 +255,7 @@ fn get_conv_any(conn: &Connection, id: &str) -> Result<Option<(UserId, ServerCon
             "SELECT {CONV_COLS}, user_id FROM srv_conversations WHERE id = ?1"
         ))?
         .query_row([key("conversation", id)?], |r| {
-            Ok((r.get(11)?, conv_from_row(r)?))
+            Ok((r.get(AFTER_CONV_COLS)?, conv_from_row(r)?))
         })
         .optional()?)
 }
@@ -344,12 +359,12 @@ impl Store {
 
 /// The chat server's view of a [`Store`]; see the module docs.
 pub struct ServerDb<'a> {
-    conn: &'a mut Connection,
+    pub(super) conn: &'a mut Connection,
 }
 
 /// A write's transaction: its own (`BEGIN IMMEDIATE`), or a savepoint when
 /// it runs inside a group commit (`HistoryHandle::call_batched`).
-enum WriteTx<'c> {
+pub(super) enum WriteTx<'c> {
     Own(rusqlite::Transaction<'c>),
     Grouped(rusqlite::Savepoint<'c>),
 }
@@ -365,7 +380,7 @@ impl std::ops::Deref for WriteTx<'_> {
 }
 
 impl WriteTx<'_> {
-    fn commit(self) -> Result<()> {
+    pub(super) fn commit(self) -> Result<()> {
         match self {
             WriteTx::Own(t) => t.commit()?,
             WriteTx::Grouped(s) => s.commit()?,
@@ -375,7 +390,7 @@ impl WriteTx<'_> {
 }
 
 impl ServerDb<'_> {
-    fn write_tx(&mut self) -> Result<WriteTx<'_>> {
+    pub(super) fn write_tx(&mut self) -> Result<WriteTx<'_>> {
         Ok(if self.conn.is_autocommit() {
             WriteTx::Own(
                 self.conn
@@ -611,6 +626,7 @@ impl ServerDb<'_> {
         tx.execute("DELETE FROM srv_messages WHERE conversation_id = ?1", [k])?;
         tx.execute(
             "UPDATE srv_conversations SET deleted = 1, message_count = 0, archived = 0,
+                 voice_messages = 0, web_messages = 0, api_messages = 0,
                  updated_at = max(updated_at, ?2), rev = ?3
              WHERE id = ?1",
             params![k, time::now_ms(), rev],

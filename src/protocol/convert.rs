@@ -37,6 +37,7 @@ impl TryFrom<&ServerConversation> for Conversation {
             model_id: c.model_id.clone(),
             rev: c.rev,
             deleted: c.deleted,
+            origins: c.origins.clone(),
         })
     }
 }

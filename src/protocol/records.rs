@@ -41,6 +41,10 @@ pub struct Conversation {
     /// `conversation_deleted` notifications.
     #[serde(default)]
     pub deleted: bool,
+    /// Where its messages were made (`voice`, `web`, `api`; each once): the
+    /// web app's marks. Absent when it has no messages (PROTOCOL-NOTES.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<Origin>,
 }
 
 /// A message as the server sends it.

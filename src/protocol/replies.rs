@@ -21,6 +21,21 @@ pub struct Welcome {
     pub server_time: i64,
     /// What this server offers: see [`super::features`].
     pub features: Vec<String>,
+    /// The LLM engines AI replies can use, in the server's fallback order:
+    /// what `settings.selected_model` or a conversation's `model_id` may
+    /// name (PROTOCOL-NOTES.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelInfo>,
+}
+
+/// One LLM engine of the server, as `welcome.models` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The engine's name in the server's config.
+    pub engine: String,
+    /// The model it asks for, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -378,6 +378,7 @@ async fn generate(
     }))
     .await;
     if let Err(e) = stream_reply(&state, &out, user, &question, started).await {
+        state.metrics.ai_stream(started.elapsed(), "failed");
         out.error(e).await;
     }
     out.send(Reply::TypingIndicator(p::TypingIndicator {
@@ -500,6 +501,9 @@ async fn stream_reply(
                     t = t.chars().take(MAX_CONTENT_CHARS - chars).collect();
                     interrupted = true;
                 }
+                if text.is_empty() {
+                    state.metrics.ai_first_token(started.elapsed());
+                }
                 chars += t.chars().count();
                 text.push_str(&t);
                 if client_here && !t.is_empty() {
@@ -560,6 +564,10 @@ async fn stream_reply(
         })
         .await
         .map_err(db_error)?;
+    state.metrics.ai_stream(
+        started.elapsed(),
+        if interrupted { "interrupted" } else { "ok" },
+    );
     out.send(Reply::MessageStream(p::MessageStream {
         conversation_id,
         message_id: reply_id,

@@ -45,6 +45,8 @@ pub(crate) enum Event {
     TokenAdded,
     /// Also: its open connections were closed.
     TokenRevoked,
+    /// A browser signed in with a token (a session cookie was made).
+    SignedIn,
 }
 
 impl Event {
@@ -56,6 +58,7 @@ impl Event {
             Event::NewAddress => "new_address",
             Event::TokenAdded => "token_added",
             Event::TokenRevoked => "token_revoked",
+            Event::SignedIn => "signed_in",
         }
     }
 

@@ -81,6 +81,61 @@ pub(crate) fn check(store: &mut Store, token: &str) -> Result<Option<AuthUser>, 
     }))
 }
 
+/// Signs a browser in: a new session of the token `user` came with, valid
+/// for `ttl_ms`. Returns the cookie's value (32 random bytes, base64url),
+/// known only to the browser; the store keeps its SHA-256.
+pub(crate) fn new_session(
+    store: &mut Store,
+    user: &AuthUser,
+    now: i64,
+    ttl_ms: i64,
+) -> Result<String, HistoryError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| HistoryError::Invalid(format!("no randomness from the OS: {e}")))?;
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    store
+        .server()
+        .create_session(user.token_id, &hash_token(&value), now, now + ttl_ms)?;
+    Ok(value)
+}
+
+/// Who a session cookie belongs to, while it is live (not expired, its
+/// token not revoked), and when it expires (ms).
+pub(crate) fn check_session(
+    store: &mut Store,
+    value: &str,
+    now: i64,
+) -> Result<Option<(AuthUser, i64)>, HistoryError> {
+    if value.is_empty() || value.len() > MAX_TOKEN_LEN {
+        return Ok(None);
+    }
+    let digest = hash_token(value);
+    let Some((found, expires)) = store.server().session(&digest, now)? else {
+        return Ok(None);
+    };
+    if !digests_match(&found.hash, &digest) {
+        return Ok(None);
+    }
+    Ok(Some((
+        AuthUser {
+            id: found.user_id,
+            name: found.user,
+            token_id: found.token_id,
+            device: None,
+        },
+        expires,
+    )))
+}
+
+/// Signs a session out (its cookie value).
+pub(crate) fn end_session(store: &mut Store, value: &str) -> Result<(), HistoryError> {
+    if value.is_empty() || value.len() > MAX_TOKEN_LEN {
+        return Ok(());
+    }
+    store.server().delete_session(&hash_token(value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +156,29 @@ mod tests {
         assert!(check(&mut s, &"x".repeat(1000)).unwrap().is_none());
         assert!(digests_match(&hash_token("x"), &hash_token("x")));
         assert!(!digests_match(&hash_token("x")[..31], &hash_token("x")));
+    }
+
+    #[test]
+    fn sessions_are_checked_by_hash_and_end() {
+        let mut s = Store::open_in_memory().unwrap();
+        let (_, token) = issue_token(&mut s, "alice", Some("browser")).unwrap();
+        let who = check(&mut s, &token).unwrap().unwrap();
+        let v = new_session(&mut s, &who, 1000, 500).unwrap();
+        let (u, exp) = check_session(&mut s, &v, 1499).unwrap().unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.token_id, exp),
+            ("alice", who.token_id, 1500)
+        );
+        // The token itself is no session cookie, nor is a guess.
+        assert!(check_session(&mut s, &token, 1200).unwrap().is_none());
+        assert!(
+            check_session(&mut s, &"x".repeat(999), 1200)
+                .unwrap()
+                .is_none()
+        );
+        assert!(check_session(&mut s, &v, 1500).unwrap().is_none());
+        let v2 = new_session(&mut s, &who, 2000, 500).unwrap();
+        end_session(&mut s, &v2).unwrap();
+        assert!(check_session(&mut s, &v2, 2100).unwrap().is_none());
     }
 }

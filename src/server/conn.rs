@@ -245,9 +245,12 @@ pub(crate) async fn run(
     let conn = Conn::new(&state, user, peer);
     state.registry.track(&conn);
     tracing::debug!("{}: connection {} from {peer}", conn.user.name, conn.id);
-    let writer = state
-        .tracker
-        .spawn(writer(sink, conn.clone(), state.opts.ping_interval));
+    let writer = state.tracker.spawn(writer(
+        sink,
+        conn.clone(),
+        state.opts.ping_interval,
+        state.metrics.clone(),
+    ));
     let mut session = Session::new(state.clone(), conn.clone());
     // `fd` is the socket `ws` owns, alive as long as this function runs.
     let progress = || super::sockinfo::bytes_acked(fd).unwrap_or_else(|| marks.written());
@@ -307,6 +310,7 @@ pub(crate) async fn run(
             Incoming::Message(msg) => match msg {
                 Message::Text(text) => {
                     marks.message_done();
+                    state.metrics.frame_in();
                     if !session.handle_text(text.as_str()).await {
                         break;
                     }
@@ -375,7 +379,12 @@ fn close_reason(mut reason: String) -> String {
     reason
 }
 
-async fn writer(mut sink: SplitSink<Ws, Message>, conn: Arc<Conn>, ping_every: Duration) {
+async fn writer(
+    mut sink: SplitSink<Ws, Message>,
+    conn: Arc<Conn>,
+    ping_every: Duration,
+    metrics: Arc<super::metrics::Metrics>,
+) {
     let start = tokio::time::Instant::now() + ping_every;
     let mut ping = tokio::time::interval_at(start, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -408,6 +417,7 @@ async fn writer(mut sink: SplitSink<Ws, Message>, conn: Arc<Conn>, ping_every: D
                     _ = conn.kill.cancelled() => break,
                     r = async {
                         sink.feed(Message::Text(text)).await?;
+                        metrics.frame_out();
                         if conn.queue.is_empty() {
                             sink.flush().await?;
                         }
@@ -480,6 +490,18 @@ impl Session {
     pub async fn handle_text(&mut self, text: &str) -> bool {
         match crate::protocol::ClientFrame::decode(text) {
             Err(e) => {
+                // Not decoded: counted under the action it named, if known.
+                let named = e
+                    .action
+                    .as_deref()
+                    .and_then(|a| {
+                        <crate::protocol::Request as crate::protocol::Body>::ACTIONS
+                            .iter()
+                            .find(|k| **k == a)
+                    })
+                    .copied()
+                    .unwrap_or("(undecoded)");
+                self.state.metrics.action(named, &e.code.to_string());
                 self.conn
                     .send(&ServerFrame::error(e.request_id.clone(), e.payload()))
                     .await;
@@ -491,6 +513,7 @@ impl Session {
             Ok(frame) => {
                 if let Err(wait) = self.limiter.take() {
                     let action = frame.body.action();
+                    self.state.metrics.action(action, "rate_limited");
                     self.audit_rate_limited(action, "server's per-connection request rate");
                     let e = ErrorPayload {
                         retry_after_ms: Some(wait.as_millis().max(1) as u64),

@@ -126,10 +126,14 @@ pub(super) async fn dispatch(s: &mut Session, frame: p::ClientFrame) {
             Err(e) => Err(e),
         },
     };
-    if let Err(e) = result {
-        s.conn
-            .send(&ServerFrame::error(rid, e.for_action(action)))
-            .await;
+    match result {
+        Ok(()) => s.state.metrics.action(action, "ok"),
+        Err(e) => {
+            s.state.metrics.action(action, &e.code.to_string());
+            s.conn
+                .send(&ServerFrame::error(rid, e.for_action(action)))
+                .await;
+        }
     }
 }
 
@@ -173,6 +177,14 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 rev,
                 server_time: time::now_ms(),
                 features: features.into_iter().map(str::to_string).collect(),
+                models: e
+                    .llm
+                    .iter()
+                    .map(|l| p::ModelInfo {
+                        engine: l.name().to_string(),
+                        model: l.model(),
+                    })
+                    .collect(),
             }))
         }
         Request::Ping(_) => Ok(Reply::Pong(p::Pong {

@@ -109,6 +109,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/health", get(health).fallback(only_get))
         .route("/ws", get(ws).fallback(only_get))
+        .merge(super::web::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -127,7 +128,7 @@ async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,
-        "no such path: use /ws or /health",
+        "no such path: the app is at /, the protocol at /ws, the status at /health",
     )
 }
 
@@ -193,12 +194,27 @@ async fn with_device(state: &Arc<State>, mut user: AuthUser) -> AuthUser {
 }
 
 /// The user of a present token, or the answer refusing it.
+/// What a `/ws` request authenticates with.
+enum Credential {
+    Token(String),
+    /// The value of the session cookie.
+    Session(String),
+}
+
 async fn authenticate(
     state: &Arc<State>,
-    token: String,
+    cred: Credential,
     peer: SocketAddr,
 ) -> Result<AuthUser, Response> {
-    match state.db.call(move |s| auth::check(s, &token)).await {
+    let now = crate::time::now_ms();
+    let checked = state
+        .db
+        .call(move |s| match cred {
+            Credential::Token(t) => auth::check(s, &t),
+            Credential::Session(v) => Ok(auth::check_session(s, &v, now)?.map(|(u, _)| u)),
+        })
+        .await;
+    match checked {
         Ok(Some(u)) => Ok(with_device(state, u).await),
         Ok(None) => {
             let who = Who::addr(peer.ip());
@@ -270,20 +286,42 @@ async fn ws(
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let Some(token) = token_of(&parts) else {
-        state
-            .audit
-            .repeated(Event::AuthRefused, Who::addr(peer.ip()), "no token");
-        return unauthorized(
-            "no token: send `Authorization: Bearer <token>` or `?token=<token>` (make one with `pichat token add USER`)",
-            "Bearer",
-        );
+    // A device's token (Bearer, else `?token=`), else a browser's session
+    // cookie, which counts only from this server's own page (`web.rs`).
+    let cred = match token_of(&parts) {
+        Some(t) => Credential::Token(t),
+        None => match super::web::session_cookie(&parts.headers) {
+            Some(v) => Credential::Session(v),
+            None => {
+                state
+                    .audit
+                    .repeated(Event::AuthRefused, Who::addr(peer.ip()), "no token");
+                return unauthorized(
+                    "no token: send `Authorization: Bearer <token>` or `?token=<token>` (make one with `pichat token add USER`), or sign in at /signin",
+                    "Bearer",
+                );
+            }
+        },
     };
+    if matches!(cred, Credential::Session(_))
+        && !super::web::same_origin(&parts.headers, state.opts.tls.is_some())
+    {
+        state.audit.repeated(
+            Event::AuthRefused,
+            Who::addr(peer.ip()),
+            "session cookie from a foreign Origin",
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Unauthorized,
+            "a session cookie is accepted only from this server's own page (its Origin); devices send a token",
+        );
+    }
     let upgrade = match Upgrade::check(&mut parts) {
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    let user = match authenticate(&state, token, peer).await {
+    let user = match authenticate(&state, cred, peer).await {
         Ok(u) => u,
         Err(refused) => return refused,
     };
@@ -314,9 +352,9 @@ async fn ws(
     response
 }
 
-/// Serves one accepted socket over HTTP/1.1 until it is done, upgraded,
-/// evicted from its handshake place, or the server stops.
-pub(crate) async fn serve(
+/// Serves one accepted socket: through TLS first when the server has a
+/// certificate (the handshake within `header_timeout`), then HTTP/1.1.
+pub(crate) async fn accept(
     state: Arc<State>,
     router: Router,
     tcp: TcpStream,
@@ -325,6 +363,38 @@ pub(crate) async fn serve(
 ) {
     let _ = tcp.set_nodelay(true);
     let fd = SocketFd(tcp.as_raw_fd());
+    let Some(tls) = state.opts.tls.clone() else {
+        return serve(state, router, tcp, fd, peer, slot).await;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+    let stream = tokio::select! {
+        r = tokio::time::timeout(state.opts.header_timeout, handshake) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake with {peer} failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        },
+        _ = slot.evicted() => return,
+        _ = state.shutdown.cancelled() => return,
+    };
+    serve(state, router, stream, fd, peer, slot).await;
+}
+
+/// Serves one socket over HTTP/1.1 until it is done, upgraded, evicted
+/// from its handshake place, or the server stops. `fd` is the TCP socket
+/// under it (under TLS too).
+async fn serve<I>(
+    state: Arc<State>,
+    router: Router,
+    io: I,
+    fd: SocketFd,
+    peer: SocketAddr,
+    slot: Slot,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
         req.extensions_mut().insert(fd);
@@ -338,7 +408,7 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(state.opts.header_timeout)
         .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

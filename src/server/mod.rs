@@ -47,6 +47,7 @@
 mod ai;
 mod audit;
 pub mod auth;
+pub mod certs;
 mod conn;
 mod fdlimit;
 mod handlers;
@@ -54,12 +55,15 @@ mod handshakes;
 mod http;
 mod hub;
 mod limiter;
+mod metrics;
 mod queue;
 mod reading;
 mod registry;
 mod sockinfo;
+pub mod tls;
 mod tokens;
 mod upgrade;
+mod web;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -129,6 +133,11 @@ pub struct ServerOptions {
     pub context_tokens: usize,
     /// Longest `speech_to_text` audio (`stt.max_seconds`).
     pub stt_max: Duration,
+    /// How long a browser stays signed in (the session cookie's life).
+    pub session_ttl: Duration,
+    /// Served over TLS (`server.tls_cert`, loaded by [`tls::load`]):
+    /// session cookies are `Secure` and the app's own origin is `https://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -155,6 +164,8 @@ impl Default for ServerOptions {
             system_prompt: "You are a helpful assistant.".into(),
             context_tokens: 3000,
             stt_max: Duration::from_secs(60),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            tls: None,
         }
     }
 }
@@ -172,6 +183,8 @@ impl ServerOptions {
             send_queue_bytes: s.send_queue_bytes,
             read_budget_bytes: s.read_budget_bytes,
             frame_timeout: s.frame_timeout,
+            session_ttl: s.session_ttl,
+            tls: None,
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
             stt_max: cfg.stt.max_duration,
@@ -212,6 +225,8 @@ pub(crate) struct State {
     read_budget: reading::ReadBudget,
     tokens: tokens::TokenBook,
     audit: Arc<audit::Audit>,
+    /// What `GET /metrics` shows.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl State {
@@ -231,6 +246,15 @@ impl State {
             read_budget: reading::ReadBudget::new(opts.read_budget_bytes),
             tokens: tokens::TokenBook::default(),
             audit: Arc::new(audit::Audit::default()),
+            metrics: {
+                let m = metrics::Metrics::new();
+                let seen = m.clone();
+                db.observe(move |t| match t {
+                    crate::history::actor::Timing::QueueWait(d) => seen.store_wait(d),
+                    crate::history::actor::Timing::Commit(d) => seen.store_commit(d),
+                });
+                m
+            },
             opts,
             db,
             engines,
@@ -336,7 +360,7 @@ fn accepted_socket(
             .audit
             .repeated(audit::Event::LimitRefused, who, reason);
     }
-    let serve = http::serve(state.clone(), router.clone(), tcp, peer, admitted.slot);
+    let serve = http::accept(state.clone(), router.clone(), tcp, peer, admitted.slot);
     state.tracker.spawn(serve);
 }
 

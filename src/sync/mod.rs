@@ -258,6 +258,7 @@ fn notification(body: &Reply) -> Option<(i64, Remote)> {
                 model_id: None,
                 rev: d.rev,
                 deleted: true,
+                origins: Vec::new(),
             };
             c.deleted = true;
             Some((d.rev, conv_to_remote(&c)))

@@ -95,6 +95,8 @@ pub struct Voice {
     speak_task: Option<AbortOnDropHandle<()>>,
     spoken: Arc<Mutex<Spoken>>,
     conversation: Option<String>,
+    /// The conversation with the latest activity, when the turn decided.
+    latest: Option<String>,
     question_id: Option<String>,
     /// The LLM's messages for the current question.
     context: Option<Vec<crate::history::ChatMessage>>,
@@ -147,6 +149,7 @@ impl Voice {
             speak_task: None,
             spoken: Arc::default(),
             conversation: None,
+            latest: None,
             question_id: None,
             context: None,
             llm_model: Arc::default(),
@@ -208,9 +211,45 @@ impl Voice {
         if let Event::Typed(q) | Event::Transcript(q) = &ev {
             self.last.question = Some(q.trim().to_string());
         }
+        let deciding = match &ev {
+            Event::Typed(_) => self.turn.state() == State::Idle,
+            Event::Released | Event::ListenEnded => self.turn.state() == State::Listening,
+            _ => false,
+        };
+        if deciding {
+            self.note_latest_activity(now).await;
+        }
         let actions = self.turn.handle(ev, now);
         for a in actions {
             self.execute(a).await;
+        }
+    }
+
+    /// Which conversation the Pi continues (PROTOCOL-NOTES.md): the one
+    /// with the latest activity in the history, from any device (the sync
+    /// brings the web's), when that is recent enough. Told to the turn,
+    /// which decides, just before it decides.
+    async fn note_latest_activity(&mut self, now: Instant) {
+        let q = crate::history::ListQuery {
+            filter: crate::history::ArchivedFilter::Active,
+            limit: 1,
+            offset: 0,
+            before: None,
+        };
+        let latest = match self.history.call(move |s| s.list_conversations(&q)).await {
+            Ok(page) => page.conversations.into_iter().next(),
+            Err(e) => {
+                tracing::warn!("history: cannot find the latest conversation: {e}");
+                None
+            }
+        };
+        self.latest = None;
+        if let Some(c) = latest {
+            let at_ms = c.last_message_at.unwrap_or(c.created_at);
+            let ago =
+                Duration::from_millis(crate::time::now_ms().saturating_sub(at_ms).max(0) as u64);
+            self.turn.note_activity(now.checked_sub(ago).unwrap_or(now));
+            self.latest = Some(c.id);
         }
     }
 
@@ -331,7 +370,7 @@ impl Voice {
         let existing = if new_conversation {
             None
         } else {
-            self.conversation.clone()
+            self.latest.take().or_else(|| self.conversation.clone())
         };
         let (conv_id, create) = match existing {
             Some(c) => (c, false),

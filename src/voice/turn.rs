@@ -118,6 +118,9 @@ pub struct Turn {
     state: State,
     pressed_at: Option<Instant>,
     last_turn_end: Option<Instant>,
+    /// `start_new_conversation` was asked: the next question starts one,
+    /// whatever activity is noted.
+    force_new: bool,
     new_conversation: bool,
     splitter: SentenceSplitter,
     reply: String,
@@ -135,6 +138,7 @@ impl Turn {
             state: State::Idle,
             pressed_at: None,
             last_turn_end: None,
+            force_new: false,
             new_conversation: false,
             splitter,
             reply: String::new(),
@@ -157,6 +161,16 @@ impl Turn {
     /// Forces the next question into a new conversation (e.g. `ask --new`).
     pub fn start_new_conversation(&mut self) {
         self.last_turn_end = None;
+        self.force_new = true;
+    }
+
+    /// The latest activity in the history (a message from any device, as
+    /// the sync brought it): the next question continues that
+    /// conversation when this is recent enough, as after a turn here.
+    pub fn note_activity(&mut self, at: Instant) {
+        if !self.force_new && self.last_turn_end.is_none_or(|t| t < at) {
+            self.last_turn_end = Some(at);
+        }
     }
 
     fn reset_reply(&mut self) {
@@ -188,7 +202,7 @@ impl Turn {
             None => true,
             Some(t) => now.duration_since(t) > self.cfg.new_conversation_after,
         };
-        long || stale
+        long || stale || self.force_new
     }
 
     fn question(&mut self, text: String, from_voice: bool, out: &mut Vec<Action>) {
@@ -220,6 +234,7 @@ impl Turn {
             (Idle, Event::Pressed) => self.listen(now, &mut out),
             (Idle, Event::Typed(text)) => {
                 self.new_conversation = self.is_new_conversation(now, Duration::ZERO);
+                self.force_new = false;
                 self.question(text, false, &mut out);
             }
             (Listening, Event::Released) | (Listening, Event::ListenEnded) => {
@@ -228,6 +243,7 @@ impl Turn {
                     .map(|p| now.duration_since(p))
                     .unwrap_or_default();
                 self.new_conversation = self.is_new_conversation(now, held);
+                self.force_new = false;
                 self.state = Transcribing;
                 out.push(Action::StopListening);
             }
@@ -517,6 +533,20 @@ mod tests {
         assert!(!run(&mut t, s(60), 1), "a minute later it continues");
         assert!(run(&mut t, s(120), 3), "a long press starts a new one");
         assert!(run(&mut t, s(2000), 1), "after 10+ minutes it starts anew");
+        // Activity elsewhere (the web app) counts as recent activity...
+        t.note_activity(s(4000));
+        assert!(!run(&mut t, s(4100), 1), "continues what the web wrote");
+        // ...but not when it is old, nor after a long press.
+        t.note_activity(s(3000));
+        assert!(run(&mut t, s(5000), 1), "old activity elsewhere: a new one");
+        t.note_activity(s(5050));
+        assert!(run(&mut t, s(5060), 3), "a long press still starts anew");
+        // `ask --new` wins over any activity noted after it.
+        t.start_new_conversation();
+        t.note_activity(s(5070));
+        assert!(run(&mut t, s(5080), 1), "asked for a new one");
+        t.note_activity(s(5090));
+        assert!(!run(&mut t, s(5100), 1), "only once");
     }
 
     #[test]
