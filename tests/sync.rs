@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use pichat::config::{SecretSource, SyncConfig};
-use pichat::history::actor::{HistoryHandle, StoreThread};
-use pichat::history::{NewConversation, NewMessage, OpenOptions, Role};
+use pichat::history::{HistoryHandle, NewConversation, NewMessage, OpenOptions, Role};
+use pichat::serverdb::Author;
+use pichat::store::actor::StoreThread;
 use serde_json::json;
 use server_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,7 +140,7 @@ async fn devices_and_a_web_client_converge() {
     let r = web
         .request(
             "append_messages",
-            json!({"messages": [{"id": pichat::history::new_id(), "conversation_id": ca, "role": "user", "content": "typed on the web"}]}),
+            json!({"messages": [{"id": pichat::store::new_id(), "conversation_id": ca, "role": "user", "content": "typed on the web"}]}),
         )
         .await;
     assert_eq!(r["payload"]["stored"].as_array().unwrap().len(), 1, "{r}");
@@ -712,17 +713,15 @@ async fn offline_messages(d: &Device, n: usize, content: fn(usize) -> String) ->
 
 /// The server's messages of a conversation (all pages), as (id, content).
 async fn server_messages(srv: &TestServer, user: &str, conv: &str) -> Vec<(String, String)> {
-    let (user, conv) = (user.to_string(), conv.to_string());
-    srv.db(move |s| {
-        let uid = s.server().user_id(&user)?;
-        Ok(s.server()
-            .messages(uid, &conv, 100_000, None)?
-            .0
-            .into_iter()
-            .map(|m| (m.id, m.content))
-            .collect())
-    })
-    .await
+    let s = srv.store();
+    let uid = s.user_id(user).await.unwrap();
+    s.messages(uid, conv, 100_000, None, pichat::serverdb::everything())
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|m| (m.id, m.content))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,30 +750,28 @@ async fn two_thousand_one_hundred_large_messages_pull() {
     // the client's frame limit (the cursor never moved).
     let srv = TestServer::start(engines(vec![])).await;
     let token = srv.token("alice").await;
-    let conv = srv
-        .db(|s| {
-            let uid = s.server().user_id("alice")?;
-            let (c, _) = s
-                .server()
-                .create_conversation(uid, &NewConversation::default())?;
-            for chunk in 0..21 {
-                let batch: Vec<NewMessage> = (0..100)
-                    .map(|i| {
-                        let mut m = NewMessage::new(
-                            &c.id,
-                            Role::User,
-                            format!("{:05}{}", chunk * 100 + i, "y".repeat(31_995)),
-                        );
-                        m.id = Some(pichat::history::new_id());
-                        m
-                    })
-                    .collect();
-                let out = s.server().append_messages(uid, &batch)?;
-                assert_eq!(out.stored.len(), 100);
-            }
-            Ok(c.id)
-        })
-        .await;
+    let s = srv.store();
+    let uid = s.user_id("alice").await.unwrap();
+    let (c, _) = s
+        .create_conversation(Author::NOBODY, uid, NewConversation::default())
+        .await
+        .unwrap();
+    for chunk in 0..21 {
+        let batch: Vec<NewMessage> = (0..100)
+            .map(|i| {
+                let mut m = NewMessage::new(
+                    &c.id,
+                    Role::User,
+                    format!("{:05}{}", chunk * 100 + i, "y".repeat(31_995)),
+                );
+                m.id = Some(pichat::store::new_id());
+                m
+            })
+            .collect();
+        let out = s.append_messages(Author::NOBODY, uid, batch).await.unwrap();
+        assert_eq!(out.stored.len(), 100);
+    }
+    let conv = c.id;
     // Every page the server sends stays within the page limit.
     let mut web = srv.hello(&token, "web").await;
     let (mut since, mut pages, mut seen) = (0i64, 0, 0usize);
@@ -842,7 +839,7 @@ async fn a_message_of_32000_four_byte_characters_syncs_both_ways() {
     assert!(snap[0].3.iter().all(|(_, c)| *c == big));
     // Web → server → device, and as a notification to a live device.
     let mut web = srv.hello(&token, "web").await;
-    let id = pichat::history::new_id();
+    let id = pichat::store::new_id();
     let r = web
         .request(
             "append_messages",
@@ -859,7 +856,7 @@ async fn a_message_of_32000_four_byte_characters_syncs_both_ways() {
     let r = web
         .request(
             "append_messages",
-            json!({"messages": [{"id": pichat::history::new_id(), "conversation_id": conv, "role": "user", "content": "😀".repeat(32_001)}]}),
+            json!({"messages": [{"id": pichat::store::new_id(), "conversation_id": conv, "role": "user", "content": "😀".repeat(32_001)}]}),
         )
         .await;
     assert_eq!(r["payload"]["rejected"][0]["code"], "bad_request", "{r}");

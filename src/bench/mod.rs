@@ -6,7 +6,9 @@ pub mod fakes;
 mod history;
 mod server;
 mod server_reads;
+mod server_store;
 mod service;
+pub mod stores;
 mod sync;
 mod voice;
 

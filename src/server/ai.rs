@@ -17,14 +17,14 @@ use uuid::Uuid;
 
 use super::State;
 use super::conn::{Conn, Session};
-use super::handlers::{db_error, notify, wire};
+use super::handlers::{db_error, wire};
 use super::limiter::Costly;
 use crate::engines::{self, ChatRequest, EngineError, Llm, LlmEvent, fallback};
-use crate::history::server::{Stored, UserId};
-use crate::history::{Message, NewMessage, Role};
 use crate::protocol::{
     self as p, ErrorCode, ErrorPayload, Frame, Reply, ServerFrame, limits::MAX_CONTENT_CHARS,
 };
+use crate::serverdb::{Author, Stored, UserId};
+use crate::store::{Message, NewMessage, Role};
 
 /// Where a job's replies go: the connection (maybe gone) and the request id.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ impl Responder {
 
 /// The protocol id of an id the store gave out (`internal` if it is not a UUID).
 fn id(what: &'static str, s: &str) -> Result<Uuid, ErrorPayload> {
-    p::convert::store_id(what, s).map_err(db_error)
+    crate::store::store_id(what, s).map_err(db_error)
 }
 
 fn engine_failed(e: &EngineError) -> ErrorPayload {
@@ -143,10 +143,7 @@ pub(super) async fn send_message(
             let st = state.clone();
             return s.spawn_job(async move { wait_and_resend(st, out, user, id, req, done).await });
         }
-        let found = {
-            let id = id.clone();
-            s.db(move |st| st.server().find_message(user, &id)).await?
-        };
+        let found = s.store().find_message(user, &id).await.map_err(db_error)?;
         if let Some(f) = found {
             same_message(&f.message, &req)?;
             if let Some(reply) = f.reply {
@@ -163,7 +160,8 @@ pub(super) async fn send_message(
     }
     state
         .user_limits
-        .take(user, Costly::SendMessage)
+        .take(&*state.db, user, Costly::SendMessage)
+        .await
         .map_err(|w| s.user_rate_limited("send_message", w))?;
     // The job's slot is taken before anything is stored.
     let slot = s.job_slot()?;
@@ -184,26 +182,11 @@ pub(super) async fn send_message(
                 reply_to: None,
                 metadata: None,
             };
-            let hub = state.hub.clone();
-            let me = s.conn.id;
             let stored = s
-                .db_write(move |st| {
-                    let stored = st.server().add_message(user, &new)?;
-                    if let Stored::New(m) = &stored {
-                        notify(
-                            st,
-                            &hub,
-                            user,
-                            me,
-                            Reply::NewMessage(p::MessagePayload {
-                                message: m.try_into()?,
-                                duplicate: false,
-                            }),
-                        );
-                    }
-                    Ok(stored)
-                })
-                .await?;
+                .store()
+                .add_message(s.author(), user, new)
+                .await
+                .map_err(db_error)?;
             match stored {
                 Stored::New(m) => (false, m),
                 Stored::Duplicate(m) => (true, m),
@@ -298,10 +281,7 @@ async fn wait_and_resend(
     mut done: watch::Receiver<bool>,
 ) {
     let _ = done.wait_for(|d| *d).await;
-    let found = state
-        .db
-        .read(user as u64, move |st| st.server().find_message(user, &id))
-        .await;
+    let found = state.db.find_message(user, &id).await;
     match found {
         Ok(Some(f)) => {
             if let Err(e) = same_message(&f.message, &req) {
@@ -399,19 +379,12 @@ async fn stream_reply(
     let default_prompt = state.opts.system_prompt.clone();
     let budget = state.opts.context_tokens;
     let (conv_id, q_id) = (question.conversation_id.clone(), question.id.clone());
-    let (messages, preferred) = state
+    let crate::serverdb::ReplyContext {
+        messages,
+        model: preferred,
+    } = state
         .db
-        .read(user as u64, move |st| {
-            let db = st.server();
-            let settings = db.settings(user)?;
-            let conv = db.get_conversation(user, &conv_id)?;
-            let prompt = settings
-                .assistant_personality
-                .filter(|p| !p.trim().is_empty())
-                .unwrap_or(default_prompt);
-            let ctx = db.context(user, &conv_id, &q_id, &prompt, budget)?;
-            Ok((ctx, conv.model_id.or(settings.selected_model)))
-        })
+        .reply_context(user, &conv_id, &q_id, &default_prompt, budget)
         .await
         .map_err(db_error)?;
     let llms = ordered(&state.engines.llm, preferred.as_deref());
@@ -542,28 +515,13 @@ async fn stream_reply(
         reply_to: Some(question.id.clone()),
         metadata: None,
     };
-    let hub = state.hub.clone();
-    let me = out.conn.id;
     let stored = state
         .db
-        .call_batched(move |st| {
-            let stored = st.server().add_message(user, &new)?;
-            if let Stored::New(m) = &stored {
-                notify(
-                    st,
-                    &hub,
-                    user,
-                    me,
-                    Reply::NewMessage(p::MessagePayload {
-                        message: m.try_into()?,
-                        duplicate: false,
-                    }),
-                );
-            }
-            Ok(stored.message().clone())
-        })
+        .add_message(Author(out.conn.id), user, new)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .message()
+        .clone();
     state.metrics.ai_stream(
         started.elapsed(),
         if interrupted { "interrupted" } else { "ok" },
@@ -583,7 +541,7 @@ async fn stream_reply(
 }
 
 /// `text_to_speech`: the first engine that works, as a base64 WAV.
-pub(super) fn text_to_speech(
+pub(super) async fn text_to_speech(
     s: &mut Session,
     rid: Option<String>,
     req: p::TextToSpeech,
@@ -597,7 +555,8 @@ pub(super) fn text_to_speech(
     }
     state
         .user_limits
-        .take(s.user(), Costly::TextToSpeech)
+        .take(&*state.db, s.user(), Costly::TextToSpeech)
+        .await
         .map_err(|w| s.user_rate_limited("text_to_speech", w))?;
     let out = Responder {
         conn: s.conn.clone(),
@@ -688,7 +647,7 @@ fn wav_bytes(pcm: &[i16], rate: u32) -> Result<(Vec<u8>, u32), ErrorPayload> {
 }
 
 /// `speech_to_text`: a base64 WAV (any rate, mono or stereo) → text.
-pub(super) fn speech_to_text(
+pub(super) async fn speech_to_text(
     s: &mut Session,
     rid: Option<String>,
     req: p::SpeechToText,
@@ -702,7 +661,8 @@ pub(super) fn speech_to_text(
     }
     state
         .user_limits
-        .take(s.user(), Costly::SpeechToText)
+        .take(&*state.db, s.user(), Costly::SpeechToText)
+        .await
         .map_err(|w| s.user_rate_limited("speech_to_text", w))?;
     let out = Responder {
         conn: s.conn.clone(),

@@ -10,37 +10,34 @@
 //! `retry_after_ms`; anything else (a dead store, a bug, a damaged
 //! database) is `internal`, logged.
 
-use std::sync::Arc;
-
 use super::conn::Session;
-use super::hub::Hub;
-use crate::history::server::{ConversationUpdate, UserId};
-use crate::history::{HistoryError, NewConversation, Origin, Store};
 use crate::protocol::{self as p, ErrorCode, ErrorPayload, Frame, Reply, Request, ServerFrame};
+use crate::serverdb::{Author, ConversationUpdate, ServerStore, UserId};
+use crate::store::{NewConversation, Origin, StoreError};
 use crate::time;
 
 /// What the store's errors mean on the wire (see the module docs).
-pub(super) fn db_error(e: HistoryError) -> ErrorPayload {
+pub(super) fn db_error(e: StoreError) -> ErrorPayload {
     let retry = e.retry_after().map(|d| d.as_millis() as u64);
     let unavailable = |message: &str| ErrorPayload {
         retry_after_ms: retry,
         ..ErrorPayload::new(ErrorCode::Unavailable, message)
     };
     match e {
-        HistoryError::NotFound { what, id } => {
+        StoreError::NotFound { what, id } => {
             ErrorPayload::new(ErrorCode::NotFound, format!("no {what} with id {id}"))
         }
-        HistoryError::Conflict(m) => ErrorPayload::new(ErrorCode::Conflict, m),
-        HistoryError::Invalid(m) => ErrorPayload::new(ErrorCode::BadRequest, m),
-        HistoryError::Ambiguous(_) => ErrorPayload::new(ErrorCode::BadRequest, e.to_string()),
-        HistoryError::Locked { .. } => {
+        StoreError::Conflict(m) => ErrorPayload::new(ErrorCode::Conflict, m),
+        StoreError::Invalid(m) => ErrorPayload::new(ErrorCode::BadRequest, m),
+        StoreError::Ambiguous(_) => ErrorPayload::new(ErrorCode::BadRequest, e.to_string()),
+        StoreError::Locked { .. } => {
             unavailable("the database is busy; nothing was changed; try again in a moment")
         }
-        HistoryError::DiskFull { .. } => {
+        StoreError::DiskFull { .. } => {
             tracing::error!("database: {e}");
             unavailable("the server's disk is full; nothing was stored; send it again later")
         }
-        HistoryError::CommitFailed { .. } => {
+        StoreError::CommitFailed { .. } => {
             tracing::error!("database: {e}");
             unavailable("the write could not be committed; nothing was stored; send it again")
         }
@@ -57,43 +54,23 @@ pub(super) fn db_error(e: HistoryError) -> ErrorPayload {
 /// A store record in its wire form; an id that is not a UUID is `internal`.
 pub(super) fn wire<'a, S: ?Sized, T>(record: &'a S) -> Result<T, ErrorPayload>
 where
-    T: TryFrom<&'a S, Error = HistoryError>,
+    T: TryFrom<&'a S, Error = StoreError>,
 {
     T::try_from(record).map_err(db_error)
 }
 
-/// Sends a notification (no request id) to the user's other connections,
-/// once the change is committed.
-pub(super) fn notify(st: &mut Store, hub: &Arc<Hub>, user: UserId, except: u64, body: Reply) {
-    let hub = hub.clone();
-    st.after_commit(move || {
-        hub.notify(user, except, &Frame::new(None, body));
-    });
-}
-
 impl Session {
-    /// Runs a read on a read connection, in turn with this user's other
-    /// reads (another user's reads do not wait behind them).
-    pub(super) async fn db<T, F>(&self, f: F) -> Result<T, ErrorPayload>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, HistoryError> + Send + 'static,
-    {
-        self.state
-            .db
-            .read(self.user() as u64, f)
-            .await
-            .map_err(db_error)
+    /// The store (reads are taken in turn by user; a write's result comes
+    /// once it is durable, and its changes reach the user's other
+    /// connections through the store's feed).
+    pub(super) fn store(&self) -> &dyn ServerStore {
+        &*self.state.db
     }
 
-    /// Runs a write on the store thread, in a group commit with the writes
-    /// queued with it; the result comes once it is durable.
-    pub(super) async fn db_write<T, F>(&self, f: F) -> Result<T, ErrorPayload>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, HistoryError> + Send + 'static,
-    {
-        self.state.db.call_batched(f).await.map_err(db_error)
+    /// This connection, as the author of its writes (left out of their
+    /// notifications: it has the reply).
+    pub(super) fn author(&self) -> Author {
+        Author(self.conn.id)
     }
 
     pub(super) fn user(&self) -> UserId {
@@ -116,8 +93,8 @@ pub(super) async fn dispatch(s: &mut Session, frame: p::ClientFrame) {
     let rid = frame.request_id;
     let result = match frame.body {
         Request::SendMessage(req) => super::ai::send_message(s, rid.clone(), req).await,
-        Request::TextToSpeech(req) => super::ai::text_to_speech(s, rid.clone(), req),
-        Request::SpeechToText(req) => super::ai::speech_to_text(s, rid.clone(), req),
+        Request::TextToSpeech(req) => super::ai::text_to_speech(s, rid.clone(), req).await,
+        Request::SpeechToText(req) => super::ai::speech_to_text(s, rid.clone(), req).await,
         other => match run(s, other).await {
             Ok(reply) => {
                 s.conn.send(&Frame::new(rid.clone(), reply)).await;
@@ -139,14 +116,14 @@ pub(super) async fn dispatch(s: &mut Session, frame: p::ClientFrame) {
 
 async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
     let user = s.user();
-    let me = s.conn.id;
-    let hub = s.state.hub.clone();
+    let by = s.author();
+    let db = s.state.db.clone();
     match req {
         Request::Hello(h) => {
             let first = s.kind.is_none();
             s.kind = Some(h.client_kind);
             s.state.hub.join(&s.conn);
-            let rev = s.db(move |st| st.server().user_rev(user)).await?;
+            let rev = db.user_rev(user).await.map_err(db_error)?;
             if first {
                 tracing::info!(
                     "{}: {:?} client \"{}\" connected (cursor {}, server rev {rev})",
@@ -197,16 +174,10 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 p::limits::CONVERSATIONS_MAX_LIMIT,
             ) as usize;
             let before = q.before.map(|b| b.to_string());
-            let (list, has_more) = s
-                .db(move |st| {
-                    st.server().list_conversations(
-                        user,
-                        q.include_archived,
-                        limit,
-                        before.as_deref(),
-                    )
-                })
-                .await?;
+            let (list, has_more) = db
+                .list_conversations(user, q.include_archived, limit, before)
+                .await
+                .map_err(db_error)?;
             Ok(Reply::ConversationsList(p::ConversationsList {
                 conversations: list.iter().map(wire).collect::<Result<_, _>>()?,
                 has_more,
@@ -220,24 +191,10 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 metadata: None,
                 created_at: None,
             };
-            let (conv, duplicate) = s
-                .db_write(move |st| {
-                    let (c, dup) = st.server().create_conversation(user, &new)?;
-                    if !dup {
-                        notify(
-                            st,
-                            &hub,
-                            user,
-                            me,
-                            Reply::ConversationCreated(p::ConversationPayload {
-                                conversation: (&c).try_into()?,
-                                duplicate: false,
-                            }),
-                        );
-                    }
-                    Ok((c, dup))
-                })
-                .await?;
+            let (conv, duplicate) = db
+                .create_conversation(by, user, new)
+                .await
+                .map_err(db_error)?;
             Ok(Reply::ConversationCreated(p::ConversationPayload {
                 conversation: wire(&conv)?,
                 duplicate,
@@ -245,9 +202,7 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
         }
         Request::GetConversation(q) => {
             let id = q.id.to_string();
-            let c = s
-                .db(move |st| st.server().get_conversation(user, &id))
-                .await?;
+            let c = db.get_conversation(user, &id).await.map_err(db_error)?;
             Ok(Reply::Conversation(p::ConversationPayload {
                 conversation: wire(&c)?,
                 duplicate: false,
@@ -260,24 +215,10 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 archived: u.archived,
                 model_id: u.model_id,
             };
-            let c = s
-                .db_write(move |st| {
-                    let (c, changed) = st.server().update_conversation(user, &id, &upd)?;
-                    if changed {
-                        notify(
-                            st,
-                            &hub,
-                            user,
-                            me,
-                            Reply::ConversationUpdated(p::ConversationPayload {
-                                conversation: (&c).try_into()?,
-                                duplicate: false,
-                            }),
-                        );
-                    }
-                    Ok(c)
-                })
-                .await?;
+            let (c, _changed) = db
+                .update_conversation(by, user, &id, upd)
+                .await
+                .map_err(db_error)?;
             Ok(Reply::ConversationUpdated(p::ConversationPayload {
                 conversation: wire(&c)?,
                 duplicate: false,
@@ -286,25 +227,10 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
         Request::DeleteConversation(q) => {
             let id = q.id;
             let ids = id.to_string();
-            let (rev, duplicate) = s
-                .db_write(move |st| {
-                    let (rev, already) = st.server().delete_conversation(user, &ids)?;
-                    if !already {
-                        notify(
-                            st,
-                            &hub,
-                            user,
-                            me,
-                            Reply::ConversationDeleted(p::ConversationDeleted {
-                                id,
-                                rev,
-                                duplicate: false,
-                            }),
-                        );
-                    }
-                    Ok((rev, already))
-                })
-                .await?;
+            let (rev, duplicate) = db
+                .delete_conversation(by, user, &ids)
+                .await
+                .map_err(db_error)?;
             Ok(Reply::ConversationDeleted(p::ConversationDeleted {
                 id,
                 rev,
@@ -320,14 +246,16 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
             let conv = q.conversation_id.to_string();
             let before = q.before.map(|b| b.to_string());
             let mut budget = p::limits::PageBudget::default();
-            let (list, has_more) = s
-                .db(move |st| {
-                    st.server()
-                        .messages_within(user, &conv, limit, before.as_deref(), &mut |m| {
-                            p::Message::try_from(m).is_ok_and(|m| budget.fits(&m))
-                        })
-                })
-                .await?;
+            let (list, has_more) = db
+                .messages(
+                    user,
+                    &conv,
+                    limit,
+                    before,
+                    Box::new(move |m| p::Message::try_from(m).is_ok_and(|m| budget.fits(&m))),
+                )
+                .await
+                .map_err(db_error)?;
             Ok(Reply::MessagesList(p::MessagesList {
                 conversation_id: q.conversation_id,
                 messages: list.iter().map(wire).collect::<Result<_, _>>()?,
@@ -342,18 +270,22 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
             ) as usize;
             let conv = q.conversation_id.map(|c| c.to_string());
             let mut budget = p::limits::PageBudget::default();
-            let hits = s
-                .db(move |st| {
-                    st.server()
-                        .search_within(user, &q.query, conv.as_deref(), limit, &mut |h| {
-                            p::Message::try_from(&h.message).is_ok_and(|m| {
-                                budget.fits(&m)
-                                    && budget.fits(&h.snippet)
-                                    && budget.fits(&h.conversation_title)
-                            })
+            let hits = db
+                .search(
+                    user,
+                    &q.query,
+                    conv,
+                    limit,
+                    Box::new(move |h| {
+                        p::Message::try_from(&h.message).is_ok_and(|m| {
+                            budget.fits(&m)
+                                && budget.fits(&h.snippet)
+                                && budget.fits(&h.conversation_title)
                         })
-                })
-                .await?;
+                    }),
+                )
+                .await
+                .map_err(db_error)?;
             Ok(Reply::SearchResults(p::SearchResults {
                 hits: hits
                     .iter()
@@ -381,25 +313,11 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                     }),
                 }
             }
-            let out = s
-                .db_write(move |st| {
-                    let out = st.server().append_messages(user, &batch)?;
-                    for m in &out.stored {
-                        notify(
-                            st,
-                            &hub,
-                            user,
-                            me,
-                            Reply::NewMessage(p::MessagePayload {
-                                message: m.try_into()?,
-                                duplicate: false,
-                            }),
-                        );
-                    }
-                    Ok(out)
-                })
-                .await?;
-            let id = |s: &str| p::convert::store_id("message", s).map_err(db_error);
+            let out = db
+                .append_messages(by, user, batch)
+                .await
+                .map_err(db_error)?;
+            let id = |s: &str| crate::store::store_id("message", s).map_err(db_error);
             for (rid, e) in out.rejected {
                 let e = db_error(e);
                 rejected.push(p::Rejected {
@@ -430,13 +348,15 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
                 p::limits::SYNC_MAX_LIMIT,
             ) as usize;
             let mut budget = p::limits::PageBudget::default();
-            let page = s
-                .db(move |st| {
-                    st.server().changes_within(user, q.since, limit, &mut |c| {
-                        p::Change::try_from(c).is_ok_and(|c| budget.fits(&c))
-                    })
-                })
-                .await?;
+            let page = db
+                .changes(
+                    user,
+                    q.since,
+                    limit,
+                    Box::new(move |c| p::Change::try_from(c).is_ok_and(|c| budget.fits(&c))),
+                )
+                .await
+                .map_err(db_error)?;
             Ok(Reply::SyncBatch(p::SyncBatch {
                 changes: page.changes.iter().map(wire).collect::<Result<_, _>>()?,
                 rev: page.rev,
@@ -444,30 +364,14 @@ async fn run(s: &mut Session, req: Request) -> Result<Reply, ErrorPayload> {
             }))
         }
         Request::GetSettings(_) => {
-            let st = s.db(move |st| st.server().settings(user)).await?;
+            let st = db.settings(user).await.map_err(db_error)?;
             Ok(Reply::Settings(p::SettingsPayload {
                 settings: (&st).into(),
             }))
         }
         Request::UpdateSettings(u) => {
             let upd = (&u).into();
-            let settings = s
-                .db_write(move |st| {
-                    let (set, changed) = st.server().update_settings(user, &upd)?;
-                    if changed {
-                        notify(
-                            st,
-                            &hub,
-                            user,
-                            me,
-                            Reply::SettingsUpdated(p::SettingsPayload {
-                                settings: (&set).into(),
-                            }),
-                        );
-                    }
-                    Ok(set)
-                })
-                .await?;
+            let (settings, _changed) = db.update_settings(by, user, upd).await.map_err(db_error)?;
             Ok(Reply::SettingsUpdated(p::SettingsPayload {
                 settings: (&settings).into(),
             }))
@@ -486,12 +390,12 @@ mod tests {
     #[test]
     fn store_errors_get_the_wire_code_a_client_can_act_on() {
         let path = PathBuf::from("/x/server.db");
-        let e = db_error(HistoryError::DiskFull { path: path.clone() });
+        let e = db_error(StoreError::DiskFull { path: path.clone() });
         assert_eq!(
             (e.code, e.retry_after_ms),
             (ErrorCode::Unavailable, Some(5000))
         );
-        let e = db_error(HistoryError::CommitFailed {
+        let e = db_error(StoreError::CommitFailed {
             path: path.clone(),
             detail: "disk I/O error".into(),
         });
@@ -499,15 +403,15 @@ mod tests {
             (e.code, e.retry_after_ms),
             (ErrorCode::Unavailable, Some(1000))
         );
-        let e = db_error(HistoryError::Locked { path });
+        let e = db_error(StoreError::Locked { path });
         assert_eq!(
             (e.code, e.retry_after_ms),
             (ErrorCode::Unavailable, Some(1000))
         );
         for internal in [
-            HistoryError::StoreGone("the store thread stopped".into()),
-            HistoryError::Bug("boom".into()),
-            HistoryError::BadStoredId {
+            StoreError::StoreGone("the store thread stopped".into()),
+            StoreError::Bug("boom".into()),
+            StoreError::BadStoredId {
                 what: "message",
                 id: "x".into(),
             },
@@ -515,7 +419,7 @@ mod tests {
             let e = db_error(internal);
             assert_eq!((e.code, e.retry_after_ms), (ErrorCode::Internal, None));
         }
-        let e = db_error(HistoryError::Invalid("a title must have...".into()));
+        let e = db_error(StoreError::Invalid("a title must have...".into()));
         assert_eq!(e.code, ErrorCode::BadRequest);
     }
 }

@@ -207,13 +207,12 @@ async fn authenticate(
     peer: SocketAddr,
 ) -> Result<AuthUser, Response> {
     let now = crate::time::now_ms();
-    let checked = state
-        .db
-        .call(move |s| match cred {
-            Credential::Token(t) => auth::check(s, &t),
-            Credential::Session(v) => Ok(auth::check_session(s, &v, now)?.map(|(u, _)| u)),
-        })
-        .await;
+    let checked = match cred {
+        Credential::Token(t) => auth::check(&*state.db, &t).await,
+        Credential::Session(v) => auth::check_session(&*state.db, &v, now)
+            .await
+            .map(|o| o.map(|(u, _)| u)),
+    };
     match checked {
         Ok(Some(u)) => Ok(with_device(state, u).await),
         Ok(None) => {

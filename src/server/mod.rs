@@ -38,11 +38,11 @@
 //!   produced is stored; then each connection is closed with 1001. Every
 //!   task is tracked, so [`run`] returns only when all is stored.
 //!
-//! SQLite runs only on the store thread ([`HistoryHandle`]). Writes use
-//! `call_batched`: the writes queued together share one commit (one fsync),
-//! and replies and notifications leave only once it is durable
-//! (`Store::after_commit`). Engines are injected ([`Engines`]), so tests can
-//! use fakes.
+//! The database is a [`ServerStore`] (SQLite or PostgreSQL, `serverdb/`):
+//! replies leave only once a write is durable, and what it changed reaches
+//! the user's other connections (here and on every server on the same
+//! database) through the store's change feed, into the hub, in rev order.
+//! Engines are injected ([`Engines`]), so tests can use fakes.
 
 mod ai;
 mod audit;
@@ -83,7 +83,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::engines::Engines;
-use crate::history::actor::HistoryHandle;
+use crate::serverdb::ServerStore;
+use crate::store::actor::Timing;
 
 /// How the server behaves; [`ServerOptions::from_config`] for production,
 /// tests shorten the timeouts.
@@ -205,7 +206,7 @@ pub enum ServerError {
 /// What every connection shares.
 pub(crate) struct State {
     opts: ServerOptions,
-    db: HistoryHandle,
+    db: Arc<dyn ServerStore>,
     engines: Engines,
     hub: Arc<hub::Hub>,
     user_limits: limiter::UserLimits,
@@ -231,7 +232,7 @@ pub(crate) struct State {
 
 impl State {
     fn new(
-        db: HistoryHandle,
+        db: Arc<dyn ServerStore>,
         engines: Engines,
         opts: ServerOptions,
         shutdown: CancellationToken,
@@ -249,16 +250,20 @@ impl State {
             metrics: {
                 let m = metrics::Metrics::new();
                 let seen = m.clone();
-                db.observe(move |t| match t {
-                    crate::history::actor::Timing::QueueWait(d) => seen.store_wait(d),
-                    crate::history::actor::Timing::Commit(d) => seen.store_commit(d),
-                });
+                db.observe(Box::new(move |t| match t {
+                    Timing::QueueWait(d) => seen.store_wait(d),
+                    Timing::Commit(d) => seen.store_commit(d),
+                }));
                 m
+            },
+            hub: {
+                let hub = Arc::new(hub::Hub::default());
+                db.subscribe(hub.clone());
+                hub
             },
             opts,
             db,
             engines,
-            hub: Arc::new(hub::Hub::default()),
             in_flight: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
             shutdown,
@@ -368,7 +373,7 @@ fn accepted_socket(
 /// stops cleanly (see the module docs) and returns.
 pub async fn run(
     listener: TcpListener,
-    db: HistoryHandle,
+    db: Arc<dyn ServerStore>,
     engines: Engines,
     mut opts: ServerOptions,
     shutdown: CancellationToken,

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use super::State;
 use super::audit::{Event, Who};
-use crate::history::server::TokenInfo;
 use crate::protocol::close;
+use crate::serverdb::TokenInfo;
 
 /// Addresses remembered per token (the oldest is forgotten first).
 const ADDRESSES_PER_TOKEN: usize = 32;
@@ -94,7 +94,7 @@ impl TokenBook {
 
 /// Reads the tokens again; closes the connections of revoked ones.
 pub(crate) async fn refresh(state: &Arc<State>) {
-    let fresh = match state.db.call(|s| s.server().tokens()).await {
+    let fresh = match state.db.tokens().await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(
