@@ -82,7 +82,15 @@ enum Batch {
     Messages(Vec<MsgRow>),
 }
 
-type TokenRow = (i64, i64, Option<String>, Vec<u8>, i64, Option<i64>, Option<i64>);
+type TokenRow = (
+    i64,
+    i64,
+    Option<String>,
+    Vec<u8>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 
 type SettingsRow = (
     i64,
