@@ -558,10 +558,10 @@ type Figures = Vec<(i64, i64, i64, i64, i64, i64, i64, i64)>;
 
 const FIGURES_SQL: &str = "SELECT u.id, u.rev,
         (SELECT count(*) FROM srv_conversations c WHERE c.user_id = u.id),
-        (SELECT coalesce(sum(c.rev), 0) FROM srv_conversations c WHERE c.user_id = u.id),
+        (SELECT CAST(coalesce(sum(c.rev), 0) AS BIGINT) FROM srv_conversations c WHERE c.user_id = u.id),
         (SELECT coalesce(max(c.rev), 0) FROM srv_conversations c WHERE c.user_id = u.id),
         (SELECT count(*) FROM srv_messages m WHERE m.user_id = u.id),
-        (SELECT coalesce(sum(m.rev), 0) FROM srv_messages m WHERE m.user_id = u.id),
+        (SELECT CAST(coalesce(sum(m.rev), 0) AS BIGINT) FROM srv_messages m WHERE m.user_id = u.id),
         (SELECT coalesce(max(m.rev), 0) FROM srv_messages m WHERE m.user_id = u.id)
      FROM srv_users u ORDER BY u.id";
 

@@ -253,6 +253,14 @@ impl TestServer {
     ) -> TestServer {
         let opened = serverdb::open(&db, &StoreOptions::default()).await.unwrap();
         let (store, thread) = (opened.store, opened.thread);
+        assert_eq!(
+            store.kind(),
+            if matches!(db, Location::Postgres(_)) {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+        );
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
