@@ -8,7 +8,7 @@
 //!   token (Bearer header, else `?token=`) is checked **before** anything is
 //!   upgraded, then the connection is given its place (`registry.rs`), and
 //!   only then is the upgrade answered (`upgrade.rs`) and the connection
-//!   run (`conn.rs`). New endpoints are new routes here.
+//!   run (`socket/`). New endpoints are new routes here.
 //! - Errors have JSON bodies (`{"error": code, "message": ...}`). Every
 //!   answer but the `101` closes the HTTP connection (`Connection: close`):
 //!   a socket is either upgraded or done after one request.
@@ -32,12 +32,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::State;
 use super::audit::{Event, Who};
 use super::auth::{self, AuthUser};
 use super::handshakes::Slot;
 use super::reading::Metered;
 use super::registry::{Admission, Refusal};
+use super::state::State;
 use super::upgrade::Upgrade;
 use crate::protocol::{ErrorCode, Health, HttpError, limits};
 
@@ -187,7 +187,7 @@ fn unauthorized(message: &str, challenge: &'static str) -> Response {
 /// token is newer than the book).
 async fn with_device(state: &Arc<State>, mut user: AuthUser) -> AuthUser {
     if state.tokens.device(user.token_id).is_none() {
-        super::tokens::refresh(state).await;
+        state.refresh_tokens().await;
     }
     user.device = state.tokens.device(user.token_id).flatten();
     user
@@ -347,7 +347,7 @@ async fn ws(
         };
         let (io, marks) = Metered::new(io, &st.read_budget, st.opts.frame_timeout);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        super::conn::run(st, ws, marks, fd, user, peer, admission).await;
+        super::socket::run(st, ws, marks, fd, user, peer, admission).await;
     });
     response
 }

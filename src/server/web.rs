@@ -30,10 +30,10 @@ use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::State;
 use super::audit::{Event, Who};
 use super::auth::{self, AuthUser};
 use super::http::{Peer, error_response};
+use super::state::State;
 use crate::history::export::{ExportFormat, render};
 use crate::history::web::{JSON_EXPORT_TAIL, json_export_head};
 use crate::protocol::ErrorCode;
