@@ -9,11 +9,11 @@
 //!   are fitted to `RLIMIT_NOFILE` first, `fdlimit.rs`). A new socket gets
 //!   a handshake place (`handshakes.rs`: a small budget of its own, per
 //!   client address too) and is served by hyper with an axum router
-//!   (`http.rs`): `GET /health`, and `/ws`, whose token is checked (SHA-256
+//!   (`http/`): `GET /health`, and `/ws`, whose token is checked (SHA-256
 //!   digests compared in constant time: `auth.rs`) **before** the upgrade.
 //!   Only then does it get a connection place (`registry.rs`:
 //!   `max_connections`, `max_connections_per_user`), and the upgrade is
-//!   answered (`upgrade.rs`).
+//!   answered (`http/upgrade.rs`).
 //! - A connection is its socket (`socket/`): a reader task, which hands
 //!   each text frame to the connection's session, and a writer task
 //!   draining a queue bounded in bytes (`queue.rs`), behind the shared
@@ -41,6 +41,10 @@
 //!   produced is stored; then each connection is closed with 1001. Every
 //!   task is tracked, so [`run`] returns only when all is stored.
 //!
+//! The modules import one another one way (see ARCHITECTURE.md, "Rooms,
+//! one way"): this file is the top and is imported by none; `State` is in
+//! `state.rs`, `ServerOptions` in `options.rs`.
+//!
 //! SQLite runs only on the store thread ([`HistoryHandle`]). Writes use
 //! `call_batched`: the writes queued together share one commit (one fsync),
 //! and replies and notifications leave only once it is durable
@@ -67,8 +71,6 @@ mod sockinfo;
 mod state;
 pub mod tls;
 mod tokens;
-mod upgrade;
-mod web;
 
 #[doc(hidden)]
 pub mod fuzzing;

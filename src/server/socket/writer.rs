@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::Ws;
 use crate::protocol::close;
 use crate::server::conn::{Conn, Out};
 use crate::server::metrics::Metrics;
@@ -32,12 +30,14 @@ fn close_reason(mut reason: String) -> String {
     reason
 }
 
-pub(super) async fn run(
-    mut sink: SplitSink<Ws, Message>,
+pub(super) async fn run<S>(
+    mut sink: S,
     conn: Arc<Conn>,
     ping_every: Duration,
     metrics: Arc<Metrics>,
-) {
+) where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
     let start = tokio::time::Instant::now() + ping_every;
     let mut ping = tokio::time::interval_at(start, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
