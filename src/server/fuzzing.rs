@@ -8,8 +8,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Conn, Out, Session};
-use super::{ServerOptions, State, auth};
+use super::auth;
+use super::conn::Out;
+use super::options::ServerOptions;
+use super::session::Session;
+use super::state::State;
 use crate::engines::{ChatRequest, Engines, EventStream, Llm, LlmEvent, Result as EngineResult};
 use crate::serverdb::sqlite::SqliteStore;
 use crate::store::OpenOptions;
@@ -81,7 +84,7 @@ impl Harness {
                 device: None,
             }
         });
-        let conn = Conn::new(&state, user, ([127, 0, 0, 1], 0).into());
+        let conn = state.new_conn(user, ([127, 0, 0, 1], 0).into());
         let session = Session::new(state, conn);
         Harness {
             rt,
@@ -97,13 +100,11 @@ impl Harness {
         let session = self.session.as_mut().expect("session");
         let open = self.rt.block_on(async {
             let open = session.handle_text(text).await;
-            session.jobs.close();
-            session.jobs.wait().await;
-            session.jobs.reopen();
+            session.jobs().wait_all().await;
             open
         });
         let mut out = Vec::new();
-        for o in session.conn.drain() {
+        for o in session.conn().drain() {
             match o {
                 Out::Text(t) => out.push(t.as_str().to_string()),
                 Out::Close(code, _) => out.push(format!("<close {code}>")),

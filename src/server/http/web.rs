@@ -30,13 +30,13 @@ use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::State;
-use super::audit::{Event, Who};
-use super::auth::{self, AuthUser};
-use super::http::{Peer, error_response};
+use super::answer::{Peer, error_response};
 use crate::history::export::{ExportFormat, render};
 use crate::history::export::{JSON_EXPORT_TAIL, json_export_head};
 use crate::protocol::ErrorCode;
+use crate::server::audit::{Event, Who};
+use crate::server::auth::{self, AuthUser};
+use crate::server::state::State;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "pichat_session";
@@ -101,7 +101,7 @@ fn etag(a: &'static Asset) -> &'static str {
     &tags[i]
 }
 
-/// The web app's routes (merged into `http::router`).
+/// The web app's routes (merged into the router, `http/mod.rs`).
 pub(crate) fn routes() -> Router<Arc<State>> {
     let mut r = Router::new()
         .route("/", get(app))
