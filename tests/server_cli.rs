@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::Env;
 use futures_util::StreamExt;
-use pichat::history::{OpenOptions, Store};
+use pichat::store::OpenOptions;
 use serde_json::json;
 use server_support::Client;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -28,7 +28,9 @@ fn token_add_list_revoke() {
         .fails_with("no server database yet");
     env.run(&["token", "add", "bad name", "--db", db_s])
         .fails_with("user name \"bad name\"");
-    assert!(!db.exists() || Store::open(&db, &OpenOptions::default()).is_ok());
+    assert!(
+        !db.exists() || pichat::serverdb::sqlite::Conn::open(&db, &OpenOptions::default()).is_ok()
+    );
 
     let r = env.run(&[
         "token",
@@ -249,9 +251,9 @@ llm_engines = ["fake"]
     assert!(!err.contains(&token), "the token is never logged");
 
     // Everything is in the database.
-    let mut s = Store::open(&db, &OpenOptions::default()).unwrap();
-    let u = s.server().user_id("alice").unwrap();
-    let (msgs, _) = s.server().messages(u, &conv, 10, None).unwrap();
+    let s = pichat::serverdb::sqlite::Conn::open(&db, &OpenOptions::default()).unwrap();
+    let u = s.user_id("alice").unwrap();
+    let (msgs, _) = s.messages(u, &conv, 10, None).unwrap();
     assert_eq!(msgs.len(), 2);
     assert_eq!(msgs[1].content, "Hello from the server.");
 }

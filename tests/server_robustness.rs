@@ -99,11 +99,8 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     assert_eq!(http(srv.addr, "garbage\r\n\r\n").await.0, 400);
 
     // A revoked token is refused from then on.
-    let id = srv
-        .db(|s| Ok(s.server().tokens()?.last().unwrap().id))
-        .await;
-    srv.db(move |s| s.server().revoke_token(id).map(|_| ()))
-        .await;
+    let id = srv.store().tokens().await.unwrap().last().unwrap().id;
+    srv.store().revoke_token(id).await.unwrap();
     assert_eq!(
         srv.try_connect(Some(&format!("Bearer {t}")), None).await,
         Err(401)
@@ -632,7 +629,7 @@ async fn shutdown_lets_streams_finish_stores_them_and_closes_with_1001() {
             break;
         }
     }
-    let handle = srv.handle.clone();
+    let store = srv.store();
     let stopping = tokio::spawn(srv.stop());
     // The stream runs to its end, then the connection is closed with 1001.
     let frames = c.stream(&rid).await;
@@ -644,14 +641,12 @@ async fn shutdown_lets_streams_finish_stores_them_and_closes_with_1001() {
     assert_eq!(idle.close_code().await, Some(1001));
     stopping.await.unwrap();
     // Stored before `run` returned.
-    let n = handle
-        .call(move |s| {
-            let u = s.server().user_id("alice")?;
-            Ok(s.server().messages(u, &conv, 10, None)?.0.len())
-        })
+    let u = store.user_id("alice").await.unwrap();
+    let (msgs, _) = store
+        .messages(u, &conv, 10, None, pichat::serverdb::everything())
         .await
         .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(msgs.len(), 2);
 }
 
 #[tokio::test]
@@ -675,7 +670,7 @@ async fn shutdown_cuts_streams_after_the_grace_and_stores_what_came() {
             tokens += 1;
         }
     }
-    let handle = srv.handle.clone();
+    let store = srv.store();
     let stopping = tokio::spawn(srv.stop());
     let frames = c.stream(&rid).await;
     let last = &frames[frames.len() - 2]["payload"];
@@ -688,14 +683,12 @@ async fn shutdown_cuts_streams_after_the_grace_and_stores_what_came() {
     );
     assert_eq!(c.close_code().await, Some(1001));
     stopping.await.unwrap();
-    let n = handle
-        .call(move |s| {
-            let u = s.server().user_id("alice")?;
-            Ok(s.server().messages(u, &conv, 10, None)?.0.len())
-        })
+    let u = store.user_id("alice").await.unwrap();
+    let (msgs, _) = store
+        .messages(u, &conv, 10, None, pichat::serverdb::everything())
         .await
         .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(msgs.len(), 2);
 }
 
 /// A raw request to /ws with these extra headers (and a valid token).
@@ -907,17 +900,15 @@ async fn a_revoked_tokens_connections_close_within_the_ping_interval() {
     let mut k = srv.hello(&kept, "web").await;
     let mut b = srv.hello(&bob, "web").await;
     let id = srv
-        .db(|s| {
-            Ok(s.server()
-                .tokens()?
-                .iter()
-                .find(|t| t.user == "alice")
-                .unwrap()
-                .id)
-        })
-        .await;
-    srv.db(move |s| s.server().revoke_token(id).map(|_| ()))
-        .await;
+        .store()
+        .tokens()
+        .await
+        .unwrap()
+        .iter()
+        .find(|t| t.user == "alice")
+        .unwrap()
+        .id;
+    srv.store().revoke_token(id).await.unwrap();
     assert_eq!(r1.close_code().await, Some(1008));
     assert_eq!(r2.close_code().await, Some(1008));
     // The user's other token and other users go on.

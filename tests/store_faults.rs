@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pichat::history::OpenOptions;
-use pichat::history::actor::HistoryHandle;
+use std::sync::Arc;
+
 use pichat::server::{self, auth};
+use pichat::serverdb::sqlite::SqliteStore;
+use pichat::store::OpenOptions;
 use serde_json::json;
 use server_support::*;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +95,8 @@ async fn a_full_disk_is_unavailable_reads_go_on_and_writes_resume_when_space_ret
         }
     };
     let db = fs.path("server.db");
-    let (handle, _thread) = HistoryHandle::open(&db, &OpenOptions::default()).unwrap();
+    let (store, _thread) = SqliteStore::open(&db, &OpenOptions::default()).unwrap();
+    let handle: Arc<dyn pichat::serverdb::ServerStore> = Arc::new(store);
     let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -104,10 +107,7 @@ async fn a_full_disk_is_unavailable_reads_go_on_and_writes_resume_when_space_ret
         options(),
         shutdown.clone(),
     ));
-    let token = handle
-        .call(|s| auth::issue_token(s, "alice", None).map(|(_, t)| t))
-        .await
-        .unwrap();
+    let token = auth::issue_token(&*handle, "alice", None).await.unwrap().1;
     let srv = Endpoint { addr };
     let mut c = srv.hello(&token).await;
     let r = c

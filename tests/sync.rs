@@ -7,6 +7,7 @@
 
 mod common;
 mod server_support;
+mod sync_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,104 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use pichat::config::{SecretSource, SyncConfig};
-use pichat::history::actor::{HistoryHandle, StoreThread};
-use pichat::history::{NewConversation, NewMessage, OpenOptions, Role};
+use pichat::config::SecretSource;
+use pichat::history::{HistoryHandle, NewConversation, NewMessage, OpenOptions, Role};
+use pichat::serverdb::Author;
 use serde_json::json;
 use server_support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sync_support::*;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-struct Device {
-    h: HistoryHandle,
-    _t: StoreThread,
-    cfg: SyncConfig,
-}
-
-fn sync_cfg(addr: SocketAddr, token_file: &std::path::Path) -> SyncConfig {
-    SyncConfig {
-        url: Some(format!("ws://{addr}/ws").parse().unwrap()),
-        token: SecretSource::File(token_file.to_path_buf()),
-        ca_file: None,
-        keepalive: Duration::from_secs(5),
-    }
-}
-
-fn device(dir: &std::path::Path, name: &str, addr: SocketAddr, token: &str) -> Device {
-    let tf = dir.join(format!("{name}.token"));
-    std::fs::write(&tf, token).unwrap();
-    let (h, t) =
-        HistoryHandle::open(&dir.join(format!("{name}.db")), &OpenOptions::default()).unwrap();
-    Device {
-        h,
-        _t: t,
-        cfg: sync_cfg(addr, &tf),
-    }
-}
-
-/// A voice turn stored locally: a conversation (new or given) and two messages.
-async fn turn(d: &Device, conv: Option<String>, q: &str, skew_ms: i64) -> String {
-    let q = q.to_string();
-    d.h.call(move |s| {
-        let c = match conv {
-            Some(c) => c,
-            None => {
-                s.create_conversation(NewConversation {
-                    title: Some(q.clone()),
-                    ..Default::default()
-                })?
-                .id
-            }
-        };
-        let now = pichat::time::now_ms() + skew_ms;
-        let mut m = NewMessage::new(&c, Role::User, q.clone());
-        m.is_audio = true;
-        m.created_at = Some(now);
-        let u = s.append_message(m)?;
-        let mut a = NewMessage::new(&c, Role::Assistant, format!("answer to {q}"));
-        a.reply_to = Some(u.id);
-        a.created_at = Some(now + 1);
-        s.append_message(a)?;
-        Ok(c)
-    })
-    .await
-    .unwrap()
-}
-
-/// Everything a device holds: (conversation id, title, archived, [(message id, content)]), sorted.
-async fn snapshot(d: &Device) -> Vec<(String, String, bool, Vec<(String, String)>)> {
-    d.h.call(|s| {
-        let doc = s.export(None)?;
-        let mut v: Vec<_> = doc
-            .conversations
-            .into_iter()
-            .map(|c| {
-                let mut m: Vec<_> = c
-                    .messages
-                    .iter()
-                    .map(|m| (m.id.clone(), m.content.clone()))
-                    .collect();
-                m.sort();
-                (
-                    c.conversation.id,
-                    c.conversation.title,
-                    c.conversation.archived,
-                    m,
-                )
-            })
-            .collect();
-        v.sort();
-        Ok(v)
-    })
-    .await
-    .unwrap()
-}
-
-async fn sync_once(d: &Device) -> pichat::sync::Report {
-    pichat::sync::once(&d.cfg, &d.h).await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_and_a_web_client_converge() {
@@ -139,7 +52,7 @@ async fn devices_and_a_web_client_converge() {
     let r = web
         .request(
             "append_messages",
-            json!({"messages": [{"id": pichat::history::new_id(), "conversation_id": ca, "role": "user", "content": "typed on the web"}]}),
+            json!({"messages": [{"id": pichat::store::new_id(), "conversation_id": ca, "role": "user", "content": "typed on the web"}]}),
         )
         .await;
     assert_eq!(r["payload"]["stored"].as_array().unwrap().len(), 1, "{r}");
@@ -193,75 +106,6 @@ async fn a_conversation_deleted_on_the_server_goes_with_its_unsent_messages() {
     let r = web.request("get_conversation", json!({"id": d})).await;
     assert_eq!(r["payload"]["code"], "not_found");
     srv.stop().await;
-}
-
-/// A TCP proxy that injects faults: random cuts (often mid-frame), stalls
-/// and delays, until `calm` is set.
-async fn flaky_proxy(upstream: SocketAddr, calm: Arc<AtomicBool>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        loop {
-            let Ok((client, _)) = l.accept().await else {
-                return;
-            };
-            n += 1;
-            let calm = calm.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let mut rng = fastrand::Rng::with_seed(n);
-                // Cut after this many bytes (either way), or stall, or delay.
-                let budget = if calm.load(Ordering::SeqCst) {
-                    u64::MAX
-                } else {
-                    rng.u64(200..20_000)
-                };
-                let stall = !calm.load(Ordering::SeqCst) && rng.u8(..) < 40;
-                let delay = Duration::from_millis(rng.u64(0..20));
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = async {
-                    let mut buf = [0u8; 1024];
-                    let mut sent = 0u64;
-                    loop {
-                        let k = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => k,
-                        };
-                        let k = k.min((budget - sent.min(budget)) as usize);
-                        if k == 0 || sw.write_all(&buf[..k]).await.is_err() {
-                            return;
-                        }
-                        sent += k as u64;
-                    }
-                };
-                let down = async {
-                    let mut buf = [0u8; 1024];
-                    let mut sent = 0u64;
-                    loop {
-                        let k = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => k,
-                        };
-                        if stall && sent > 500 {
-                            tokio::time::sleep(Duration::from_secs(3600)).await;
-                        }
-                        tokio::time::sleep(delay).await;
-                        let k = k.min((budget - sent.min(budget)) as usize);
-                        if k == 0 || cw.write_all(&buf[..k]).await.is_err() {
-                            return;
-                        }
-                        sent += k as u64;
-                    }
-                };
-                tokio::select! { _ = up => {}, _ = down => {} }
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,17 +556,15 @@ async fn offline_messages(d: &Device, n: usize, content: fn(usize) -> String) ->
 
 /// The server's messages of a conversation (all pages), as (id, content).
 async fn server_messages(srv: &TestServer, user: &str, conv: &str) -> Vec<(String, String)> {
-    let (user, conv) = (user.to_string(), conv.to_string());
-    srv.db(move |s| {
-        let uid = s.server().user_id(&user)?;
-        Ok(s.server()
-            .messages(uid, &conv, 100_000, None)?
-            .0
-            .into_iter()
-            .map(|m| (m.id, m.content))
-            .collect())
-    })
-    .await
+    let s = srv.store();
+    let uid = s.user_id(user).await.unwrap();
+    s.messages(uid, conv, 100_000, None, pichat::serverdb::everything())
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|m| (m.id, m.content))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,30 +593,28 @@ async fn two_thousand_one_hundred_large_messages_pull() {
     // the client's frame limit (the cursor never moved).
     let srv = TestServer::start(engines(vec![])).await;
     let token = srv.token("alice").await;
-    let conv = srv
-        .db(|s| {
-            let uid = s.server().user_id("alice")?;
-            let (c, _) = s
-                .server()
-                .create_conversation(uid, &NewConversation::default())?;
-            for chunk in 0..21 {
-                let batch: Vec<NewMessage> = (0..100)
-                    .map(|i| {
-                        let mut m = NewMessage::new(
-                            &c.id,
-                            Role::User,
-                            format!("{:05}{}", chunk * 100 + i, "y".repeat(31_995)),
-                        );
-                        m.id = Some(pichat::history::new_id());
-                        m
-                    })
-                    .collect();
-                let out = s.server().append_messages(uid, &batch)?;
-                assert_eq!(out.stored.len(), 100);
-            }
-            Ok(c.id)
-        })
-        .await;
+    let s = srv.store();
+    let uid = s.user_id("alice").await.unwrap();
+    let (c, _) = s
+        .create_conversation(Author::NOBODY, uid, NewConversation::default())
+        .await
+        .unwrap();
+    for chunk in 0..21 {
+        let batch: Vec<NewMessage> = (0..100)
+            .map(|i| {
+                let mut m = NewMessage::new(
+                    &c.id,
+                    Role::User,
+                    format!("{:05}{}", chunk * 100 + i, "y".repeat(31_995)),
+                );
+                m.id = Some(pichat::store::new_id());
+                m
+            })
+            .collect();
+        let out = s.append_messages(Author::NOBODY, uid, batch).await.unwrap();
+        assert_eq!(out.stored.len(), 100);
+    }
+    let conv = c.id;
     // Every page the server sends stays within the page limit.
     let mut web = srv.hello(&token, "web").await;
     let (mut since, mut pages, mut seen) = (0i64, 0, 0usize);
@@ -842,7 +682,7 @@ async fn a_message_of_32000_four_byte_characters_syncs_both_ways() {
     assert!(snap[0].3.iter().all(|(_, c)| *c == big));
     // Web → server → device, and as a notification to a live device.
     let mut web = srv.hello(&token, "web").await;
-    let id = pichat::history::new_id();
+    let id = pichat::store::new_id();
     let r = web
         .request(
             "append_messages",
@@ -859,7 +699,7 @@ async fn a_message_of_32000_four_byte_characters_syncs_both_ways() {
     let r = web
         .request(
             "append_messages",
-            json!({"messages": [{"id": pichat::history::new_id(), "conversation_id": conv, "role": "user", "content": "😀".repeat(32_001)}]}),
+            json!({"messages": [{"id": pichat::store::new_id(), "conversation_id": conv, "role": "user", "content": "😀".repeat(32_001)}]}),
         )
         .await;
     assert_eq!(r["payload"]["rejected"][0]["code"], "bad_request", "{r}");

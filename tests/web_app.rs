@@ -13,8 +13,9 @@ use anyhow::{Context, Result, ensure};
 use fantoccini::Locator;
 use pichat::config::{EngineConfig, EngineKind};
 use pichat::engines::{Engines, Llm, SpeechToText, TextToSpeech};
-use pichat::history::{NewConversation, NewMessage, Role};
 use pichat::server::ServerOptions;
+use pichat::serverdb::Author;
+use pichat::store::{NewConversation, NewMessage, Role};
 use serde_json::json;
 use server_support::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -43,28 +44,30 @@ fn base(srv: &TestServer) -> String {
 async fn seed(srv: &TestServer, user: &str, titles: &[&str]) -> Vec<String> {
     let user = user.to_string();
     let titles: Vec<String> = titles.iter().map(|t| t.to_string()).collect();
-    srv.db(move |s| {
-        let uid = s.server().user_id(&user)?;
-        let mut ids = Vec::new();
-        for (i, t) in titles.iter().enumerate() {
-            let (c, _) = s.server().create_conversation(
+    let s = srv.store();
+    let uid = s.user_id(&user).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, t) in titles.iter().enumerate() {
+        let (c, _) = s
+            .create_conversation(
+                Author::NOBODY,
                 uid,
-                &NewConversation {
+                NewConversation {
                     title: Some(t.clone()),
                     created_at: Some(1_700_000_000_000 + i as i64 * 60_000),
                     ..Default::default()
                 },
-            )?;
-            let mut m = NewMessage::new(&c.id, Role::User, format!("message about {t}"));
-            m.created_at = Some(1_700_000_000_000 + i as i64 * 60_000 + 1);
-            m.origin = pichat::history::Origin::Voice;
-            m.is_audio = true;
-            s.server().add_message(uid, &m)?;
-            ids.push(c.id);
-        }
-        Ok(ids)
-    })
-    .await
+            )
+            .await
+            .unwrap();
+        let mut m = NewMessage::new(&c.id, Role::User, format!("message about {t}"));
+        m.created_at = Some(1_700_000_000_000 + i as i64 * 60_000 + 1);
+        m.origin = pichat::store::Origin::Voice;
+        m.is_audio = true;
+        s.add_message(Author::NOBODY, uid, m).await.unwrap();
+        ids.push(c.id);
+    }
+    ids
 }
 
 /// Opens the app, is sent to the sign-in page, signs in with `token`.
@@ -159,10 +162,8 @@ async fn sign_in_list_create_stream_rename_search_export_settings_live_sign_out(
         b.click("#dlg-rename button[value=ok]").await?;
         b.find_text("#conv-list li:first-child .conv-name", "Greetings test").await?;
         let id = conv_id.clone();
-        let uid = srv.db(|s| s.server().user_id("alice")).await;
-        let stored = srv
-            .db(move |s| s.server().get_conversation(uid, &id))
-            .await;
+        let uid = srv.store().user_id("alice").await?;
+        let stored = srv.store().get_conversation(uid, &id).await?;
         ensure!(stored.title == "Greetings test", "{stored:?}");
 
         // Search: highlighted snippets; a hit jumps to its message.
@@ -209,7 +210,7 @@ async fn sign_in_list_create_stream_rename_search_export_settings_live_sign_out(
         b.find("#set-gender").await?.select_by_value("female").await?;
         b.click("#settings-save").await?;
         b.find_text("#status-text", "Settings saved").await?;
-        let settings = srv.db(move |s| s.server().settings(uid)).await;
+        let settings = srv.store().settings(uid).await?;
         ensure!(settings.selected_model.as_deref() == Some("fake-model"), "{settings:?}");
         ensure!(settings.assistant_personality.as_deref() == Some("Talk like a pirate."), "{settings:?}");
         ensure!(settings.voice_speed == Some(1.5) && settings.voice_gender.as_deref() == Some("female"), "{settings:?}");
@@ -366,10 +367,8 @@ async fn foreign_origins_expired_sessions_and_revoked_tokens_are_refused() {
         // Revoking the token ends its session and its open socket: the page
         // notices and goes to the sign-in page by itself.
         sign_in(&b, &srv, &token).await?;
-        let uid_token = srv
-            .db(|s| Ok(s.server().tokens()?.last().unwrap().id))
-            .await;
-        srv.db(move |s| s.server().revoke_token(uid_token)).await;
+        let uid_token = srv.store().tokens().await?.last().unwrap().id;
+        srv.store().revoke_token(uid_token).await?;
         b.wait_js("sent to sign in", "return location.pathname === '/signin'")
             .await?;
         b.find_text("#signin-msg", "session has ended").await?;
@@ -461,37 +460,41 @@ async fn a_phone_screen_the_keyboard_alone_and_dark_mode() {
 async fn a_long_conversation_opens_at_its_end_and_pages_back_windowed() {
     let srv = TestServer::start(engines(vec![streaming_llm()])).await;
     let token = srv.token("alice").await;
-    let conv = srv
-        .db(|s| {
-            let uid = s.server().user_id("alice")?;
-            let (c, _) = s.server().create_conversation(
-                uid,
-                &NewConversation {
-                    title: Some("Very long".into()),
-                    ..Default::default()
+    let store = srv.store();
+    let uid = store.user_id("alice").await.unwrap();
+    let (c, _) = store
+        .create_conversation(
+            Author::NOBODY,
+            uid,
+            NewConversation {
+                title: Some("Very long".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let msgs: Vec<NewMessage> = (0..10_000)
+        .map(|i| {
+            let mut m = NewMessage::new(
+                &c.id,
+                if i % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
                 },
-            )?;
-            let msgs: Vec<NewMessage> = (0..10_000)
-                .map(|i| {
-                    let mut m = NewMessage::new(
-                        &c.id,
-                        if i % 2 == 0 {
-                            Role::User
-                        } else {
-                            Role::Assistant
-                        },
-                        format!("line number {i} {}", if i == 42 { "needle" } else { "" }),
-                    );
-                    m.created_at = Some(1_700_000_000_000 + i);
-                    m
-                })
-                .collect();
-            for chunk in msgs.chunks(500) {
-                s.server().append_messages(uid, chunk)?;
-            }
-            Ok(c.id)
+                format!("line number {i} {}", if i == 42 { "needle" } else { "" }),
+            );
+            m.created_at = Some(1_700_000_000_000 + i);
+            m
         })
-        .await;
+        .collect();
+    for chunk in msgs.chunks(500) {
+        store
+            .append_messages(Author::NOBODY, uid, chunk.to_vec())
+            .await
+            .unwrap();
+    }
+    let conv = c.id;
     let b = Browser::start("web_long").await;
     b.run(|| async {
         sign_in(&b, &srv, &token).await?;

@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use pichat::history::{NewConversation, NewMessage, Role};
+use pichat::serverdb::Author;
+use pichat::store::{NewConversation, NewMessage, Role};
 use server_support::*;
 use web_support::*;
 
@@ -86,63 +87,69 @@ async fn web_figures() {
     let token = srv.token("alice").await;
     // 10,000 conversations (a message each), and one of 10,000 messages.
     let t = std::time::Instant::now();
-    let uid = srv.db(|s| s.server().user_id("alice")).await;
+    let store = srv.store();
+    let uid = store.user_id("alice").await.unwrap();
     let mut pending = Vec::new();
     for i in 0..conversations {
-        pending.push(srv.handle.call_batched(move |s| {
-            let (c, _) = s.server().create_conversation(
-                uid,
-                &NewConversation {
-                    title: Some(format!("Conversation {i}")),
-                    created_at: Some(1_700_000_000_000 + i as i64 * 1000),
-                    ..Default::default()
-                },
-            )?;
+        let store = store.clone();
+        pending.push(tokio::spawn(async move {
+            let (c, _) = store
+                .create_conversation(
+                    Author::NOBODY,
+                    uid,
+                    NewConversation {
+                        title: Some(format!("Conversation {i}")),
+                        created_at: Some(1_700_000_000_000 + i as i64 * 1000),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
             let mut m = NewMessage::new(&c.id, Role::User, format!("question number {i}"));
             m.created_at = Some(1_700_000_000_000 + i as i64 * 1000 + 1);
-            s.server().add_message(uid, &m)?;
-            Ok(())
+            store.add_message(Author::NOBODY, uid, m).await.unwrap();
         }));
     }
     for p in pending {
         p.await.unwrap();
     }
-    let (long, short) = srv
-        .db(move |s| {
-            let mut mk = |title: &str, n: usize| -> pichat::history::Result<String> {
-                let (c, _) = s.server().create_conversation(
-                    uid,
-                    &NewConversation {
-                        title: Some(title.into()),
-                        created_at: Some(1_600_000_000_000),
-                        ..Default::default()
+    let mk = async |title: &str, n: usize| -> String {
+        let (c, _) = store
+            .create_conversation(
+                Author::NOBODY,
+                uid,
+                NewConversation {
+                    title: Some(title.into()),
+                    created_at: Some(1_600_000_000_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let msgs: Vec<NewMessage> = (0..n)
+            .map(|i| {
+                let mut m = NewMessage::new(
+                    &c.id,
+                    if i % 2 == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
                     },
-                )?;
-                let msgs: Vec<NewMessage> = (0..n)
-                    .map(|i| {
-                        let mut m = NewMessage::new(
-                            &c.id,
-                            if i % 2 == 0 {
-                                Role::User
-                            } else {
-                                Role::Assistant
-                            },
-                            format!(
-                                "message {i} of a long talk about many things, to have some text"
-                            ),
-                        );
-                        m.created_at = Some(1_600_000_000_000 + i as i64);
-                        m
-                    })
-                    .collect();
-                for chunk in msgs.chunks(500) {
-                    s.server().append_messages(uid, chunk)?;
-                }
-                Ok(c.id)
-            };
-            Ok((mk("Long", messages)?, mk("Short", 10)?))
-        })
-        .await;
+                    format!("message {i} of a long talk about many things, to have some text"),
+                );
+                m.created_at = Some(1_600_000_000_000 + i as i64);
+                m
+            })
+            .collect();
+        for chunk in msgs.chunks(500) {
+            store
+                .append_messages(Author::NOBODY, uid, chunk.to_vec())
+                .await
+                .unwrap();
+        }
+        c.id
+    };
+    let (long, short) = (mk("Long", messages).await, mk("Short", 10).await);
     println!(
         "seeded {conversations} conversations and a {messages}-message one in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -239,7 +246,7 @@ async fn web_figures() {
                 "127.0.0.1:0",
                 "--db",
             ])
-            .arg(&db)
+            .arg(db_arg(&db))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

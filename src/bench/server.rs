@@ -1,5 +1,8 @@
 //! `pichat bench server`: the chat server's figures, over real WebSockets
-//! on 127.0.0.1 and real SQLite files.
+//! on 127.0.0.1, on a real store: SQLite files, or PostgreSQL with
+//! `--store postgres` (a private cluster made for the run, or `--postgres
+//! URL`), with `--servers 2` for two servers on one database (`idle`,
+//! `notify`).
 //!
 //! 1. Idle connections held: a real `pichat serve` child process under the
 //!    open-files limit of `systemd/pichat-server.service` (`LimitNOFILE=`)
@@ -10,7 +13,8 @@
 //!    process): one client in turn, then several at once.
 //! 3. A fresh client pulling N messages with `sync` (pages of 5000).
 //! 4. Notification latency: a change on one connection until the user's
-//!    other connection has the notification (p50, p99).
+//!    other connection has the notification (p50, p99) — on the other
+//!    server, with `--servers 2`.
 //! 5. A healthy user's latency during another user's search storm
 //!    (`server_reads.rs`).
 //! 6. Unread: clients that ask for large `sync` pages again and again and
@@ -20,6 +24,11 @@
 //!    request head (reopened when closed), against a `pichat serve` child:
 //!    how many legitimate connections (from 127.0.0.1) are refused
 //!    meanwhile, how long they take, and the server's CPU.
+//! 8. Lists under load: `get_conversations` and `get_messages` p50/p99
+//!    while other clients send (the measurement behind "no cache",
+//!    ARCHITECTURE.md).
+//! 9. Migration (`--store postgres`): a SQLite store of `--sync-messages`
+//!    messages copied into PostgreSQL by `pichat server migrate`'s code.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,12 +44,13 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use super::server_store::{lists, migrate};
+use super::stores::{self, StoreKind, Stores};
 use crate::bench::{Percentiles, ms};
 use crate::engines::{ChatRequest, Engines, EventStream, Llm, LlmEvent};
-use crate::history::actor::HistoryHandle;
-use crate::history::{OpenOptions, Store};
 use crate::protocol::ServerFrame;
-use crate::server::{self, ServerOptions, auth};
+use crate::server::{self, ServerOptions};
+use crate::serverdb::Location;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
@@ -51,6 +61,8 @@ pub enum Part {
     Reads,
     Unread,
     Slowloris,
+    Lists,
+    Migrate,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,7 +78,7 @@ pub struct Args {
     clients: usize,
     /// Messages a fresh client pulls with sync
     #[arg(long, default_value_t = 100_000)]
-    sync_messages: usize,
+    pub(super) sync_messages: usize,
     /// Notifications to time
     #[arg(long, default_value_t = 2_000)]
     notifications: usize,
@@ -92,7 +104,24 @@ pub struct Args {
     /// Legitimate connections tried during each slowloris run
     #[arg(long, default_value_t = 500)]
     legit_attempts: usize,
-    /// Run only these parts (comma-separated) [default: all]
+    /// The store the servers run on
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// With --store postgres: a PostgreSQL server to make the bench's databases on
+    /// (postgres://USER@HOST:PORT/DB, a user that may CREATE DATABASE) [default: a
+    /// private cluster made for the run]
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// Servers on the one store, for `idle` and `notify` (more than 1 needs --store postgres)
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
+    /// Clients reading lists (`lists`), and as many sending meanwhile
+    #[arg(long, default_value_t = 8)]
+    pub(super) list_clients: usize,
+    /// Seconds the `lists` load lasts
+    #[arg(long, default_value_t = 10)]
+    pub(super) list_seconds: u64,
+    /// Run only these parts (comma-separated) [default: all but migrate]
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     /// Directory for the databases, kept [default: a temporary directory]
@@ -119,35 +148,56 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let all = a.only.is_empty();
-    let wants = |p: Part| all || a.only.contains(&p);
-    println!("pichat bench server (databases in {})", dir.display());
+    let wants = |p: Part| {
+        a.only.contains(&p) || (all && !(p == Part::Migrate && a.store == StoreKind::Sqlite))
+    };
+    if a.servers > 1 && a.store != StoreKind::Postgres {
+        bail!(
+            "--servers {}: several servers share a database only with --store postgres",
+            a.servers
+        );
+    }
+    let stores = Stores::new(a.store, &dir, a.postgres.clone())?;
+    println!(
+        "pichat bench server (store: {}, {} server(s); files in {})",
+        stores.name(),
+        a.servers.max(1),
+        dir.display()
+    );
     rt.block_on(async {
+        let st = &stores;
         if wants(Part::Idle) {
-            idle(&a, &dir).await.context("idle connections")?;
+            idle(&a, &dir, st).await.context("idle connections")?;
         }
         if wants(Part::Send) {
-            round_trips(&a, &dir)
+            round_trips(&a, st)
                 .await
                 .context("send_message round trips")?;
         }
         if wants(Part::Sync) {
-            sync_pull(&a, &dir).await.context("sync")?;
+            sync_pull(&a, st).await.context("sync")?;
         }
         if wants(Part::Notify) {
-            notify(&a, &dir).await.context("notifications")?;
+            notify(&a, st).await.context("notifications")?;
         }
         if wants(Part::Reads) {
-            super::server_reads::run(&a.reads, &dir)
+            super::server_reads::run(&a.reads, st)
                 .await
                 .context("reads during a search storm")?;
         }
         if wants(Part::Unread) {
-            unread_storm(&a, &dir)
+            unread_storm(&a, &dir, st)
                 .await
                 .context("storm of unread sync pages")?;
         }
         if wants(Part::Slowloris) {
-            slowloris(&a, &dir).await.context("slowloris")?;
+            slowloris(&a, &dir, st).await.context("slowloris")?;
+        }
+        if wants(Part::Lists) {
+            lists(&a, st).await.context("lists under load")?;
+        }
+        if wants(Part::Migrate) {
+            migrate(&a, &dir, st).await.context("migration")?;
         }
         Ok::<(), anyhow::Error>(())
     })
@@ -198,7 +248,7 @@ impl ServerChild {
     async fn start(
         dir: &Path,
         name: &str,
-        db: &Path,
+        db: &Location,
         config: &str,
         nofile: Option<u64>,
     ) -> anyhow::Result<ServerChild> {
@@ -209,7 +259,10 @@ impl ServerChild {
         cmd.arg("--config")
             .arg(&cfg)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
+            .arg(match db {
+                Location::Sqlite(p) => p.display().to_string(),
+                Location::Postgres(url) => url.clone(),
+            })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
@@ -297,7 +350,7 @@ impl Llm for FastLlm {
     }
 }
 
-type Ws =
+pub(super) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn client_config() -> WebSocketConfig {
@@ -307,7 +360,7 @@ fn client_config() -> WebSocketConfig {
         .max_frame_size(Some(64 << 20))
 }
 
-async fn connect(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Ws> {
+pub(super) async fn connect(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Ws> {
     connect_from(addr, token, None, None).await
 }
 
@@ -345,14 +398,14 @@ fn nth_ip(base: [u8; 4], i: usize) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::from(base)) + i as u32)
 }
 
-async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
+pub(super) async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
     ws.send(Message::Text(Utf8Bytes::from(v.to_string())))
         .await?;
     Ok(())
 }
 
 /// The next text frame, parsed.
-async fn recv(ws: &mut Ws) -> anyhow::Result<Value> {
+pub(super) async fn recv(ws: &mut Ws) -> anyhow::Result<Value> {
     loop {
         match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
             Err(_) => bail!("no frame within 60 s"),
@@ -367,7 +420,12 @@ async fn recv(ws: &mut Ws) -> anyhow::Result<Value> {
 }
 
 /// Sends a request; returns the reply with its request id (skips the rest).
-async fn request(ws: &mut Ws, id: &str, action: &str, payload: Value) -> anyhow::Result<Value> {
+pub(super) async fn request(
+    ws: &mut Ws,
+    id: &str,
+    action: &str,
+    payload: Value,
+) -> anyhow::Result<Value> {
     send(
         ws,
         json!({"action": action, "request_id": id, "payload": payload}),
@@ -384,7 +442,7 @@ async fn request(ws: &mut Ws, id: &str, action: &str, payload: Value) -> anyhow:
     }
 }
 
-async fn hello(ws: &mut Ws) -> anyhow::Result<i64> {
+pub(super) async fn hello(ws: &mut Ws) -> anyhow::Result<i64> {
     let w = request(
         ws,
         "hello",
@@ -395,20 +453,19 @@ async fn hello(ws: &mut Ws) -> anyhow::Result<i64> {
     Ok(w["payload"]["rev"].as_i64().unwrap_or(0))
 }
 
-fn make_token(db: &Path, user: &str) -> anyhow::Result<String> {
-    let mut s = Store::open(db, &OpenOptions::default())?;
-    Ok(auth::issue_token(&mut s, user, Some("bench"))?.1)
+pub(super) async fn make_token(db: &Location, user: &str) -> anyhow::Result<String> {
+    stores::token(db, user).await
 }
 
 /// A server in this process, with the fast LLM.
-struct InProcess {
-    addr: std::net::SocketAddr,
+pub(super) struct InProcess {
+    pub(super) addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn in_process(db: &Path) -> anyhow::Result<InProcess> {
-    let (handle, _thread) = HistoryHandle::open(db, &OpenOptions::default())?;
+pub(super) async fn in_process(db: &Location) -> anyhow::Result<InProcess> {
+    let (handle, _thread) = stores::open(db).await?;
     let listener = server::bind("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -441,7 +498,7 @@ async fn in_process(db: &Path) -> anyhow::Result<InProcess> {
 }
 
 impl InProcess {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
     }
@@ -451,11 +508,12 @@ impl InProcess {
 /// spread over enough users to stay under it).
 const PER_USER: usize = 64;
 
-async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
+async fn idle(a: &Args, dir: &Path, st: &Stores) -> anyhow::Result<()> {
     let n = a.connections;
+    let servers = a.servers.max(1);
     let nofile = unit_nofile();
     println!(
-        "\n1. idle connections held (a `pichat serve` child process, default config, LimitNOFILE={} as in the unit)",
+        "\n1. idle connections held ({servers} `pichat serve` child process(es), default config, LimitNOFILE={} as in the unit)",
         nofile.map_or("?".into(), |n| n.to_string())
     );
     let limit = open_files_limit();
@@ -464,18 +522,28 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
             "   note: this process may open {limit} files; fewer than {n} connections may be possible (raise `ulimit -n`)"
         );
     }
-    let db = dir.join("idle.db");
+    let db = st.fresh("idle").await?;
     let users = n.div_ceil(PER_USER).max(1);
-    let tokens: Vec<String> = {
-        let mut s = Store::open(&db, &OpenOptions::default())?;
-        (0..users)
-            .map(|u| Ok(auth::issue_token(&mut s, &format!("idle{u}"), Some("bench"))?.1))
-            .collect::<anyhow::Result<_>>()?
-    };
-    let srv = ServerChild::start(dir, "idle", &db, "[log]\nlevel = \"warn\"\n", nofile).await?;
-    let pid = srv.pid;
-    let addr = srv.addr;
-    let got = srv.nofile();
+    let names: Vec<String> = (0..users).map(|u| format!("idle{u}")).collect();
+    let tokens = stores::tokens(&db, &names).await?;
+    let mut srvs = Vec::with_capacity(servers);
+    for i in 0..servers {
+        srvs.push(
+            ServerChild::start(
+                dir,
+                &format!("idle{i}"),
+                &db,
+                "[log]\nlevel = \"warn\"\n",
+                nofile,
+            )
+            .await?,
+        );
+    }
+    let pids: Vec<u32> = srvs.iter().map(|s| s.pid).collect();
+    let addrs: Vec<std::net::SocketAddr> = srvs.iter().map(|s| s.addr).collect();
+    let addr = addrs[0];
+    let rss_all = |pids: &[u32]| pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).sum::<u64>();
+    let got = srvs[0].nofile();
     println!(
         "   server's open-files limit: {}{}",
         got.map_or("?".into(), |n| n.to_string()),
@@ -489,7 +557,7 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
     let mut warm = connect(addr, &tokens[0]).await?;
     hello(&mut warm).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(pid).unwrap_or(0);
+    let before = rss_all(&pids);
     let started = Instant::now();
     // The warm one counts: n in all.
     let results: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(0..n.saturating_sub(1))
@@ -498,6 +566,8 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
             // connections come from an address of their own (as devices would).
             let u = (i + 1) / PER_USER % users;
             let token = tokens[u].clone();
+            // Spread over the servers, one connection each in turn.
+            let addr = addrs[(i + 1) % addrs.len()];
             async move {
                 let from = nth_ip([127, 0, 1, 1], u);
                 let mut ws = connect_from(addr, &token, Some(from), None).await?;
@@ -523,7 +593,7 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
     }
     conns.push(warm);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_kib(pid).unwrap_or(0);
+    let after = rss_all(&pids);
     // Are they all still served? Each answers a ping.
     let mut alive = 0;
     for (i, ws) in conns.iter_mut().enumerate() {
@@ -540,7 +610,7 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
     );
     println!("   answering a ping after:  {alive}");
     println!(
-        "   server memory (RSS):     {:.1} MiB before, {:.1} MiB with them",
+        "   server memory (RSS):     {:.1} MiB before, {:.1} MiB with them (all servers)",
         before as f64 / 1024.0,
         after as f64 / 1024.0
     );
@@ -553,7 +623,9 @@ async fn idle(a: &Args, dir: &Path) -> anyhow::Result<()> {
     // Clients leave first (the server then has nothing to wait for), then SIGTERM.
     drop(conns);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    srv.stop().await;
+    for srv in srvs {
+        srv.stop().await;
+    }
     Ok(())
 }
 
@@ -598,10 +670,13 @@ async fn send_client(
     Ok(times)
 }
 
-async fn round_trips(a: &Args, dir: &Path) -> anyhow::Result<()> {
-    println!("\n2. send_message round trips (fast fake LLM, 6 tokens; message_sent … typing off)");
-    let db = dir.join("send.db");
-    let token = make_token(&db, "send")?;
+async fn round_trips(a: &Args, st: &Stores) -> anyhow::Result<()> {
+    println!(
+        "\n2. send_message round trips (fast fake LLM, 6 tokens; message_sent … typing off; {})",
+        st.name()
+    );
+    let db = st.fresh("send").await?;
+    let token = make_token(&db, "send").await?;
     let srv = in_process(&db).await?;
     // One client, one message at a time.
     let n1 = (a.round_trips / 4).max(1);
@@ -638,11 +713,14 @@ async fn round_trips(a: &Args, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sync_pull(a: &Args, dir: &Path) -> anyhow::Result<()> {
+async fn sync_pull(a: &Args, st: &Stores) -> anyhow::Result<()> {
     let n = a.sync_messages;
-    println!("\n3. a fresh client pulls {n} messages with `sync` (pages of 5000)");
-    let db = dir.join("sync.db");
-    let token = make_token(&db, "sync")?;
+    println!(
+        "\n3. a fresh client pulls {n} messages with `sync` (pages of 5000; {})",
+        st.name()
+    );
+    let db = st.fresh("sync").await?;
+    let token = make_token(&db, "sync").await?;
     let srv = in_process(&db).await?;
     let mut up = connect(srv.addr, &token).await?;
     hello(&mut up).await?;
@@ -743,16 +821,28 @@ async fn sync_pull(a: &Args, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn notify(a: &Args, dir: &Path) -> anyhow::Result<()> {
+async fn notify(a: &Args, st: &Stores) -> anyhow::Result<()> {
     let n = a.notifications;
+    let cross = a.servers > 1;
     println!(
-        "\n4. notification latency: update_settings on one connection until the other has settings_updated"
+        "\n4. notification latency: update_settings on one connection until the other has settings_updated ({}; {})",
+        if cross {
+            "the other connection on another server"
+        } else {
+            "both on one server"
+        },
+        st.name()
     );
-    let db = dir.join("notify.db");
-    let token = make_token(&db, "notify")?;
+    let db = st.fresh("notify").await?;
+    let token = make_token(&db, "notify").await?;
     let srv = in_process(&db).await?;
+    let other = if cross {
+        Some(in_process(&db).await?)
+    } else {
+        None
+    };
     let mut from = connect(srv.addr, &token).await?;
-    let mut to = connect(srv.addr, &token).await?;
+    let mut to = connect(other.as_ref().map_or(srv.addr, |o| o.addr), &token).await?;
     hello(&mut from).await?;
     hello(&mut to).await?;
     let mut times = Vec::with_capacity(n);
@@ -780,6 +870,9 @@ async fn notify(a: &Args, dir: &Path) -> anyhow::Result<()> {
         ms(p.p(100.0))
     );
     srv.stop().await;
+    if let Some(o) = other {
+        o.stop().await;
+    }
     Ok(())
 }
 
@@ -824,14 +917,14 @@ async fn unread_client(
     dropped
 }
 
-async fn unread_storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
+async fn unread_storm(a: &Args, dir: &Path, st: &Stores) -> anyhow::Result<()> {
     let k = a.unread_clients.max(1);
     println!(
         "\n6. a storm of {k} clients asking for `sync` pages (since 0, limit 5000) every 50 ms and never reading them, for {} s (a `pichat serve` child, default config)",
         a.unread_seconds
     );
-    let db = dir.join("storm.db");
-    let token = make_token(&db, "storm")?;
+    let db = st.fresh("storm").await?;
+    let token = make_token(&db, "storm").await?;
     let srv = ServerChild::start(dir, "storm", &db, "[log]\nlevel = \"error\"\n", None).await?;
     // The history: messages of `unread_message_chars`, 100 a conversation,
     // appended in frames under 1 MiB.
@@ -886,7 +979,7 @@ async fn unread_storm(a: &Args, dir: &Path) -> anyhow::Result<()> {
     let mut peak = before;
     let mut samples = Vec::new();
     // Meanwhile, another user's client: its ping round trips.
-    let other = make_token(&db, "bystander")?;
+    let other = make_token(&db, "bystander").await?;
     let mut healthy = connect(srv.addr, &other).await?;
     hello(&mut healthy).await?;
     let mut pings = Vec::new();
@@ -1000,7 +1093,7 @@ async fn loris(
     }
 }
 
-async fn slowloris(a: &Args, dir: &Path) -> anyhow::Result<()> {
+async fn slowloris(a: &Args, dir: &Path, st: &Stores) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     let n = a.slowloris;
     println!(
@@ -1008,9 +1101,8 @@ async fn slowloris(a: &Args, dir: &Path) -> anyhow::Result<()> {
     );
     for &per_address in &a.slowloris_per_address {
         let per_address = per_address.max(1);
-        let db = dir.join(format!("loris{per_address}.db"));
-        let _ = std::fs::remove_file(&db);
-        let token = make_token(&db, "legit")?;
+        let db = st.fresh(&format!("loris{per_address}")).await?;
+        let token = make_token(&db, "legit").await?;
         let srv = ServerChild::start(
             dir,
             "loris",

@@ -1,6 +1,6 @@
 //! `pichat bench server --only reads`: a healthy user's latency while
 //! another user runs a search storm, over real WebSockets on 127.0.0.1 and
-//! a real SQLite file.
+//! a real store (`--store`).
 //!
 //! The storm user has a large history (`--storm-messages`) and
 //! `--storm-clients` connections that each send `search` back to back for
@@ -10,9 +10,8 @@
 //! Printed: p50 / p99 / max of both, and the storm's searches per second,
 //! once with every read on the writer thread (`server.read_connections =
 //! 0`, as before the read connections) and once with the given number of
-//! read connections.
+//! read connections (SQLite; PostgreSQL runs once, on its pool).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,11 +23,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use super::stores::{StoreKind, Stores};
 use crate::bench::{Percentiles, ms};
 use crate::engines::Engines;
-use crate::history::actor::HistoryHandle;
-use crate::history::{NewConversation, NewMessage, OpenOptions, Role, Store};
 use crate::server::{self, ServerOptions, auth};
+use crate::serverdb::{Author, Location, StoreOptions};
+use crate::store::{NewConversation, NewMessage, OpenOptions, Role};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReadArgs {
@@ -42,7 +42,7 @@ pub struct ReadArgs {
     #[arg(long, default_value_t = 10)]
     storm_seconds: u64,
     /// Read connections in the run after the writer-only one (`reads`)
-    #[arg(long, default_value_t = crate::history::DEFAULT_READERS)]
+    #[arg(long, default_value_t = crate::store::DEFAULT_READERS)]
     read_connections: usize,
 }
 
@@ -55,16 +55,21 @@ const WORDS: &[&str] = &[
     "holiday", "football", "moon", "coat", "bread", "piano", "email", "printer", "cat",
 ];
 
-pub async fn run(a: &ReadArgs, dir: &Path) -> anyhow::Result<()> {
+pub async fn run(a: &ReadArgs, st: &Stores) -> anyhow::Result<()> {
     println!(
         "\n== a healthy user during a search storm ({} messages, {} storm connections, {} s)",
         a.storm_messages, a.storm_clients, a.storm_seconds
     );
-    let db = dir.join("reads.db");
-    let _ = std::fs::remove_file(&db);
-    let (storm_token, healthy_token) = tokio::task::block_in_place(|| fill(&db, a))?;
-    for readers in [0, a.read_connections] {
-        let label = if readers == 0 {
+    let db = st.fresh("reads").await?;
+    let (storm_token, healthy_token) = fill(&db, a).await?;
+    let runs: &[usize] = match st.kind {
+        StoreKind::Sqlite => &[0, a.read_connections],
+        StoreKind::Postgres => &[a.read_connections],
+    };
+    for &readers in runs {
+        let label = if st.kind == StoreKind::Postgres {
+            "postgres (the pool)".to_string()
+        } else if readers == 0 {
             "every read on the writer (read_connections = 0)".to_string()
         } else {
             format!("read_connections = {readers}")
@@ -92,17 +97,17 @@ pub async fn run(a: &ReadArgs, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The storm user's large history and the healthy user's small one.
-fn fill(db: &Path, a: &ReadArgs) -> anyhow::Result<(String, String)> {
+async fn fill(db: &Location, a: &ReadArgs) -> anyhow::Result<(String, String)> {
     let t = Instant::now();
-    let mut s = Store::open(db, &OpenOptions::default())?;
-    let storm = auth::issue_token(&mut s, "storm", Some("bench"))?.1;
-    let healthy = auth::issue_token(&mut s, "healthy", Some("bench"))?.1;
+    let (s, thread) = super::stores::open(db).await?;
+    let storm = auth::issue_token(&*s, "storm", Some("bench")).await?.1;
+    let healthy = auth::issue_token(&*s, "healthy", Some("bench")).await?.1;
     let mut rng = fastrand::Rng::with_seed(7);
     for (user, n) in [("storm", a.storm_messages), ("healthy", 20)] {
-        let uid = s.server().user_id(user)?;
+        let uid = s.user_id(user).await?;
         let (c, _) = s
-            .server()
-            .create_conversation(uid, &NewConversation::default())?;
+            .create_conversation(Author::NOBODY, uid, NewConversation::default())
+            .await?;
         let mut left = n;
         while left > 0 {
             let k = left.min(500);
@@ -111,15 +116,18 @@ fn fill(db: &Path, a: &ReadArgs) -> anyhow::Result<(String, String)> {
                     let text: Vec<&str> =
                         (0..40).map(|_| WORDS[rng.usize(..WORDS.len())]).collect();
                     let mut m = NewMessage::new(&c.id, Role::User, text.join(" "));
-                    m.id = Some(crate::history::new_id());
+                    m.id = Some(crate::store::new_id());
                     m
                 })
                 .collect();
-            s.server().append_messages(uid, &batch)?;
+            s.append_messages(Author::NOBODY, uid, batch).await?;
             left -= k;
         }
     }
-    s.checkpoint()?;
+    drop(s);
+    if let Some(t) = thread {
+        tokio::task::spawn_blocking(move || t.join()).await?;
+    }
     println!(
         "filled in {:.1} s ({} messages)",
         t.elapsed().as_secs_f64(),
@@ -137,18 +145,23 @@ struct Outcome {
 
 async fn storm(
     a: &ReadArgs,
-    db: &Path,
+    db: &Location,
     readers: usize,
     storm_token: &str,
     healthy_token: &str,
 ) -> anyhow::Result<Outcome> {
-    let (handle, thread) = HistoryHandle::open(
+    let opened = crate::serverdb::open(
         db,
-        &OpenOptions {
-            readers,
-            ..OpenOptions::default()
+        &StoreOptions {
+            sqlite: OpenOptions {
+                readers,
+                ..OpenOptions::default()
+            },
+            ..StoreOptions::default()
         },
-    )?;
+    )
+    .await?;
+    let (handle, thread) = (opened.store, opened.thread);
     let listener = server::bind("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -222,7 +235,9 @@ async fn storm(
     let _ = healthy.close(None).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-    tokio::task::block_in_place(|| thread.join());
+    if let Some(t) = thread {
+        tokio::task::block_in_place(|| t.join());
+    }
     Ok(Outcome {
         samples: pings.len(),
         ping: Percentiles::new(pings),

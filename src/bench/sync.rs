@@ -1,7 +1,8 @@
 //! `pichat bench sync`: the daemon's sync against the real server in-process
 //! on loopback: a new device catching up on a large history, pushing the
 //! turns queued during an outage, and the time from a message stored on one
-//! device to stored on another.
+//! device to stored on another — on the store of `--store`, and with
+//! `--servers 2` (PostgreSQL) the two devices on different servers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::stores::{StoreKind, Stores};
 use super::{Percentiles, ms};
 use crate::config::{SecretSource, SyncConfig};
 use crate::engines::Engines;
-use crate::history::actor::{HistoryHandle, StoreThread};
-use crate::history::{NewConversation, NewMessage, OpenOptions, Role};
+use crate::history::{HistoryHandle, NewConversation, NewMessage, OpenOptions, Role};
+use crate::store::actor::StoreThread;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,6 +28,46 @@ pub struct Args {
     /// Messages timed from one device to another
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// The store the server runs on
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// With --store postgres: a PostgreSQL server to make the bench's database on
+    /// [default: a private cluster made for the run]
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// Servers on the store; with 2, the timed devices are on different servers
+    /// (needs --store postgres)
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
+}
+
+/// An in-process server on `db`.
+async fn server_on(
+    db: &crate::serverdb::Location,
+) -> anyhow::Result<(String, CancellationToken, tokio::task::JoinHandle<()>)> {
+    let (store, thread) = super::stores::open(db).await?;
+    let listener = crate::server::bind("127.0.0.1:0".parse()?).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let no_engines = Engines {
+        stt: vec![],
+        llm: vec![],
+        tts: vec![],
+    };
+    let task = tokio::spawn(crate::server::run(
+        listener,
+        store,
+        no_engines,
+        Default::default(),
+        shutdown.clone(),
+    ));
+    let done = tokio::spawn(async move {
+        let _ = task.await;
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    });
+    Ok((format!("ws://{addr}/ws"), shutdown, done))
 }
 
 struct Device {
@@ -90,32 +132,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    anyhow::ensure!(
+        a.servers <= 1 || a.store == StoreKind::Postgres,
+        "--servers {}: several servers share a database only with --store postgres",
+        a.servers
+    );
+    let dir = tempfile::tempdir()?;
+    let stores = Stores::new(a.store, dir.path(), a.postgres.clone())?;
+    println!(
+        "pichat bench sync (store: {}, {} server(s))",
+        stores.name(),
+        a.servers.max(1)
+    );
     rt.block_on(async {
-        let dir = tempfile::tempdir()?;
-        let (db, db_thread) =
-            HistoryHandle::open(&dir.path().join("server.db"), &OpenOptions::default())?;
-        let listener = crate::server::bind("127.0.0.1:0".parse()?).await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let no_engines = Engines {
-            stt: vec![],
-            llm: vec![],
-            tts: vec![],
+        let db = stores.fresh("sync").await?;
+        let (url, shutdown, server) = server_on(&db).await?;
+        let second = if a.servers > 1 {
+            Some(server_on(&db).await?)
+        } else {
+            None
         };
-        let server = tokio::spawn(crate::server::run(
-            listener,
-            db.clone(),
-            no_engines,
-            Default::default(),
-            shutdown.clone(),
-        ));
-        let url = format!("ws://{addr}/ws");
+        let other_url = second.as_ref().map_or(url.clone(), |s| s.0.clone());
         let token = |user: &'static str| {
             let db = db.clone();
-            async move {
-                db.call(move |s| crate::server::auth::issue_token(s, user, None).map(|(_, t)| t))
-                    .await
-            }
+            async move { super::stores::token(&db, user).await }
         };
 
         // 1. Pushing the turns queued during an outage.
@@ -158,7 +198,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
         // 3. Stored on one device -> stored on another, both live.
         let b = device(dir.path(), "b", &url, &token("alice").await?)?;
-        let c = device(dir.path(), "c", &url, &token("alice").await?)?;
+        let c = device(dir.path(), "c", &other_url, &token("alice").await?)?;
         crate::sync::once(&b.cfg, &b.h).await?;
         crate::sync::once(&c.cfg, &c.h).await?;
         let stop = CancellationToken::new();
@@ -209,16 +249,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let _ = tc.await;
         let p = Percentiles::new(v);
         println!(
-            "{:<38} p50 {}  p99 {}  ({} messages; polled every 0.5 ms)",
+            "{:<38} p50 {}  p99 {}  ({} messages; polled every 0.5 ms{})",
             "stored on device B -> stored on C",
             ms(p.p(50.0)),
             ms(p.p(99.0)),
-            a.samples
+            a.samples,
+            if second.is_some() {
+                "; C on the other server"
+            } else {
+                ""
+            }
         );
         shutdown.cancel();
         let _ = server.await;
-        drop(db);
-        tokio::task::spawn_blocking(move || db_thread.join()).await?;
+        if let Some((_, stop, task)) = second {
+            stop.cancel();
+            let _ = task.await;
+        }
         anyhow::Ok(())
     })
 }

@@ -18,8 +18,8 @@ use crate::audio::earcon::Earcons;
 use crate::audio::wav::{Pace, WavSink, WavSource};
 use crate::config::{self, Config};
 use crate::engines::Engines;
+use crate::history::HistoryHandle;
 use crate::history::OpenOptions;
-use crate::history::actor::HistoryHandle;
 use crate::voice::daemon::{self, TurnReport, Voice, VoiceParts};
 use crate::voice::turn::{Event, Outcome};
 
@@ -62,7 +62,7 @@ struct Rig {
     /// The fake engines (STT, LLM, TTS), to know their own time per turn.
     fakes: Option<[fakes::Fake; 3]>,
     _dir: tempfile::TempDir,
-    _store: crate::history::actor::StoreThread,
+    _store: crate::store::actor::StoreThread,
 }
 
 async fn rig(sentences: usize) -> anyhow::Result<Rig> {

@@ -180,7 +180,7 @@ pub fn run(args: HistoryArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
     let (mut store, created) = open(&args, cli_config)?;
     let db = store.path().to_path_buf();
     let json = args.json;
-    let fix = |e: crate::history::HistoryError| anyhow::Error::new(e.with_path(&db));
+    let fix = |e: crate::history::StoreError| anyhow::Error::new(e.with_path(&db));
     match args.cmd {
         HistoryCmd::List {
             archived,

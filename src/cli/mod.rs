@@ -65,6 +65,8 @@ pub enum Command {
     Serve(server_cmd::ServeArgs),
     /// Manage the chat server's users and device tokens.
     Token(server_cmd::TokenArgs),
+    /// Look after the chat server's database: copy it into PostgreSQL, check its health.
+    Server(server_cmd::ServerArgs),
     /// Measure performance and print the figures.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -102,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Listen(c) => listen_cmd::run(c, cli.config.as_deref()),
         Command::Serve(a) => server_cmd::serve(a, cli.config.as_deref()),
         Command::Token(a) => server_cmd::token(a, cli.config.as_deref()),
+        Command::Server(a) => server_cmd::server(a, cli.config.as_deref()),
         Command::Bench(cmd) => crate::bench::run(cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pichat", &mut std::io::stdout());

@@ -1,5 +1,6 @@
-//! `pichat serve` (the chat server) and `pichat token add|list|revoke` (the
-//! users' device tokens in the server database).
+//! `pichat serve` (the chat server), `pichat token add|list|revoke` (the
+//! users' device tokens in the server database) and `pichat server
+//! migrate|health|maintain` (the server database itself).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,9 +11,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::engines::Engines;
-use crate::history::actor::HistoryHandle;
-use crate::history::{HistoryError, OpenOptions, Store};
 use crate::server::{self, ServerOptions, auth};
+use crate::serverdb::{self, Location, StoreOptions};
+use crate::store::{OpenOptions, StoreError};
 use crate::time;
 
 #[derive(Debug, Args)]
@@ -20,9 +21,9 @@ pub struct ServeArgs {
     /// Address to listen on instead of server.listen (e.g. 0.0.0.0:8080; port 0 picks one)
     #[arg(long, value_name = "IP:PORT")]
     listen: Option<SocketAddr>,
-    /// Server database instead of server.database
-    #[arg(long, value_name = "PATH")]
-    db: Option<PathBuf>,
+    /// Server database instead of server.database (a file, or postgres://…)
+    #[arg(long, value_name = "PATH|URL")]
+    db: Option<String>,
     /// Write a private CA and a server certificate (for https:// and wss://), print the
     /// config lines that use them, and exit
     #[arg(long)]
@@ -85,9 +86,9 @@ fn make_cert(args: &ServeArgs, cfg: &crate::config::Config) -> anyhow::Result<Ex
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// Server database instead of server.database
-    #[arg(long, global = true, value_name = "PATH")]
-    db: Option<PathBuf>,
+    /// Server database instead of server.database (a file, or postgres://…)
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    db: Option<String>,
     #[command(subcommand)]
     cmd: TokenCmd,
 }
@@ -115,100 +116,281 @@ enum TokenCmd {
     Revoke { id: i64 },
 }
 
-/// The server database path: `--db`, else `server.database`.
-fn db_path(db: Option<&Path>, cli_config: Option<&Path>) -> anyhow::Result<PathBuf> {
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Server database instead of server.database (a file, or postgres://…)
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    db: Option<String>,
+    #[command(subcommand)]
+    cmd: ServerCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCmd {
+    /// Copy a SQLite server database into PostgreSQL (resumable; verified at the end).
+    ///
+    /// Stop the server for the final run (a run while it serves copies a
+    /// snapshot; run it again after stopping to bring the rest over), then
+    /// set server.database to the URL on every server.
+    Migrate {
+        /// The PostgreSQL database: postgres://USER:PASSWORD@HOST:PORT/DB (empty, or
+        /// an earlier run's)
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Rows per batch (each batch is one transaction on the target)
+        #[arg(long, default_value_t = serverdb::migrate::DEFAULT_BATCH)]
+        batch: usize,
+        /// Machine-readable JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the database: can it be reached, how big it is, what could be reclaimed.
+    Health {
+        /// Machine-readable JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one maintenance pass now (what `pichat serve` runs every
+    /// server.maintenance_interval_min).
+    Maintain,
+}
+
+/// The server database: `--db`, else `server.database`.
+fn db_location(db: Option<&str>, cli_config: Option<&Path>) -> anyhow::Result<Location> {
     match db {
-        Some(p) => Ok(p.to_path_buf()),
+        Some(s) => {
+            let at = Location::parse(s);
+            at.check().map_err(|e| anyhow::anyhow!("--db: {e}"))?;
+            Ok(at)
+        }
         None => Ok(super::load_config(cli_config)?.config.server.database),
     }
 }
 
-fn fix(path: &Path) -> impl Fn(HistoryError) -> anyhow::Error + '_ {
-    move |e| anyhow::Error::new(e.with_path(path))
+fn store_options(cli_config: Option<&Path>, create: bool) -> StoreOptions {
+    let cfg = super::load_config(cli_config).ok().map(|l| l.config);
+    StoreOptions {
+        sqlite: OpenOptions {
+            create,
+            busy_timeout: cfg
+                .as_ref()
+                .map_or(OpenOptions::default().busy_timeout, |c| {
+                    c.history.busy_timeout
+                }),
+            readers: 1,
+        },
+        pool_size: cfg
+            .as_ref()
+            .map_or(serverdb::postgres::DEFAULT_POOL_SIZE, |c| {
+                c.server.database_pool
+            })
+            .min(4),
+        ..StoreOptions::default()
+    }
+}
+
+/// A runtime for the commands that talk to the store.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Opens the store, runs `f` on it, closes it (joining SQLite's thread).
+fn with_store<T>(
+    at: &Location,
+    opts: &StoreOptions,
+    f: impl AsyncFnOnce(&dyn serverdb::ServerStore) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let rt = runtime()?;
+    let (r, thread) = rt.block_on(async {
+        let opened = serverdb::open(at, opts).await?;
+        let r = f(&*opened.store).await;
+        Ok::<_, anyhow::Error>((r, opened.thread))
+    })?;
+    drop(rt);
+    if let Some(t) = thread {
+        t.join();
+    }
+    r
 }
 
 pub fn token(args: TokenArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let path = db_path(args.db.as_deref(), cli_config)?;
+    let at = db_location(args.db.as_deref(), cli_config)?;
     let create = matches!(args.cmd, TokenCmd::Add { .. });
-    if !create && !path.exists() {
+    if let Location::Sqlite(path) = &at
+        && !create
+        && !path.exists()
+    {
         anyhow::bail!(
             "{}: no server database yet (`pichat token add USER` creates it; use --db to pick another file)",
             path.display()
         );
     }
-    let mut store = Store::open(
-        &path,
-        &OpenOptions {
-            create,
-            ..OpenOptions::default()
-        },
-    )
-    .map_err(fix(&path))?;
-    let mut out = std::io::stdout().lock();
-    match args.cmd {
-        TokenCmd::Add { user, device, json } => {
-            let (info, token) =
-                auth::issue_token(&mut store, &user, device.as_deref()).map_err(fix(&path))?;
-            if json {
-                let mut v = serde_json::to_value(&info)?;
-                v["token"] = serde_json::Value::String(token);
-                serde_json::to_writer_pretty(&mut out, &v)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{token}")?;
-                eprintln!(
-                    "token {} for {}{}: shown only this once; give it to the device (sync.token_file) and keep it secret",
-                    info.id,
-                    info.user,
-                    info.device
-                        .as_deref()
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default()
-                );
+    let opts = store_options(cli_config, create);
+    with_store(&at, &opts, async |store| {
+        let mut out = std::io::stdout().lock();
+        match args.cmd {
+            TokenCmd::Add { user, device, json } => {
+                let (info, token) = auth::issue_token(store, &user, device.as_deref()).await?;
+                if json {
+                    let mut v = serde_json::to_value(&info)?;
+                    v["token"] = serde_json::Value::String(token);
+                    serde_json::to_writer_pretty(&mut out, &v)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{token}")?;
+                    eprintln!(
+                        "token {} for {}{}: shown only this once; give it to the device (sync.token_file) and keep it secret",
+                        info.id,
+                        info.user,
+                        info.device
+                            .as_deref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            TokenCmd::List { json } => {
+                let tokens = store.tokens().await?;
+                if json {
+                    serde_json::to_writer_pretty(&mut out, &tokens)?;
+                    writeln!(out)?;
+                } else if tokens.is_empty() {
+                    writeln!(out, "no tokens (make one with `pichat token add USER`)")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>4}  {:<16} {:<16} {:<16} {:<16} status",
+                        "id", "user", "device", "created", "last used"
+                    )?;
+                    for t in tokens {
+                        writeln!(
+                            out,
+                            "{:>4}  {:<16} {:<16} {:<16} {:<16} {}",
+                            t.id,
+                            t.user,
+                            t.device.as_deref().unwrap_or("-"),
+                            time::short(t.created_at),
+                            t.last_used_at.map(time::short).unwrap_or("never".into()),
+                            match t.revoked_at {
+                                Some(r) => format!("revoked {}", time::short(r)),
+                                None => "active".into(),
+                            }
+                        )?;
+                    }
+                }
+            }
+            TokenCmd::Revoke { id } => {
+                let t = store.revoke_token(id).await.map_err(|e| match e {
+                    StoreError::NotFound { .. } => {
+                        anyhow::anyhow!("no token with id {id} (see `pichat token list`)")
+                    }
+                    e => anyhow::Error::new(e),
+                })?;
+                writeln!(
+                    out,
+                    "token {} of {} revoked: new connections with it are refused, and a running server closes the open ones within its ping interval (25 s)",
+                    t.id, t.user
+                )?;
             }
         }
-        TokenCmd::List { json } => {
-            let tokens = store.server().tokens().map_err(fix(&path))?;
+        Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn server(args: ServerArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let at = db_location(args.db.as_deref(), cli_config)?;
+    match args.cmd {
+        ServerCmd::Migrate { to, batch, json } => {
+            let Location::Sqlite(from) = &at else {
+                anyhow::bail!(
+                    "the source must be a SQLite file (server.database or --db is {})",
+                    at.display()
+                );
+            };
+            if !matches!(Location::parse(&to), Location::Postgres(_)) {
+                anyhow::bail!("--to: give a postgres:// URL (got \"{to}\")");
+            }
+            Location::parse(&to)
+                .check()
+                .map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            let rt = runtime()?;
+            let target = serverdb::postgres::redact(&to);
+            eprintln!("copying {} into {target}…", from.display());
+            let report = rt.block_on(serverdb::migrate::migrate(
+                from,
+                &to,
+                batch,
+                &mut |line: &str| eprintln!("{line}"),
+            ))?;
+            let mut out = std::io::stdout().lock();
             if json {
-                serde_json::to_writer_pretty(&mut out, &tokens)?;
+                serde_json::to_writer_pretty(&mut out, &report)?;
                 writeln!(out)?;
-            } else if tokens.is_empty() {
-                writeln!(out, "no tokens (make one with `pichat token add USER`)")?;
             } else {
                 writeln!(
                     out,
-                    "{:>4}  {:<16} {:<16} {:<16} {:<16} status",
-                    "id", "user", "device", "created", "last used"
+                    "migrated and verified: {} users, {} tokens, {} sessions, {} settings, {} conversations, {} messages ({} copied by this run in {:.1} s: {:.0} messages/s)",
+                    report.users,
+                    report.tokens,
+                    report.sessions,
+                    report.settings,
+                    report.conversations,
+                    report.messages,
+                    report.messages_copied,
+                    report.seconds,
+                    report.messages_per_second
                 )?;
-                for t in tokens {
-                    writeln!(
-                        out,
-                        "{:>4}  {:<16} {:<16} {:<16} {:<16} {}",
-                        t.id,
-                        t.user,
-                        t.device.as_deref().unwrap_or("-"),
-                        time::short(t.created_at),
-                        t.last_used_at.map(time::short).unwrap_or("never".into()),
-                        match t.revoked_at {
-                            Some(r) => format!("revoked {}", time::short(r)),
-                            None => "active".into(),
-                        }
-                    )?;
-                }
+                writeln!(
+                    out,
+                    "next: set server.database = \"{target}\" (with its password) on every server, and start them"
+                )?;
             }
         }
-        TokenCmd::Revoke { id } => {
-            let t = store.server().revoke_token(id).map_err(|e| match e {
-                HistoryError::NotFound { .. } => {
-                    anyhow::anyhow!("no token with id {id} (see `pichat token list`)")
-                }
-                e => fix(&path)(e),
+        ServerCmd::Health { json } => {
+            let h = with_store(&at, &store_options(cli_config, false), async |store| {
+                Ok(store.health().await)
             })?;
-            writeln!(
-                out,
-                "token {} of {} revoked: new connections with it are refused, and a running server closes the open ones within its ping interval (25 s)",
-                t.id, t.user
-            )?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &h)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} {}: {}",
+                    h.kind,
+                    h.location,
+                    if h.ok {
+                        "ok".to_string()
+                    } else {
+                        format!("not ok ({})", h.error.clone().unwrap_or_default())
+                    }
+                )?;
+                writeln!(
+                    out,
+                    "size {} bytes, reclaimable {} bytes{}",
+                    h.bytes,
+                    h.reclaimable_bytes,
+                    if h.kind == "sqlite" {
+                        format!(", WAL {} bytes", h.wal_bytes)
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+            if !h.ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        ServerCmd::Maintain => {
+            let line = with_store(&at, &store_options(cli_config, false), async |store| {
+                Ok(store.maintain().await?)
+            })?;
+            println!("{line}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -256,10 +438,14 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
     let listen = args.listen.unwrap_or(cfg.server.listen);
-    let db = args
-        .db
-        .clone()
-        .unwrap_or_else(|| cfg.server.database.clone());
+    let db = match args.db.as_deref() {
+        Some(s) => {
+            let at = Location::parse(s);
+            at.check().map_err(|e| anyhow::anyhow!("--db: {e}"))?;
+            at
+        }
+        None => cfg.server.database.clone(),
+    };
     let engines = Engines::build(
         &cfg,
         &cfg.server.stt_engines,
@@ -267,15 +453,15 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         &cfg.server.tts_engines,
     )
     .context("cannot set up the server's engines (server.*_engines)")?;
-    let (handle, store_thread) = HistoryHandle::open(
-        &db,
-        &OpenOptions {
+    let store_opts = StoreOptions {
+        sqlite: OpenOptions {
             busy_timeout: cfg.history.busy_timeout,
             create: true,
             readers: cfg.server.read_connections,
         },
-    )
-    .map_err(fix(&db))?;
+        pool_size: cfg.server.database_pool,
+        ..StoreOptions::default()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pichat-server")
@@ -286,12 +472,14 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
         opts.tls = Some(server::tls::load(files)?);
     }
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let mut store_thread = None;
     let result = rt.block_on(async {
         let listener = server::bind(listen).await?;
-        let tokens = handle
-            .call(|s| s.server().tokens())
-            .await
-            .map_err(fix(&db))?;
+        let opened = serverdb::open(&db, &store_opts).await?;
+        store_thread = opened.thread;
+        let handle = opened.store;
+        tracing::info!("database: {} {}", handle.kind(), db.display());
+        let tokens = handle.tokens().await?;
         if !tokens.iter().any(|t| t.revoked_at.is_none()) {
             tracing::warn!(
                 "no active token yet: every connection will be refused; make one with `pichat token add USER`"
@@ -316,6 +504,8 @@ pub fn serve(args: ServeArgs, cli_config: Option<&Path>) -> anyhow::Result<ExitC
     });
     // Every handle is gone with the runtime's tasks: wait for the database to close.
     drop(rt);
-    store_thread.join();
+    if let Some(t) = store_thread {
+        t.join();
+    }
     result.map(|()| ExitCode::SUCCESS)
 }

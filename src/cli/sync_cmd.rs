@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::history::HistoryHandle;
 use crate::history::OpenOptions;
-use crate::history::actor::HistoryHandle;
 use crate::history::sync as hsync;
 
 #[derive(Debug, Args)]

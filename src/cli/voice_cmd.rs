@@ -12,8 +12,8 @@ use crate::audio::earcon::Earcons;
 use crate::audio::{self, AudioSink, AudioSource};
 use crate::config::{Config, DeviceSpec};
 use crate::engines::{self, Engines};
+use crate::history::HistoryHandle;
 use crate::history::OpenOptions;
-use crate::history::actor::HistoryHandle;
 use crate::voice::daemon::{self, Voice, VoiceParts};
 use crate::voice::turn::{Event, Outcome};
 
@@ -58,9 +58,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn open_history(
-    cfg: &Config,
-) -> anyhow::Result<(HistoryHandle, crate::history::actor::StoreThread)> {
+fn open_history(cfg: &Config) -> anyhow::Result<(HistoryHandle, crate::store::actor::StoreThread)> {
     Ok(HistoryHandle::open(
         &cfg.history.path,
         &OpenOptions {

@@ -320,6 +320,8 @@ pub struct RawEngine {
 pub struct RawHistory {
     pub path: String,
     pub busy_timeout_ms: i64,
+    pub cleanup_after_days: i64,
+    pub cleanup_action: String,
 }
 
 impl Default for RawHistory {
@@ -327,6 +329,8 @@ impl Default for RawHistory {
         RawHistory {
             path: String::new(),
             busy_timeout_ms: 5000,
+            cleanup_after_days: 0,
+            cleanup_action: "archive".into(),
         }
     }
 }
@@ -358,6 +362,8 @@ impl Default for RawSync {
 pub struct RawServer {
     pub listen: String,
     pub database: String,
+    pub database_pool: i64,
+    pub maintenance_interval_min: i64,
     pub read_connections: i64,
     pub llm_engines: Vec<String>,
     pub stt_engines: Vec<String>,
@@ -381,6 +387,8 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8080".into(),
             database: String::new(),
+            database_pool: 16,
+            maintenance_interval_min: 60,
             read_connections: 4,
             llm_engines: vec!["home".into()],
             stt_engines: vec!["whisper".into()],

@@ -285,6 +285,10 @@ pub struct EngineConfig {
 pub struct HistoryConfig {
     pub path: PathBuf,
     pub busy_timeout: Duration,
+    /// `pichat run` applies `history cleanup` once a day to conversations
+    /// idle this many days (`None`: never).
+    pub cleanup_after_days: Option<u32>,
+    pub cleanup_action: crate::history::CleanupAction,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -299,7 +303,12 @@ pub struct SyncConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    pub database: PathBuf,
+    /// A SQLite file, or a PostgreSQL URL.
+    pub database: crate::serverdb::Location,
+    /// PostgreSQL: connections in the pool at most.
+    pub database_pool: usize,
+    /// How often the store's maintenance runs.
+    pub maintenance_interval: Duration,
     /// Read-only database connections for reads beside the writer.
     pub read_connections: usize,
     pub llm_engines: Vec<String>,
@@ -845,6 +854,26 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             0,
             600_000,
         ) as u64),
+        cleanup_after_days: match c.range(
+            "history.cleanup_after_days",
+            raw.history.cleanup_after_days,
+            0,
+            36_500,
+        ) {
+            0 => None,
+            d => Some(d as u32),
+        },
+        cleanup_action: match raw.history.cleanup_action.as_str() {
+            "archive" => crate::history::CleanupAction::Archive,
+            "delete" => crate::history::CleanupAction::Delete,
+            other => {
+                c.err(
+                    "history.cleanup_action",
+                    format!("\"{other}\" is not an action (use \"archive\" or \"delete\")"),
+                );
+                crate::history::CleanupAction::Archive
+            }
+        },
     };
 
     let s = &raw.sync;
@@ -915,9 +944,25 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     );
     let server = ServerConfig {
         listen: server_listen,
-        database: c
-            .path_opt(&sv.database)
-            .unwrap_or_else(|| paths::data_dir().join("server.db")),
+        database: match sv.database.trim() {
+            "" => crate::serverdb::Location::Sqlite(paths::data_dir().join("server.db")),
+            s => {
+                let at = crate::serverdb::Location::parse(s);
+                if let Err(why) = at.check() {
+                    c.err("server.database", why);
+                }
+                at
+            }
+        },
+        database_pool: c.range("server.database_pool", sv.database_pool, 1, 1000) as usize,
+        maintenance_interval: Duration::from_secs(
+            60 * c.range(
+                "server.maintenance_interval_min",
+                sv.maintenance_interval_min,
+                1,
+                10_080,
+            ) as u64,
+        ),
         read_connections: c.range("server.read_connections", sv.read_connections, 0, 64) as usize,
         llm_engines: sv.llm_engines.clone(),
         stt_engines: sv.stt_engines.clone(),

@@ -50,7 +50,7 @@ impl Store {
             ))?
             .query_row([key("conversation", id)?], conv_from_row)
             .optional()?
-            .ok_or_else(|| HistoryError::NotFound {
+            .ok_or_else(|| StoreError::NotFound {
                 what: "conversation",
                 id: id.to_string(),
             })
@@ -61,7 +61,7 @@ impl Store {
     pub fn resolve_conversation_id(&self, id_or_prefix: &str) -> Result<String> {
         let p = id_or_prefix.trim().to_ascii_lowercase();
         if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(HistoryError::NotFound {
+            return Err(StoreError::NotFound {
                 what: "conversation",
                 id: id_or_prefix.to_string(),
             });
@@ -77,7 +77,7 @@ impl Store {
             uuid::Uuid::parse_str(&full).ok()
         };
         let (Some(lo), Some(hi)) = (bound('0'), bound('f')) else {
-            return Err(HistoryError::NotFound {
+            return Err(StoreError::NotFound {
                 what: "conversation",
                 id: id_or_prefix.to_string(),
             });
@@ -89,12 +89,12 @@ impl Store {
             .query_map([lo, hi], |r| id_at(r, 0))?
             .collect::<rusqlite::Result<_>>()?;
         match ids.len() {
-            0 => Err(HistoryError::NotFound {
+            0 => Err(StoreError::NotFound {
                 what: "conversation",
                 id: id_or_prefix.to_string(),
             }),
             1 => Ok(ids.into_iter().next().unwrap_or_default()),
-            _ => Err(HistoryError::Ambiguous(id_or_prefix.to_string())),
+            _ => Err(StoreError::Ambiguous(id_or_prefix.to_string())),
         }
     }
 
@@ -104,7 +104,7 @@ impl Store {
             params![value, time::now_ms(), key("conversation", id)?],
         )?;
         if n == 0 {
-            return Err(HistoryError::NotFound {
+            return Err(StoreError::NotFound {
                 what: "conversation",
                 id: id.to_string(),
             });
@@ -143,7 +143,7 @@ impl Store {
         let k = key("conversation", id)?;
         let n = tx.execute("DELETE FROM conversations WHERE id = ?1", [k])?;
         if n == 0 {
-            return Err(HistoryError::NotFound {
+            return Err(StoreError::NotFound {
                 what: "conversation",
                 id: id.to_string(),
             });
@@ -301,11 +301,11 @@ mod tests {
         s.delete_conversation(&c.id).unwrap();
         assert!(matches!(
             s.get_conversation(&c.id),
-            Err(HistoryError::NotFound { .. })
+            Err(StoreError::NotFound { .. })
         ));
         assert!(matches!(
             s.delete_conversation(&c.id),
-            Err(HistoryError::NotFound { .. })
+            Err(StoreError::NotFound { .. })
         ));
     }
 
@@ -360,7 +360,7 @@ mod tests {
         // Two v7 ids made in the same millisecond share their first 8 hex digits.
         assert!(matches!(
             s.resolve_conversation_id(&c.id[..4]),
-            Err(HistoryError::Ambiguous(_))
+            Err(StoreError::Ambiguous(_))
         ));
     }
 

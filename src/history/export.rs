@@ -90,9 +90,9 @@ impl Store {
     /// Imports an export document in one transaction. Conversations and
     /// messages whose ids exist already are left as they are.
     pub fn import(&mut self, doc: &Export) -> Result<ImportReport> {
-        check_header(&doc.format, doc.version).map_err(|e| HistoryError::Invalid(e.message))?;
+        check_header(&doc.format, doc.version).map_err(|e| StoreError::Invalid(e.message))?;
         for (i, ec) in doc.conversations.iter().enumerate() {
-            check_conversation(i, ec).map_err(|e| HistoryError::Invalid(e.message))?;
+            check_conversation(i, ec).map_err(|e| StoreError::Invalid(e.message))?;
         }
         self.import_with(|sink| doc.conversations.iter().try_for_each(sink))
     }
@@ -105,11 +105,11 @@ impl Store {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<ExportedConversation>(256);
             let parser = scope.spawn(move || -> Result<()> {
-                let bytes = std::fs::read(path).map_err(|e| HistoryError::Io {
+                let bytes = std::fs::read(path).map_err(|e| StoreError::Io {
                     path: path.to_path_buf(),
                     source: e,
                 })?;
-                stream_export(&bytes, &tx).map_err(|e| HistoryError::Import {
+                stream_export(&bytes, &tx).map_err(|e| StoreError::Import {
                     path: path.to_path_buf(),
                     at: e.at,
                     message: e.message,
@@ -120,7 +120,7 @@ impl Store {
                     sink(&ec)?;
                 }
                 parser.join().unwrap_or_else(|_| {
-                    Err(HistoryError::Invalid(
+                    Err(StoreError::Invalid(
                         "the import parser thread panicked".into(),
                     ))
                 })
@@ -560,6 +560,19 @@ pub fn render(doc: &Export, format: ExportFormat) -> String {
     }
 }
 
+/// The first part of a streamed JSON export: the same document as
+/// `pichat history export --format json` (importable with `pichat history
+/// import`), its conversations written one by one after this.
+pub fn json_export_head(exported_at: i64) -> String {
+    format!(
+        "{{\"format\":\"{FORMAT_NAME}\",\"version\":{FORMAT_VERSION},\"exported_at\":\"{}\",\"conversations\":[\n",
+        crate::time::format(exported_at)
+    )
+}
+
+/// The end of a streamed JSON export.
+pub const JSON_EXPORT_TAIL: &str = "\n]}\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,7 +647,7 @@ mod tests {
         let mut s2 = sample();
         let mut bad_doc = parse_export(&text).unwrap();
         bad_doc.conversations[0].messages[0].content = "   ".into();
-        assert!(matches!(s2.import(&bad_doc), Err(HistoryError::Invalid(_))));
+        assert!(matches!(s2.import(&bad_doc), Err(StoreError::Invalid(_))));
         let dup = r#"{"format":"pichat-history","version":1,"exported_at":"2026-01-01T00:00:00.000Z","conversations":[{"id":"not-a-uuid","title":"t","created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z","messages":[]}]}"#;
         assert!(
             parse_export(dup)

@@ -72,7 +72,7 @@ impl Store {
                 meta_to_sql(&new.metadata),
             ])
             .map_err(|e| match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::ConstraintViolation) => HistoryError::NotFound {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::NotFound {
                     what: "conversation",
                     id: new.conversation_id.clone(),
                 },
@@ -82,7 +82,7 @@ impl Store {
         if n == 0
             && (stored.content != new.content || stored.conversation_id != new.conversation_id)
         {
-            return Err(HistoryError::Invalid(format!(
+            return Err(StoreError::Invalid(format!(
                 "message {id} already exists with different content"
             )));
         }
@@ -96,7 +96,7 @@ impl Store {
             ))?
             .query_row([key("message", id)?], msg_from_row)
             .optional()?
-            .ok_or_else(|| HistoryError::NotFound {
+            .ok_or_else(|| StoreError::NotFound {
                 what: "message",
                 id: id.to_string(),
             })
@@ -131,7 +131,7 @@ impl Store {
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?
-                    .ok_or_else(|| HistoryError::NotFound {
+                    .ok_or_else(|| StoreError::NotFound {
                         what: "message",
                         id: b.to_string(),
                     })?;
@@ -173,7 +173,7 @@ impl Store {
             ],
         )?;
         if n == 0 {
-            return Err(HistoryError::NotFound {
+            return Err(StoreError::NotFound {
                 what: "message",
                 id: id.to_string(),
             });
@@ -186,7 +186,7 @@ impl Store {
         let k = key("message", id)?;
         let n = tx.execute("DELETE FROM messages WHERE id = ?1", [k])?;
         if n == 0 {
-            return Err(HistoryError::NotFound {
+            return Err(StoreError::NotFound {
                 what: "message",
                 id: id.to_string(),
             });
@@ -238,7 +238,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(s.get_conversation(&c).unwrap().message_count, 1);
         m.content = "different".into();
-        assert!(matches!(s.append_message(m), Err(HistoryError::Invalid(_))));
+        assert!(matches!(s.append_message(m), Err(StoreError::Invalid(_))));
     }
 
     #[test]
@@ -250,7 +250,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                HistoryError::NotFound {
+                StoreError::NotFound {
                     what: "conversation",
                     ..
                 }

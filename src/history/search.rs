@@ -6,32 +6,6 @@ use rusqlite::{OptionalExtension, params};
 use super::messages::{MSG_COLS, msg_from_row};
 use super::*;
 
-/// Highlight markers put around matched words in snippets.
-pub const MARK_START: &str = "[";
-pub const MARK_END: &str = "]";
-
-/// Turns what a user typed into an FTS5 query: every word must match, in any
-/// order; FTS5 operators and quotes are taken literally.
-pub fn fts_query(input: &str) -> Result<String> {
-    let words: Vec<String> = input
-        .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '_')
-        .filter(|w| !w.trim_matches('\'').is_empty())
-        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-        .collect();
-    if words.is_empty() {
-        return Err(HistoryError::Invalid(
-            "the search query is empty: give at least one word".into(),
-        ));
-    }
-    Ok(words.join(" "))
-}
-
-/// Rough token count of a text for context budgeting: about 4 characters a
-/// token, plus a few tokens of per-message overhead in chat formats.
-pub fn estimate_tokens(text: &str) -> usize {
-    text.chars().count().div_ceil(4) + 4
-}
-
 impl Store {
     /// Full-text search, best matches first, with highlighted snippets.
     pub fn search(
@@ -155,7 +129,7 @@ impl Store {
             .query_row([key("conversation", conversation_id)?], |r| r.get(0))
             .optional()?;
         if exists.is_none() {
-            return Err(HistoryError::NotFound {
+            return Err(StoreError::NotFound {
                 what: "conversation",
                 id: conversation_id.to_string(),
             });

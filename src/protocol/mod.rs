@@ -17,7 +17,6 @@
 //! ([`DecodeError::close`]). Everything PROTOCOL.md leaves open is decided in
 //! `PROTOCOL-NOTES.md` at the repository root.
 
-pub mod convert;
 mod error;
 pub mod limits;
 pub mod records;

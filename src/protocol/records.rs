@@ -9,8 +9,63 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use crate::history::{Origin, Role};
 use crate::time;
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            "system" => Some(Role::System),
+            _ => None,
+        }
+    }
+}
+
+/// Which kind of client made a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Web,
+    Voice,
+    Api,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Web => "web",
+            Origin::Voice => "voice",
+            Origin::Api => "api",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Origin> {
+        match s {
+            "web" => Some(Origin::Web),
+            "voice" => Some(Origin::Voice),
+            "api" => Some(Origin::Api),
+            _ => None,
+        }
+    }
+}
 
 fn is_false(b: &bool) -> bool {
     !*b

@@ -5,7 +5,7 @@
 //! `max_handshakes` to what the limit allows, with a warning, instead of
 //! failing `accept` with EMFILE once the limit is reached.
 
-use super::ServerOptions;
+use super::options::ServerOptions;
 
 /// Descriptors the server needs besides its sockets: standard streams, the
 /// database and its WAL, the runtime, engine connections, log output.

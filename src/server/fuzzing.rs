@@ -8,11 +8,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Conn, Out, Session};
-use super::{ServerOptions, State, auth};
+use super::auth;
+use super::conn::Out;
+use super::options::ServerOptions;
+use super::session::Session;
+use super::state::State;
 use crate::engines::{ChatRequest, Engines, EventStream, Llm, LlmEvent, Result as EngineResult};
-use crate::history::actor::{HistoryHandle, StoreThread};
-use crate::history::{OpenOptions, Store};
+use crate::serverdb::sqlite::SqliteStore;
+use crate::store::OpenOptions;
+use crate::store::actor::StoreThread;
 
 /// An LLM that answers with the last message, word by word.
 struct EchoLlm;
@@ -51,15 +55,13 @@ impl Harness {
     pub fn new() -> Harness {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = dir.path().join("server.db");
-        {
-            let mut store = Store::open(&db, &OpenOptions::default()).expect("store");
-            auth::issue_token(&mut store, "fuzz", None).expect("token");
-        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let (handle, thread) = HistoryHandle::open(&db, &OpenOptions::default()).expect("open");
+        let (store, thread) = SqliteStore::open(&db, &OpenOptions::default()).expect("open");
+        rt.block_on(auth::issue_token(&store, "fuzz", None))
+            .expect("token");
         let opts = ServerOptions {
             rate_limit_per_min: 1_000_000,
             requests_per_sec: 1_000_000,
@@ -72,22 +74,17 @@ impl Harness {
             llm: vec![Arc::new(EchoLlm)],
             tts: vec![],
         };
-        let state = State::new(handle, engines, opts, CancellationToken::new());
+        let state = State::new(Arc::new(store), engines, opts, CancellationToken::new());
         let user = rt.block_on(async {
-            let h = state.db.clone();
-            h.call(|s| {
-                let id = s.server().user_id("fuzz")?;
-                Ok(auth::AuthUser {
-                    id,
-                    name: "fuzz".into(),
-                    token_id: 1,
-                    device: None,
-                })
-            })
-            .await
-            .expect("user")
+            let id = state.db.user_id("fuzz").await.expect("user");
+            auth::AuthUser {
+                id,
+                name: "fuzz".into(),
+                token_id: 1,
+                device: None,
+            }
         });
-        let conn = Conn::new(&state, user, ([127, 0, 0, 1], 0).into());
+        let conn = state.new_conn(user, ([127, 0, 0, 1], 0).into());
         let session = Session::new(state, conn);
         Harness {
             rt,
@@ -103,13 +100,11 @@ impl Harness {
         let session = self.session.as_mut().expect("session");
         let open = self.rt.block_on(async {
             let open = session.handle_text(text).await;
-            session.jobs.close();
-            session.jobs.wait().await;
-            session.jobs.reopen();
+            session.jobs().wait_all().await;
             open
         });
         let mut out = Vec::new();
-        for o in session.conn.drain() {
+        for o in session.conn().drain() {
             match o {
                 Out::Text(t) => out.push(t.as_str().to_string()),
                 Out::Close(code, _) => out.push(format!("<close {code}>")),

@@ -1,5 +1,6 @@
 //! Per-user fan-out of change notifications to a user's other connections
-//! (those that said `hello`). Sending never waits: a connection whose
+//! (those that said `hello`): the store's change feed ends here
+//! ([`FeedSink`]), each committed change turned into its notification. Sending never waits: a connection whose
 //! queue is full is a slow reader and is disconnected (see `conn.rs`), so a
 //! stuck client can never hold up the one making the change.
 
@@ -9,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::conn::Conn;
-use crate::history::server::UserId;
 use crate::protocol::ServerFrame;
+use crate::serverdb::{Committed, FeedSink, UserId};
 
 #[derive(Default)]
 pub(crate) struct Hub {
@@ -53,5 +54,22 @@ impl Hub {
         }
         let text = Utf8Bytes::from(frame.encode());
         peers.iter().filter(|p| p.push(text.clone())).count()
+    }
+}
+
+impl FeedSink for Hub {
+    fn watching(&self, user: UserId) -> bool {
+        self.lock().contains_key(&user)
+    }
+
+    fn deliver(&self, c: Committed) {
+        for change in &c.changes {
+            match crate::serverdb::notification(change) {
+                Ok(body) => {
+                    self.notify(c.user, c.by.0, &crate::protocol::Frame::new(None, body));
+                }
+                Err(e) => tracing::error!("database: {e}"),
+            }
+        }
     }
 }

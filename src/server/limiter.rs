@@ -1,5 +1,8 @@
 //! Rate limits as token buckets on `tokio::time` (so tests can pause time):
 //! per user and action for the expensive actions, per connection for the rest.
+//! A store that several servers share (PostgreSQL) keeps the per-user
+//! buckets itself, so the limits hold across the servers; this server's
+//! own buckets are then the fallback while the store cannot answer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::history::server::UserId;
+use crate::serverdb::{ServerStore, UserId};
 
 /// A token bucket: `capacity` tokens, refilled at `per_sec`.
 #[derive(Debug, Clone)]
@@ -52,6 +55,17 @@ pub(crate) enum Costly {
     SpeechToText,
 }
 
+impl Costly {
+    /// The bucket's name in a shared store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Costly::SendMessage => "send_message",
+            Costly::TextToSpeech => "text_to_speech",
+            Costly::SpeechToText => "speech_to_text",
+        }
+    }
+}
+
 /// Per-user buckets of the expensive actions: `per_min` each, per minute,
 /// with a burst of `per_min`.
 pub(crate) struct UserLimits {
@@ -67,7 +81,28 @@ impl UserLimits {
         }
     }
 
-    pub fn take(&self, user: UserId, what: Costly) -> Result<(), Duration> {
+    /// Takes a token from the store's shared bucket when it keeps them,
+    /// else (or while it cannot answer) from this server's.
+    pub async fn take(
+        &self,
+        store: &dyn ServerStore,
+        user: UserId,
+        what: Costly,
+    ) -> Result<(), Duration> {
+        match store.take_shared(user, what.name(), self.per_min).await {
+            Ok(Some(r)) => r,
+            Ok(None) => self.take_here(user, what),
+            Err(e) => {
+                tracing::warn!(
+                    "rate limits: the store's buckets cannot be read ({e}); this server's hold"
+                );
+                self.take_here(user, what)
+            }
+        }
+    }
+
+    /// Takes a token from this server's own bucket.
+    pub fn take_here(&self, user: UserId, what: Costly) -> Result<(), Duration> {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         b.entry((user, what))
             .or_insert_with(|| Bucket::new(self.per_min, f64::from(self.per_min) / 60.0))
@@ -83,15 +118,15 @@ mod tests {
     async fn bucket_refills_over_time() {
         let l = UserLimits::new(5);
         for _ in 0..5 {
-            l.take(1, Costly::SendMessage).unwrap();
+            l.take_here(1, Costly::SendMessage).unwrap();
         }
-        let wait = l.take(1, Costly::SendMessage).unwrap_err();
+        let wait = l.take_here(1, Costly::SendMessage).unwrap_err();
         assert_eq!(wait.as_millis(), 12_000);
         // Other users and other actions have their own buckets.
-        l.take(2, Costly::SendMessage).unwrap();
-        l.take(1, Costly::TextToSpeech).unwrap();
+        l.take_here(2, Costly::SendMessage).unwrap();
+        l.take_here(1, Costly::TextToSpeech).unwrap();
         tokio::time::advance(wait).await;
-        l.take(1, Costly::SendMessage).unwrap();
-        assert!(l.take(1, Costly::SendMessage).is_err());
+        l.take_here(1, Costly::SendMessage).unwrap();
+        assert!(l.take_here(1, Costly::SendMessage).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conn::Conn;
-use crate::history::server::UserId;
+use crate::serverdb::UserId;
 
 /// Why a connection was refused a place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

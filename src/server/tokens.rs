@@ -6,12 +6,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use super::State;
-use super::audit::{Event, Who};
-use crate::history::server::TokenInfo;
+use super::audit::{Audit, Event, Who};
+use super::registry::Registry;
 use crate::protocol::close;
+use crate::serverdb::{ServerStore, TokenInfo};
 
 /// Addresses remembered per token (the oldest is forgotten first).
 const ADDRESSES_PER_TOKEN: usize = 32;
@@ -92,50 +92,35 @@ impl TokenBook {
     }
 }
 
-/// Reads the tokens again; closes the connections of revoked ones.
-pub(crate) async fn refresh(state: &Arc<State>) {
-    let fresh = match state.db.call(|s| s.server().tokens()).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(
-                "cannot read the tokens (revoked tokens stay connected until then): {e}"
-            );
-            return;
+impl TokenBook {
+    /// Reads the tokens again (from the store); closes the connections of
+    /// revoked ones and audits the changes.
+    pub(crate) async fn refresh(&self, db: &dyn ServerStore, registry: &Registry, audit: &Audit) {
+        let fresh = match db.tokens().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the tokens (revoked tokens stay connected until then): {e}"
+                );
+                return;
+            }
+        };
+        let c = self.update(fresh);
+        for t in &c.added {
+            let reason = format!("token {} added", t.id);
+            audit.once(Event::TokenAdded, &who(t, None), &reason);
         }
-    };
-    let c = state.tokens.update(fresh);
-    for t in &c.added {
-        let reason = format!("token {} added", t.id);
-        state.audit.once(Event::TokenAdded, &who(t, None), &reason);
-    }
-    for t in &c.newly_revoked {
-        let reason = format!("token {} revoked; its connections are closed", t.id);
-        state
-            .audit
-            .once(Event::TokenRevoked, &who(t, None), &reason);
-    }
-    for conn in state.registry.with_tokens(&c.revoked) {
-        let reason = format!(
-            "connection {} closed: token {} was revoked",
-            conn.id, conn.user.token_id
-        );
-        state.audit.once(Event::TokenRevoked, &conn.who(), &reason);
-        conn.kill(close::POLICY_VIOLATION, "token revoked");
-    }
-}
-
-/// Refreshes the tokens every `ping_interval` and ends the audit windows,
-/// until shutdown.
-pub(crate) async fn watch(state: Arc<State>) {
-    let mut sweep = tokio::time::interval(state.opts.ping_interval);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let window = super::audit::WINDOW;
-    let mut audit = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            _ = sweep.tick() => refresh(&state).await,
-            _ = audit.tick() => state.audit.flush(),
+        for t in &c.newly_revoked {
+            let reason = format!("token {} revoked; its connections are closed", t.id);
+            audit.once(Event::TokenRevoked, &who(t, None), &reason);
+        }
+        for conn in registry.with_tokens(&c.revoked) {
+            let reason = format!(
+                "connection {} closed: token {} was revoked",
+                conn.id, conn.user.token_id
+            );
+            audit.once(Event::TokenRevoked, &conn.who(), &reason);
+            conn.kill(close::POLICY_VIOLATION, "token revoked");
         }
     }
 }

@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SyncConfig;
-use crate::history::actor::HistoryHandle;
+use crate::history::HistoryHandle;
 use crate::history::sync::{self as hsync, Remote};
-use crate::history::{self, HistoryError};
+use crate::history::{self, StoreError};
 use crate::protocol::{self, ClientFrame, Reply, Request, ServerFrame, requests as rq};
 
 use crate::client::Ws;
@@ -54,7 +54,7 @@ pub enum SyncError {
     #[error("no answer from the server within {0:?}")]
     Timeout(Duration),
     #[error(transparent)]
-    History(#[from] HistoryError),
+    History(#[from] StoreError),
 }
 
 impl SyncError {

@@ -22,7 +22,7 @@ use crate::audio::earcon::{Earcon, Earcons};
 use crate::audio::{self, AudioSink, AudioSource};
 use crate::config::Config;
 use crate::engines::{ChatRequest, Engines, LlmEvent, SpeechToText, fallback};
-use crate::history::actor::HistoryHandle;
+use crate::history::HistoryHandle;
 use crate::history::{NewConversation, NewMessage, Role};
 use crate::ptt::PttEvent;
 

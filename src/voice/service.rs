@@ -18,8 +18,8 @@ use crate::audio::earcon::Earcons;
 use crate::audio::{self, AudioError, AudioSink};
 use crate::config::Config;
 use crate::engines::{EngineError, Engines};
-use crate::history::actor::HistoryHandle;
-use crate::history::{HistoryError, OpenOptions};
+use crate::history::HistoryHandle;
+use crate::history::{OpenOptions, StoreError};
 use crate::ptt::{PttError, PttHub};
 use crate::wake::WakeError;
 
@@ -27,7 +27,7 @@ use crate::wake::WakeError;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    History(#[from] HistoryError),
+    History(#[from] StoreError),
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error(transparent)]

@@ -1,12 +1,15 @@
 //! Helpers of the chat server tests: the real server on 127.0.0.1:0 with a
-//! real SQLite file, real WebSocket clients (tokio-tungstenite), and fake
+//! real store, real WebSocket clients (tokio-tungstenite), and fake
 //! engines for fault injection (an LLM that streams, fails or stalls).
+//!
+//! The store is a SQLite file, or with `PICHAT_TEST_STORE=postgres` a
+//! fresh database on a private PostgreSQL cluster that this test binary
+//! starts once (`scripts/test.sh` runs the server suites both ways).
 
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +19,10 @@ use futures_util::{SinkExt, StreamExt};
 use pichat::engines::{
     ChatRequest, EngineError, Engines, EventStream, Llm, LlmEvent, SpeechToText, SttSession,
 };
-use pichat::history::actor::{HistoryHandle, StoreThread};
-use pichat::history::{OpenOptions, Store};
 use pichat::server::{self, ServerOptions, auth};
+use pichat::serverdb::postgres::cluster::Cluster;
+use pichat::serverdb::{self, Location, ServerStore, StoreOptions};
+use pichat::store::actor::StoreThread;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -174,11 +178,54 @@ pub fn options() -> ServerOptions {
     }
 }
 
+/// Whether the server tests run on PostgreSQL (`PICHAT_TEST_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("PICHAT_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// This test binary's PostgreSQL cluster (started on first use, stopped
+/// when the binary exits).
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start().expect("a private PostgreSQL cluster"))
+}
+
+/// A fresh PostgreSQL database on this binary's cluster.
+pub async fn fresh_postgres() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let c = cluster();
+    let name = format!(
+        "t{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        fastrand::u32(..)
+    );
+    c.create_db(&name).await.expect("a database")
+}
+
+/// A fresh, empty store location for a test: a file in `dir`, or a new
+/// PostgreSQL database.
+pub async fn fresh_db(dir: &std::path::Path) -> Location {
+    if on_postgres() {
+        Location::Postgres(fresh_postgres().await)
+    } else {
+        Location::Sqlite(dir.join("server.db"))
+    }
+}
+
+/// The `--db` argument of a location.
+pub fn db_arg(at: &Location) -> String {
+    match at {
+        Location::Sqlite(p) => p.display().to_string(),
+        Location::Postgres(u) => u.clone(),
+    }
+}
+
 /// The real server, in this process, on 127.0.0.1:0.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub db: PathBuf,
-    pub handle: HistoryHandle,
+    pub db: Location,
+    pub store: Arc<dyn ServerStore>,
     pub shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     thread: Option<StoreThread>,
@@ -192,14 +239,34 @@ impl TestServer {
 
     pub async fn start_with(engines: Engines, opts: ServerOptions) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("server.db");
-        let (handle, thread) = HistoryHandle::open(&db, &OpenOptions::default()).unwrap();
+        let db = fresh_db(dir.path()).await;
+        Self::start_on(engines, opts, db, dir).await
+    }
+
+    /// A server on an existing store (another server's: several servers
+    /// on one PostgreSQL database).
+    pub async fn start_on(
+        engines: Engines,
+        opts: ServerOptions,
+        db: Location,
+        dir: tempfile::TempDir,
+    ) -> TestServer {
+        let opened = serverdb::open(&db, &StoreOptions::default()).await.unwrap();
+        let (store, thread) = (opened.store, opened.thread);
+        assert_eq!(
+            store.kind(),
+            if matches!(db, Location::Postgres(_)) {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+        );
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::run(
             listener,
-            handle.clone(),
+            store.clone(),
             engines,
             opts,
             shutdown.clone(),
@@ -207,23 +274,19 @@ impl TestServer {
         TestServer {
             addr,
             db,
-            handle,
+            store,
             shutdown,
             task: Some(tokio::spawn(async move {
                 task.await.unwrap().unwrap();
             })),
-            thread: Some(thread),
+            thread,
             dir,
         }
     }
 
     /// A new token for `user` (created if new).
     pub async fn token(&self, user: &str) -> String {
-        let user = user.to_string();
-        self.handle
-            .call(move |s| auth::issue_token(s, &user, None).map(|(_, t)| t))
-            .await
-            .unwrap()
+        auth::issue_token(&*self.store, user, None).await.unwrap().1
     }
 
     pub async fn connect(&self, token: &str) -> Client {
@@ -267,12 +330,9 @@ impl TestServer {
         }
     }
 
-    /// Runs `f` on the store (for setup and checks).
-    pub async fn db<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> pichat::history::Result<T> + Send + 'static,
-    ) -> T {
-        self.handle.call(f).await.unwrap()
+    /// The store (for setup and checks).
+    pub fn store(&self) -> Arc<dyn ServerStore> {
+        self.store.clone()
     }
 
     /// Shuts the server down and waits until it has stored everything.
@@ -644,24 +704,33 @@ pub async fn raw_close_code(tcp: &mut TcpStream) -> Option<u16> {
 pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
-    pub db: PathBuf,
+    pub db: Location,
     log: Arc<Mutex<String>>,
     pub dir: tempfile::TempDir,
 }
 
 impl ServerProcess {
     pub async fn start(config: &str, nofile: Option<(u64, u64)>) -> ServerProcess {
-        use tokio::io::AsyncBufReadExt;
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("server.db");
-        Store::open(&db, &OpenOptions::default()).unwrap();
+        let db = fresh_db(dir.path()).await;
+        Self::start_on(config, nofile, db, dir).await
+    }
+
+    /// One on an existing store (several servers on one database).
+    pub async fn start_on(
+        config: &str,
+        nofile: Option<(u64, u64)>,
+        db: Location,
+        dir: tempfile::TempDir,
+    ) -> ServerProcess {
+        use tokio::io::AsyncBufReadExt;
         let cfg = dir.path().join("pichat.toml");
         std::fs::write(&cfg, config).unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pichat"));
         cmd.arg("--config")
             .arg(&cfg)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(&db)
+            .arg(db_arg(&db))
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
             .stdout(std::process::Stdio::piped())
@@ -713,10 +782,9 @@ impl ServerProcess {
         }
     }
 
-    /// A new token for `user`, made in the database (as `pichat token add`).
+    /// A new token for `user`, made in the database by `pichat token add`.
     pub fn token(&self, user: &str, device: Option<&str>) -> String {
-        let mut s = Store::open(&self.db, &OpenOptions::default()).unwrap();
-        auth::issue_token(&mut s, user, device).unwrap().1
+        token_cli(&self.db, user, device)
     }
 
     pub fn pid(&self) -> i32 {
@@ -768,4 +836,24 @@ impl ServerProcess {
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.log()
     }
+}
+
+/// A new token for `user`, made by `pichat token add` on the store `db`.
+pub fn token_cli(db: &Location, user: &str, device: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pichat"));
+    cmd.args(["token", "add", user, "--db"])
+        .arg(db_arg(db))
+        .env_remove("PICHAT_CONFIG")
+        .env("HOME", std::env::temp_dir())
+        .env_remove("RUST_LOG");
+    if let Some(d) = device {
+        cmd.args(["--device", d]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pichat token add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -1,60 +1,31 @@
-//! The HTTP side of `pichat serve`: hyper's HTTP/1.1 under an axum router.
-//!
-//! - Each accepted socket is served by [`serve`] while it holds a handshake
-//!   place (`handshakes.rs`): hyper reads the request head within
-//!   `header_timeout` (else it closes the socket) and at most [`MAX_HEAD`]
-//!   bytes of it (else `431`).
-//! - [`router`] has the routes: `GET /health`, and `GET /ws`, where the
-//!   token (Bearer header, else `?token=`) is checked **before** anything is
-//!   upgraded, then the connection is given its place (`registry.rs`), and
-//!   only then is the upgrade answered (`upgrade.rs`) and the connection
-//!   run (`conn.rs`). New endpoints are new routes here.
-//! - Errors have JSON bodies (`{"error": code, "message": ...}`). Every
-//!   answer but the `101` closes the HTTP connection (`Connection: close`):
-//!   a socket is either upgraded or done after one request.
+//! `GET /ws`: the token (a device's Bearer header, else `?token=`; else a
+//! browser's session cookie, only from this server's own `Origin`) is
+//! checked **before** anything is upgraded; then the upgrade request
+//! (`upgrade.rs`), then the connection's place (`registry.rs`); only then
+//! is the `101` answered, and the upgraded socket is run as a connection
+//! of its own (`socket/`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Request, State as With};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use axum::{Extension, Router};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::State;
-use super::audit::{Event, Who};
-use super::auth::{self, AuthUser};
-use super::handshakes::Slot;
-use super::reading::Metered;
-use super::registry::{Admission, Refusal};
+use super::answer::{Peer, SocketFd, error, with_header};
 use super::upgrade::Upgrade;
-use crate::protocol::{ErrorCode, Health, HttpError, limits};
-
-/// Longest request head (hyper's smallest read buffer): over it, `431`.
-pub(crate) const MAX_HEAD: usize = 8192;
-
-/// How long in-flight requests may take to finish at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The client's address, given to the handlers with each request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub SocketAddr);
-
-/// The connection's socket, given to the handlers with each request (for
-/// what the kernel knows about it: `sockinfo.rs`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SocketFd(pub RawFd);
+use super::web;
+use crate::protocol::{ErrorCode, limits};
+use crate::server::audit::{Event, Who};
+use crate::server::auth::{self, AuthUser};
+use crate::server::reading::Metered;
+use crate::server::registry::{Admission, Refusal};
+use crate::server::socket;
+use crate::server::state::State;
 
 /// The largest frame the WebSocket layer reads: 1 MiB over the largest
 /// limit of the protocol, so a frame a little too large is read whole and
@@ -70,86 +41,6 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(WS_LIMIT))
         .max_frame_size(Some(WS_LIMIT))
-}
-
-/// An answer with a JSON error body.
-pub(crate) fn error_response(
-    status: StatusCode,
-    code: ErrorCode,
-    message: &str,
-    mut headers: HeaderMap,
-) -> Response {
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    let body = HttpError {
-        error: code,
-        message: message.to_string(),
-    };
-    (status, headers, Json(body)).into_response()
-}
-
-fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    error_response(status, code, message, HeaderMap::new())
-}
-
-fn with_header(
-    status: StatusCode,
-    code: ErrorCode,
-    message: &str,
-    name: header::HeaderName,
-    value: &'static str,
-) -> Response {
-    let mut h = HeaderMap::new();
-    h.insert(name, HeaderValue::from_static(value));
-    error_response(status, code, message, h)
-}
-
-/// The routes.
-pub(crate) fn router(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/health", get(health).fallback(only_get))
-        .route("/ws", get(ws).fallback(only_get))
-        .merge(super::web::routes())
-        .fallback(not_found)
-        .with_state(state)
-}
-
-async fn only_get() -> Response {
-    with_header(
-        StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::BadRequest,
-        "only GET is allowed here",
-        header::ALLOW,
-        "GET",
-    )
-}
-
-async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "no such path: the app is at /, the protocol at /ws, the status at /health",
-    )
-}
-
-async fn health(With(state): With<Arc<State>>) -> Response {
-    let stopping = state.shutdown.is_cancelled();
-    let body = Health {
-        status: if stopping { "stopping" } else { "ok" }.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        uptime_s: state.started.elapsed().as_secs(),
-        connections: state.registry.len(),
-    };
-    let status = if stopping {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    let headers = [
-        (header::CACHE_CONTROL, "no-store"),
-        (header::CONNECTION, "close"),
-    ];
-    (status, headers, Json(body)).into_response()
 }
 
 /// The token of a request: the Bearer header, else `?token=`.
@@ -187,7 +78,7 @@ fn unauthorized(message: &str, challenge: &'static str) -> Response {
 /// token is newer than the book).
 async fn with_device(state: &Arc<State>, mut user: AuthUser) -> AuthUser {
     if state.tokens.device(user.token_id).is_none() {
-        super::tokens::refresh(state).await;
+        state.refresh_tokens().await;
     }
     user.device = state.tokens.device(user.token_id).flatten();
     user
@@ -207,13 +98,12 @@ async fn authenticate(
     peer: SocketAddr,
 ) -> Result<AuthUser, Response> {
     let now = crate::time::now_ms();
-    let checked = state
-        .db
-        .call(move |s| match cred {
-            Credential::Token(t) => auth::check(s, &t),
-            Credential::Session(v) => Ok(auth::check_session(s, &v, now)?.map(|(u, _)| u)),
-        })
-        .await;
+    let checked = match cred {
+        Credential::Token(t) => auth::check(&*state.db, &t).await,
+        Credential::Session(v) => auth::check_session(&*state.db, &v, now)
+            .await
+            .map(|o| o.map(|(u, _)| u)),
+    };
     match checked {
         Ok(Some(u)) => Ok(with_device(state, u).await),
         Ok(None) => {
@@ -279,7 +169,7 @@ fn admit(state: &Arc<State>, user: &AuthUser, peer: SocketAddr) -> Result<Admiss
 
 /// `GET /ws`: a token, a well-formed upgrade, a user, a place; then `101`,
 /// and the connection runs as a task of its own.
-async fn ws(
+pub(super) async fn ws(
     With(state): With<Arc<State>>,
     Extension(Peer(peer)): Extension<Peer>,
     Extension(SocketFd(fd)): Extension<SocketFd>,
@@ -290,7 +180,7 @@ async fn ws(
     // cookie, which counts only from this server's own page (`web.rs`).
     let cred = match token_of(&parts) {
         Some(t) => Credential::Token(t),
-        None => match super::web::session_cookie(&parts.headers) {
+        None => match web::session_cookie(&parts.headers) {
             Some(v) => Credential::Session(v),
             None => {
                 state
@@ -304,7 +194,7 @@ async fn ws(
         },
     };
     if matches!(cred, Credential::Session(_))
-        && !super::web::same_origin(&parts.headers, state.opts.tls.is_some())
+        && !web::same_origin(&parts.headers, state.opts.tls.is_some())
     {
         state.audit.repeated(
             Event::AuthRefused,
@@ -347,81 +237,7 @@ async fn ws(
         };
         let (io, marks) = Metered::new(io, &st.read_budget, st.opts.frame_timeout);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        super::conn::run(st, ws, marks, fd, user, peer, admission).await;
+        socket::run(st, ws, marks, fd, user, peer, admission).await;
     });
     response
-}
-
-/// Serves one accepted socket: through TLS first when the server has a
-/// certificate (the handshake within `header_timeout`), then HTTP/1.1.
-pub(crate) async fn accept(
-    state: Arc<State>,
-    router: Router,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    slot: Slot,
-) {
-    let _ = tcp.set_nodelay(true);
-    let fd = SocketFd(tcp.as_raw_fd());
-    let Some(tls) = state.opts.tls.clone() else {
-        return serve(state, router, tcp, fd, peer, slot).await;
-    };
-    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
-    let stream = tokio::select! {
-        r = tokio::time::timeout(state.opts.header_timeout, handshake) => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!("TLS handshake with {peer} failed: {e}");
-                return;
-            }
-            Err(_) => return,
-        },
-        _ = slot.evicted() => return,
-        _ = state.shutdown.cancelled() => return,
-    };
-    serve(state, router, stream, fd, peer, slot).await;
-}
-
-/// Serves one socket over HTTP/1.1 until it is done, upgraded, evicted
-/// from its handshake place, or the server stops. `fd` is the TCP socket
-/// under it (under TLS too).
-async fn serve<I>(
-    state: Arc<State>,
-    router: Router,
-    io: I,
-    fd: SocketFd,
-    peer: SocketAddr,
-    slot: Slot,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(Peer(peer));
-        req.extensions_mut().insert(fd);
-        let mut router = router.clone();
-        async move {
-            let resp = tower_service::Service::call(&mut router, req).await;
-            Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
-        }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.opts.header_timeout)
-        .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!("HTTP connection from {peer}: {e}");
-            }
-        }
-        // Taken for a newer socket (handshakes.rs): just close.
-        _ = slot.evicted() => {}
-        _ = state.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-        }
-    }
 }

@@ -1,19 +1,35 @@
-//! Errors of the history store, one variant per thing a caller may want to
-//! branch on: retry later on `Locked`, `DiskFull` and `CommitFailed` (the
-//! write was not stored, and may be sent again as it is); a bug or a dead
-//! store on `StoreGone` and `Sqlite`; tell the user on the rest.
+//! Errors of the stores (the history, the chat server's SQLite and
+//! PostgreSQL stores), one variant per thing a caller may want to branch
+//! on: retry later on `Locked`, `DiskFull`, `CommitFailed` and
+//! `Unreachable` (the write was not stored, and may be sent again as it
+//! is); a bug or a dead store on `StoreGone`, `Sqlite` and `Postgres`; tell
+//! the user on the rest. SQLite errors are classified in
+//! [`StoreError::from_sqlite`], PostgreSQL's in `serverdb::postgres`.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
+pub enum StoreError {
     #[error(
-        "{}: not a pichat history database (not SQLite, or damaged beyond reading); the file was not changed — move it away or point history.path / --db at another file",
+        "{}: not a pichat database (not SQLite, another program's, or damaged beyond reading); the file was not changed — move it away or point history.path / server.database / --db at another file",
         path.display()
     )]
     NotADatabase { path: PathBuf },
+
+    /// A pichat database of the other kind (a server's store opened as a
+    /// history, or the other way round).
+    #[error(
+        "{}: this is a pichat {found} database, not a {expected} one; the file was not changed — point {setting} at the right file",
+        path.display()
+    )]
+    WrongKind {
+        path: PathBuf,
+        found: &'static str,
+        expected: &'static str,
+        setting: &'static str,
+    },
 
     #[error(
         "{}: the database is corrupt ({detail}); restore a backup, or move it away to start a new history",
@@ -89,11 +105,11 @@ pub enum HistoryError {
 
     /// The store thread no longer runs (it could not start, or it stopped):
     /// nothing can be read or written until pichat is restarted.
-    #[error("the history store has stopped ({0}); restart pichat")]
+    #[error("the database store has stopped ({0}); restart pichat")]
     StoreGone(String),
 
     /// A call on the store thread panicked (a bug); the thread goes on.
-    #[error("the history store failed on a bug ({0}); see the log")]
+    #[error("the database store failed on a bug ({0}); see the log")]
     Bug(String),
 
     /// A stored id that is not a UUID: the database was changed by hand, or
@@ -108,33 +124,45 @@ pub enum HistoryError {
         source: std::io::Error,
     },
 
-    #[error("history database error: {0}")]
+    #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
+
+    /// The PostgreSQL server cannot be reached, or dropped the connection
+    /// (the write, if any, was not committed): try again.
+    #[error(
+        "PostgreSQL at {server}: {detail}; check that it runs and that server.database is right (nothing was changed)"
+    )]
+    Unreachable { server: String, detail: String },
+
+    /// PostgreSQL refused or failed a statement (a bug, a damaged or
+    /// foreign schema, a permission missing).
+    #[error("PostgreSQL error: {0}")]
+    Postgres(String),
 }
 
-impl HistoryError {
+impl StoreError {
     /// Classifies an SQLite error that happened on the database at `path`.
-    pub fn from_sqlite(path: &Path, e: rusqlite::Error) -> HistoryError {
+    pub fn from_sqlite(path: &Path, e: rusqlite::Error) -> StoreError {
         let path = path.to_path_buf();
         let detail = e.to_string();
         match e.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase) => HistoryError::NotADatabase { path },
-            Some(ErrorCode::DatabaseCorrupt) => HistoryError::Corrupt { path, detail },
-            Some(ErrorCode::CannotOpen) => HistoryError::CantOpen { path, detail },
-            Some(ErrorCode::ReadOnly) => HistoryError::ReadOnly { path, detail },
+            Some(ErrorCode::NotADatabase) => StoreError::NotADatabase { path },
+            Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt { path, detail },
+            Some(ErrorCode::CannotOpen) => StoreError::CantOpen { path, detail },
+            Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { path, detail },
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
-                HistoryError::Locked { path }
+                StoreError::Locked { path }
             }
-            Some(ErrorCode::DiskFull) => HistoryError::DiskFull { path },
-            _ => HistoryError::Sqlite(e),
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull { path },
+            _ => StoreError::Sqlite(e),
         }
     }
 
     /// Gives a plain SQLite error the database's path and its specific kind
     /// (locked, read-only, corrupt...). Other errors are returned as they are.
-    pub fn with_path(self, path: &Path) -> HistoryError {
+    pub fn with_path(self, path: &Path) -> StoreError {
         match self {
-            HistoryError::Sqlite(e) => HistoryError::from_sqlite(path, e),
+            StoreError::Sqlite(e) => StoreError::from_sqlite(path, e),
             other => other,
         }
     }
@@ -143,9 +171,10 @@ impl HistoryError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            HistoryError::Locked { .. }
-                | HistoryError::DiskFull { .. }
-                | HistoryError::CommitFailed { .. }
+            StoreError::Locked { .. }
+                | StoreError::DiskFull { .. }
+                | StoreError::CommitFailed { .. }
+                | StoreError::Unreachable { .. }
         )
     }
 
@@ -153,20 +182,20 @@ impl HistoryError {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         use std::time::Duration;
         match self {
-            HistoryError::Locked { .. } | HistoryError::CommitFailed { .. } => {
-                Some(Duration::from_secs(1))
-            }
+            StoreError::Locked { .. }
+            | StoreError::CommitFailed { .. }
+            | StoreError::Unreachable { .. } => Some(Duration::from_secs(1)),
             // Space comes back when someone frees it: not in a moment.
-            HistoryError::DiskFull { .. } => Some(Duration::from_secs(5)),
+            StoreError::DiskFull { .. } => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
 }
 
-pub type Result<T, E = HistoryError> = std::result::Result<T, E>;
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-impl From<rusqlite::Error> for HistoryError {
+impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        HistoryError::Sqlite(e)
+        StoreError::Sqlite(e)
     }
 }

@@ -1,17 +1,17 @@
-//! The history store on its own threads, for async code.
+//! A store on its own threads, for async code.
 //!
 //! SQLite calls block (on disk, on fsync, on another process's lock), so the
 //! daemon and the server never make them on an async worker thread. A
-//! [`HistoryHandle`] sends closures to one dedicated writer thread that owns
-//! the [`Store`] and gets the results back through a oneshot channel.
+//! [`StoreHandle`] sends closures to one dedicated writer thread that owns
+//! the [`Db`] and gets the results back through a oneshot channel.
 //!
 //! Group commit: writes sent with [`HistoryHandle::call_batched`] that are
 //! queued together run in one transaction (each in its own savepoint, so a
 //! failing one changes nothing and the others go on), committed with one
-//! fsync; their results, and their [`Store::after_commit`] actions, are
+//! fsync; their results, and their [`Db::after_commit`] actions, are
 //! delivered only after that commit. Under concurrent writers this turns
 //! many fsyncs into one. A commit that fails reports to every write of its
-//! group why: [`HistoryError::DiskFull`] or [`HistoryError::CommitFailed`].
+//! group why: [`StoreError::DiskFull`] or [`StoreError::CommitFailed`].
 //!
 //! Reads sent with [`HistoryHandle::read`] do not queue behind the writes,
 //! nor behind each other: they run on read-only connections of their own
@@ -21,7 +21,7 @@
 //! user's storm of reads waits behind itself, while another user's read
 //! finds a free reader at once.
 //!
-//! A call that panics is reported to its caller as [`HistoryError::Bug`];
+//! A call that panics is reported to its caller as [`StoreError::Bug`];
 //! the thread and its connection go on.
 
 use std::collections::{HashMap, VecDeque};
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{HistoryError, OpenOptions, Result, Store};
+use super::{Db, Kind, OpenOptions, Result, StoreError};
 
 /// Why a group of writes was not committed (each write gets its own error).
 #[derive(Debug, Clone)]
@@ -50,11 +50,11 @@ impl Uncommitted {
         }
     }
 
-    fn error(&self, path: &Path) -> HistoryError {
+    fn error(&self, path: &Path) -> StoreError {
         let path = path.to_path_buf();
         match self {
-            Uncommitted::DiskFull => HistoryError::DiskFull { path },
-            Uncommitted::Failed(detail) => HistoryError::CommitFailed {
+            Uncommitted::DiskFull => StoreError::DiskFull { path },
+            Uncommitted::Failed(detail) => StoreError::CommitFailed {
                 path,
                 detail: detail.clone(),
             },
@@ -66,12 +66,15 @@ impl Uncommitted {
 /// rolled back (`Err`).
 type Finish = Box<dyn FnOnce(std::result::Result<(), Uncommitted>) + Send>;
 
-enum Job {
+enum Job<K: Kind> {
     /// Runs alone; delivers its result at once.
-    Plain(Box<dyn FnOnce(&mut Store) + Send>),
+    Plain(PlainJob<K>),
     /// May share a transaction with the batched jobs queued after it.
-    Batched(Box<dyn FnOnce(&mut Store) -> Finish + Send>),
+    Batched(BatchedJob<K>),
 }
+
+type PlainJob<K> = Box<dyn FnOnce(&mut Db<K>) + Send>;
+type BatchedJob<K> = Box<dyn FnOnce(&mut Db<K>) -> Finish + Send>;
 
 /// Most jobs in one group commit.
 const MAX_GROUP: usize = 64;
@@ -84,14 +87,14 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// Runs `f` on `store`; a panic becomes [`HistoryError::Bug`] (logged).
-fn guarded<T>(store: &mut Store, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+/// Runs `f` on `store`; a panic becomes [`StoreError::Bug`] (logged).
+fn guarded<K: Kind, T>(store: &mut Db<K>, f: impl FnOnce(&mut Db<K>) -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(|| f(store))) {
         Ok(r) => r,
         Err(p) => {
             let what = panic_text(p.as_ref());
-            tracing::error!("history: a call panicked: {what}");
-            Err(HistoryError::Bug(what))
+            tracing::error!("{}: a call panicked: {what}", K::SCHEMA.name);
+            Err(StoreError::Bug(what))
         }
     }
 }
@@ -114,20 +117,23 @@ fn note(observer: &Observer, t: Timing) {
 }
 
 /// `f`, telling the observer how long it waited to run.
-fn timed<T, F>(observer: Observer, f: F) -> impl FnOnce(&mut Store) -> Result<T> + Send + 'static
+fn timed<K: Kind, T, F>(
+    observer: Observer,
+    f: F,
+) -> impl FnOnce(&mut Db<K>) -> Result<T> + Send + 'static
 where
-    F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    F: FnOnce(&mut Db<K>) -> Result<T> + Send + 'static,
 {
     let queued = Instant::now();
-    move |s: &mut Store| {
+    move |s: &mut Db<K>| {
         note(&observer, Timing::QueueWait(queued.elapsed()));
         f(s)
     }
 }
 
 /// The writer thread's loop.
-fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>, observer: &Observer) {
-    let mut next: Option<Job> = None;
+fn serve<K: Kind>(store: &mut Db<K>, rx: &mpsc::Receiver<Job<K>>, observer: &Observer) {
+    let mut next: Option<Job<K>> = None;
     loop {
         let job = match next.take() {
             Some(j) => j,
@@ -169,7 +175,8 @@ fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>, observer: &Observer) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         tracing::error!(
-                            "history: a group of {} write(s) failed to commit: {e}",
+                            "{}: a group of {} write(s) failed to commit: {e}",
+                            K::SCHEMA.name,
                             finish.len()
                         );
                         let _ = store.conn.execute_batch("ROLLBACK");
@@ -183,22 +190,21 @@ fn serve(store: &mut Store, rx: &mpsc::Receiver<Job>, observer: &Observer) {
 }
 
 /// A read waiting for a reader.
-type ReadJob = Box<dyn FnOnce(&mut Store) + Send>;
+type ReadJob<K> = Box<dyn FnOnce(&mut Db<K>) + Send>;
 
 /// The read-only connections: threads opened on demand, reads taken in
 /// turn by key.
-struct Readers {
+struct Readers<K: Kind> {
     path: PathBuf,
     opts: OpenOptions,
-    queue: Mutex<ReadQueue>,
+    queue: Mutex<ReadQueue<K>>,
     wake: Condvar,
     /// Where reads go when no read connection can be opened.
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<Job<K>>,
 }
 
-#[derive(Default)]
-struct ReadQueue {
-    waiting: HashMap<u64, VecDeque<ReadJob>>,
+struct ReadQueue<K: Kind> {
+    waiting: HashMap<u64, VecDeque<ReadJob<K>>>,
     /// Reads running, by key.
     running: HashMap<u64, usize>,
     /// Most readers one key may hold at once.
@@ -214,10 +220,24 @@ struct ReadQueue {
     closed: bool,
 }
 
-impl ReadQueue {
+impl<K: Kind> ReadQueue<K> {
+    fn new(per_key: usize) -> Self {
+        ReadQueue {
+            waiting: HashMap::new(),
+            running: HashMap::new(),
+            per_key,
+            turn: VecDeque::new(),
+            queued: 0,
+            idle: 0,
+            threads: 0,
+            broken: false,
+            closed: false,
+        }
+    }
+
     /// The next read to run: the first key in turn that holds fewer than
     /// `per_key` readers. Counted as running until [`ReadQueue::done`].
-    fn pop(&mut self) -> Option<(u64, ReadJob)> {
+    fn pop(&mut self) -> Option<(u64, ReadJob<K>)> {
         let per_key = self.per_key.max(1);
         let at = self
             .turn
@@ -246,17 +266,17 @@ impl ReadQueue {
     }
 
     /// Everything waiting, for the writer to run (no reader can).
-    fn drain(&mut self) -> Vec<ReadJob> {
+    fn drain(&mut self) -> Vec<ReadJob<K>> {
         self.turn.clear();
         self.queued = 0;
         self.waiting.drain().flat_map(|(_, q)| q).collect()
     }
 }
 
-impl Readers {
+impl<K: Kind> Readers<K> {
     /// Queues a read; starts a reader thread if none is idle and there is
     /// room. Gives the job back when reads cannot run here.
-    fn push(self: &Arc<Self>, key: u64, job: ReadJob) -> std::result::Result<(), ReadJob> {
+    fn push(self: &Arc<Self>, key: u64, job: ReadJob<K>) -> std::result::Result<(), ReadJob<K>> {
         let mut guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let q = &mut *guard;
         if q.broken || q.closed {
@@ -272,7 +292,7 @@ impl Readers {
             q.threads += 1;
             let me = self.clone();
             let spawned = thread::Builder::new()
-                .name("pichat-history-read".into())
+                .name(format!("pichat-{}-read", K::SCHEMA.name))
                 .spawn(move || me.run());
             if spawned.is_err() {
                 q.threads -= 1;
@@ -291,11 +311,12 @@ impl Readers {
     }
 
     fn run(self: Arc<Self>) {
-        let mut store = match Store::open_reader(&self.path, &self.opts) {
+        let mut store = match Db::<K>::open_reader(&self.path, &self.opts) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(
-                    "history: cannot open a read connection ({e}); reads share the writer"
+                    "{}: cannot open a read connection ({e}); reads share the writer",
+                    K::SCHEMA.name
                 );
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 q.broken = true;
@@ -344,17 +365,26 @@ impl Readers {
 
 /// A cheap, cloneable handle to the store threads. They end (closing the
 /// database) when the last handle is dropped.
-#[derive(Clone)]
-pub struct HistoryHandle {
-    tx: mpsc::Sender<Job>,
-    readers: Arc<ReadersGuard>,
+pub struct StoreHandle<K: Kind> {
+    tx: mpsc::Sender<Job<K>>,
+    readers: Arc<ReadersGuard<K>>,
     observer: Observer,
 }
 
-/// Closes the readers when the last handle goes.
-struct ReadersGuard(Option<Arc<Readers>>);
+impl<K: Kind> Clone for StoreHandle<K> {
+    fn clone(&self) -> Self {
+        StoreHandle {
+            tx: self.tx.clone(),
+            readers: self.readers.clone(),
+            observer: self.observer.clone(),
+        }
+    }
+}
 
-impl Drop for ReadersGuard {
+/// Closes the readers when the last handle goes.
+struct ReadersGuard<K: Kind>(Option<Arc<Readers<K>>>);
+
+impl<K: Kind> Drop for ReadersGuard<K> {
     fn drop(&mut self) {
         if let Some(r) = &self.0 {
             r.close();
@@ -362,13 +392,13 @@ impl Drop for ReadersGuard {
     }
 }
 
-impl std::fmt::Debug for HistoryHandle {
+impl<K: Kind> std::fmt::Debug for StoreHandle<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HistoryHandle")
+        write!(f, "StoreHandle({})", K::SCHEMA.name)
     }
 }
 
-/// Joins the store thread: returned by [`HistoryHandle::open`], waited on at
+/// Joins the store thread: returned by [`StoreHandle::open`], waited on at
 /// shutdown so the database is closed before the process exits.
 pub struct StoreThread(thread::JoinHandle<()>);
 
@@ -382,13 +412,13 @@ impl StoreThread {
 /// The receiver of a call's result; a dropped sender means the thread died.
 async fn outcome<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
     rx.await
-        .map_err(|_| HistoryError::StoreGone("the store thread stopped".into()))?
+        .map_err(|_| StoreError::StoreGone("the store thread stopped".into()))?
 }
 
-impl HistoryHandle {
+impl<K: Kind> StoreHandle<K> {
     /// Opens the store on a new thread; returns once it is open (or failed).
-    pub fn open(path: &Path, opts: &OpenOptions) -> Result<(HistoryHandle, StoreThread)> {
-        let (tx, rx) = mpsc::channel::<Job>();
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<(StoreHandle<K>, StoreThread)> {
+        let (tx, rx) = mpsc::channel::<Job<K>>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let observer: Observer = Arc::default();
         let watched = observer.clone();
@@ -396,9 +426,9 @@ impl HistoryHandle {
         let thread_opts = opts.clone();
         let thread_path = path.clone();
         let join = thread::Builder::new()
-            .name("pichat-history".into())
+            .name(format!("pichat-{}", K::SCHEMA.name))
             .spawn(move || {
-                let mut store = match Store::open(&thread_path, &thread_opts) {
+                let mut store = match Db::<K>::open(&thread_path, &thread_opts) {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
                         s
@@ -411,15 +441,16 @@ impl HistoryHandle {
                 serve(&mut store, &rx, &watched);
             })
             .map_err(|e| {
-                HistoryError::StoreGone(format!("cannot start the history thread: {e}"))
+                StoreError::StoreGone(format!("cannot start the {} thread: {e}", K::SCHEMA.name))
             })?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => {
-                return Err(HistoryError::StoreGone(
-                    "the history thread died while opening".into(),
-                ));
+                return Err(StoreError::StoreGone(format!(
+                    "the {} thread died while opening",
+                    K::SCHEMA.name
+                )));
             }
         }
         let readers = (opts.readers > 0 && path != Path::new(":memory:")).then(|| {
@@ -427,16 +458,13 @@ impl HistoryHandle {
                 path,
                 opts: opts.clone(),
                 // One key leaves a reader free for the others.
-                queue: Mutex::new(ReadQueue {
-                    per_key: opts.readers.saturating_sub(1).max(1),
-                    ..ReadQueue::default()
-                }),
+                queue: Mutex::new(ReadQueue::new(opts.readers.saturating_sub(1).max(1))),
                 wake: Condvar::new(),
                 writer: tx.clone(),
             })
         });
         Ok((
-            HistoryHandle {
+            StoreHandle {
                 tx,
                 readers: Arc::new(ReadersGuard(readers)),
                 observer,
@@ -447,12 +475,12 @@ impl HistoryHandle {
 
     /// A plain job: runs `f`, runs its after-commit actions if it
     /// succeeded, sends the result.
-    fn plain<T, F>(f: F, tx: oneshot::Sender<Result<T>>) -> Job
+    fn plain<T, F>(f: F, tx: oneshot::Sender<Result<T>>) -> Job<K>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Db<K>) -> Result<T> + Send + 'static,
     {
-        Job::Plain(Box::new(move |store: &mut Store| {
+        Job::Plain(Box::new(move |store: &mut Db<K>| {
             let path = store.path().to_path_buf();
             let result = guarded(store, f).map_err(|e| e.with_path(&path));
             let deferred = store.take_deferred();
@@ -468,7 +496,7 @@ impl HistoryHandle {
     pub fn submit<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Db<K>) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::SendError(job)) = self.tx.send(Self::plain(f, tx)) {
@@ -481,7 +509,7 @@ impl HistoryHandle {
     pub async fn call<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Db<K>) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.send(Self::plain(timed(self.observer.clone(), f), tx))?;
@@ -500,14 +528,14 @@ impl HistoryHandle {
     pub async fn read<T, F>(&self, key: u64, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Db<K>) -> Result<T> + Send + 'static,
     {
         let Some(readers) = &self.readers.0 else {
             return self.call(f).await;
         };
         let f = timed(self.observer.clone(), f);
         let (tx, rx) = oneshot::channel();
-        let job: ReadJob = Box::new(move |store: &mut Store| {
+        let job: ReadJob<K> = Box::new(move |store: &mut Db<K>| {
             let path = store.path().to_path_buf();
             let result = guarded(store, f).map_err(|e| e.with_path(&path));
             let _ = tx.send(result);
@@ -526,11 +554,11 @@ impl HistoryHandle {
     pub async fn call_batched<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Db<K>) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let f = timed(self.observer.clone(), f);
-        let job = Job::Batched(Box::new(move |store: &mut Store| {
+        let job = Job::Batched(Box::new(move |store: &mut Db<K>| {
             let path = store.path().to_path_buf();
             let result = guarded(store, f).map_err(|e| e.with_path(&path));
             let deferred = store.take_deferred();
@@ -550,17 +578,18 @@ impl HistoryHandle {
         outcome(rx).await
     }
 
-    fn send(&self, job: Job) -> Result<()> {
+    fn send(&self, job: Job<K>) -> Result<()> {
         self.tx
             .send(job)
-            .map_err(|_| HistoryError::StoreGone("the history store is closed".into()))
+            .map_err(|_| StoreError::StoreGone(format!("the {} store is closed", K::SCHEMA.name)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{NewConversation, NewMessage, Role};
+    use crate::history::{History, HistoryHandle, NewConversation, NewMessage, Role};
+    use crate::serverdb::sqlite::ServerHandle;
 
     #[tokio::test]
     async fn calls_run_on_the_store_thread() {
@@ -588,12 +617,12 @@ mod tests {
     async fn batched_writes_share_commits_and_report_each() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.db");
-        let (h, thread) = HistoryHandle::open(&path, &OpenOptions::default()).unwrap();
+        let (h, thread) = ServerHandle::open(&path, &OpenOptions::default()).unwrap();
         let (alice, bob) = h
             .call(|s| {
-                s.server().add_token("alice", None, &[1; 32])?;
-                s.server().add_token("bob", None, &[2; 32])?;
-                Ok((s.server().user_id("alice")?, s.server().user_id("bob")?))
+                s.add_token("alice", None, &[1; 32])?;
+                s.add_token("bob", None, &[2; 32])?;
+                Ok((s.user_id("alice")?, s.user_id("bob")?))
             })
             .await
             .unwrap();
@@ -601,7 +630,7 @@ mod tests {
         h.call_batched({
             let taken = taken.clone();
             move |s| {
-                s.server().create_conversation(
+                s.create_conversation(
                     bob,
                     &NewConversation {
                         id: Some(taken),
@@ -623,7 +652,7 @@ mod tests {
                     } else {
                         crate::history::new_id()
                     };
-                    let (c, _) = s.server().create_conversation(
+                    let (c, _) = s.create_conversation(
                         alice,
                         &NewConversation {
                             id: Some(id),
@@ -633,9 +662,10 @@ mod tests {
                     let cid = c.id.clone();
                     s.after_commit(move || {
                         // Runs after the commit: another connection sees the row.
-                        let mut other =
-                            crate::history::Store::open(&path, &OpenOptions::default()).unwrap();
-                        assert!(other.server().get_conversation(alice, &cid).is_ok());
+                        let other =
+                            crate::serverdb::sqlite::Conn::open(&path, &OpenOptions::default())
+                                .unwrap();
+                        assert!(other.get_conversation(alice, &cid).is_ok());
                         seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     });
                     Ok(c)
@@ -647,12 +677,12 @@ mod tests {
         for t in tasks {
             match t.await.unwrap() {
                 Ok(_) => ok += 1,
-                Err(e) => assert!(matches!(e, HistoryError::Conflict(_)), "{e}"),
+                Err(e) => assert!(matches!(e, StoreError::Conflict(_)), "{e}"),
             }
         }
         assert_eq!(ok, 39, "only the taken id failed");
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 39);
-        let rev = h.call(move |s| s.server().user_rev(alice)).await.unwrap();
+        let rev = h.call(move |s| s.user_rev(alice)).await.unwrap();
         assert_eq!(rev, 39, "the failed create took no revision");
         drop(h);
         thread.join();
@@ -662,11 +692,11 @@ mod tests {
     async fn queued_batched_writes_are_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.db");
-        let (h, thread) = HistoryHandle::open(&path, &OpenOptions::default()).unwrap();
+        let (h, thread) = ServerHandle::open(&path, &OpenOptions::default()).unwrap();
         let alice = h
             .call(|s| {
-                s.server().add_token("alice", None, &[1; 32])?;
-                s.server().user_id("alice")
+                s.add_token("alice", None, &[1; 32])?;
+                s.user_id("alice")
             })
             .await
             .unwrap();
@@ -688,11 +718,11 @@ mod tests {
             let (h, path) = (h.clone(), path.clone());
             tasks.push(tokio::spawn(async move {
                 h.call_batched(move |s| {
-                    s.server()
-                        .create_conversation(alice, &NewConversation::default())?;
+                    s.create_conversation(alice, &NewConversation::default())?;
                     // Another connection does not see it yet: the group is not committed.
-                    let mut other = crate::history::Store::open(&path, &OpenOptions::default())?;
-                    Ok(other.server().changes(alice, 0, 100)?.changes.len())
+                    let other =
+                        crate::serverdb::sqlite::Conn::open(&path, &OpenOptions::default())?;
+                    Ok(other.changes(alice, 0, 100)?.changes.len())
                 })
                 .await
             }));
@@ -704,7 +734,7 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap(), 0);
         }
         let n = h
-            .call(move |s| Ok(s.server().changes(alice, 0, 100)?.changes.len()))
+            .call(move |s| Ok(s.changes(alice, 0, 100)?.changes.len()))
             .await
             .unwrap();
         assert_eq!(n, 10);
@@ -721,17 +751,17 @@ mod tests {
             .call(|_| -> Result<()> { panic!("boom") })
             .await
             .unwrap_err();
-        assert!(matches!(&e, HistoryError::Bug(m) if m == "boom"), "{e}");
+        assert!(matches!(&e, StoreError::Bug(m) if m == "boom"), "{e}");
         let e = h
             .call_batched(|_| -> Result<()> { panic!("boom") })
             .await
             .unwrap_err();
-        assert!(matches!(e, HistoryError::Bug(_)), "{e}");
+        assert!(matches!(e, StoreError::Bug(_)), "{e}");
         let e = h
             .read(1, |_| -> Result<()> { panic!("boom") })
             .await
             .unwrap_err();
-        assert!(matches!(e, HistoryError::Bug(_)), "{e}");
+        assert!(matches!(e, StoreError::Bug(_)), "{e}");
         // Writer and readers still answer.
         let c = h
             .call(|s| s.create_conversation(NewConversation::default()))
@@ -748,12 +778,12 @@ mod tests {
     async fn the_queue_wait_and_the_commits_are_observed() {
         let dir = tempfile::tempdir().unwrap();
         let (h, thread) =
-            HistoryHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
+            ServerHandle::open(&dir.path().join("h.db"), &OpenOptions::default()).unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let s2 = seen.clone();
         h.observe(move |t| s2.lock().unwrap().push(t));
         h.call(|s| s.schema_version()).await.unwrap();
-        h.call_batched(|s| s.server().add_token("alice", None, &[1; 32]))
+        h.call_batched(|s| s.add_token("alice", None, &[1; 32]))
             .await
             .unwrap();
         let seen = seen.lock().unwrap().clone();
@@ -772,18 +802,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_that_is_gone_says_so() {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Job<History>>();
         drop(rx);
-        let h = HistoryHandle {
+        let h = StoreHandle::<History> {
             tx,
             readers: Arc::new(ReadersGuard(None)),
             observer: Arc::default(),
         };
         let e = h.call(|s| s.schema_version()).await.unwrap_err();
-        assert!(matches!(e, HistoryError::StoreGone(_)), "{e}");
+        assert!(matches!(e, StoreError::StoreGone(_)), "{e}");
         assert!(!e.is_retryable());
         let e = h.read(1, |s| s.schema_version()).await.unwrap_err();
-        assert!(matches!(e, HistoryError::StoreGone(_)), "{e}");
+        assert!(matches!(e, StoreError::StoreGone(_)), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -844,7 +874,7 @@ mod tests {
             .read(2, |s| s.create_conversation(NewConversation::default()))
             .await
             .unwrap_err();
-        assert!(matches!(e, HistoryError::ReadOnly { .. }), "{e}");
+        assert!(matches!(e, StoreError::ReadOnly { .. }), "{e}");
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         release_w.send(()).unwrap();

@@ -11,7 +11,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::http::error_response;
+use super::answer::error_response;
 use crate::protocol::ErrorCode;
 
 /// A checked upgrade request, to be answered with `101`.

@@ -1,7 +1,7 @@
-//! The actions that call engines: `send_message` (an LLM reply streamed as
-//! `message_stream`), `text_to_speech` and `speech_to_text`. Each runs as a
-//! job of its own, so the connection's reader goes on serving other
-//! requests (a `sync` never waits behind a stream).
+//! `send_message`: the user's message is stored, and the LLM's reply is
+//! streamed as `message_stream` from a job of its own (`jobs.rs`), so the
+//! connection's reader goes on serving other requests (a `sync` never
+//! waits behind a stream).
 //!
 //! An AI reply is stored once, when its stream ends (never token by token),
 //! whether or not the client is still connected: a client that went away
@@ -11,89 +11,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine as _;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::State;
-use super::conn::{Conn, Session};
-use super::handlers::{db_error, notify, wire};
-use super::limiter::Costly;
-use crate::engines::{self, ChatRequest, EngineError, Llm, LlmEvent, fallback};
-use crate::history::server::{Stored, UserId};
-use crate::history::{Message, NewMessage, Role};
-use crate::protocol::{
-    self as p, ErrorCode, ErrorPayload, Frame, Reply, ServerFrame, limits::MAX_CONTENT_CHARS,
-};
-
-/// Where a job's replies go: the connection (maybe gone) and the request id.
-#[derive(Clone)]
-struct Responder {
-    conn: Arc<Conn>,
-    rid: Option<String>,
-    action: &'static str,
-}
-
-impl Responder {
-    async fn send(&self, body: Reply) -> bool {
-        self.conn.send(&Frame::new(self.rid.clone(), body)).await
-    }
-
-    async fn error(&self, e: ErrorPayload) {
-        self.conn
-            .send(&ServerFrame::error(
-                self.rid.clone(),
-                e.for_action(self.action),
-            ))
-            .await;
-    }
-}
-
-/// The protocol id of an id the store gave out (`internal` if it is not a UUID).
-fn id(what: &'static str, s: &str) -> Result<Uuid, ErrorPayload> {
-    p::convert::store_id(what, s).map_err(db_error)
-}
-
-fn engine_failed(e: &EngineError) -> ErrorPayload {
-    ErrorPayload::new(ErrorCode::AiFailed, e.to_string())
-}
-
-impl Session {
-    /// A free job slot of this connection, or `rate_limited`.
-    fn job_slot(&self) -> Result<OwnedSemaphorePermit, ErrorPayload> {
-        self.job_slots.clone().try_acquire_owned().map_err(|_| ErrorPayload {
-            retry_after_ms: Some(1000),
-            ..ErrorPayload::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "{} requests are already running on this connection; wait for one to finish",
-                    self.state.opts.max_jobs_per_connection
-                ),
-            )
-        })
-    }
-
-    /// Runs a job of this connection in its slot.
-    fn spawn_in<F>(&self, slot: OwnedSemaphorePermit, fut: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.state.tracker.spawn(self.jobs.track_future(async move {
-            fut.await;
-            drop(slot);
-        }));
-    }
-
-    /// Starts a job of this connection, if it has a free slot.
-    fn spawn_job<F>(&self, fut: F) -> Result<(), ErrorPayload>
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let slot = self.job_slot()?;
-        self.spawn_in(slot, fut);
-        Ok(())
-    }
-}
+use super::client::Client;
+use super::db::{db_error, id, wire};
+use super::jobs::{Responder, engine_failed};
+use crate::engines::{self, ChatRequest, Llm, LlmEvent};
+use crate::protocol::{self as p, ErrorCode, ErrorPayload, Reply, limits::MAX_CONTENT_CHARS};
+use crate::server::limiter::Costly;
+use crate::server::state::State;
+use crate::serverdb::{Author, Stored, UserId};
+use crate::store::{Message, NewMessage, Role};
 
 /// Removes a reply from the in-flight map and wakes its waiters, even if
 /// the job panics.
@@ -118,18 +47,14 @@ impl Drop for InFlightGuard {
 /// streams the reply from a job. A retry (same `id`) re-sends the stored
 /// reply, waits for the one being made, or makes the missing one.
 pub(super) async fn send_message(
-    s: &mut Session,
+    c: &Client,
     rid: Option<String>,
     req: p::SendMessage,
 ) -> Result<(), ErrorPayload> {
     let started = Instant::now();
-    let user = s.user();
-    let state = s.state.clone();
-    let out = Responder {
-        conn: s.conn.clone(),
-        rid,
-        action: "send_message",
-    };
+    let user = c.user();
+    let state = c.state.clone();
+    let out = c.responder(rid, "send_message");
     let mut existing: Option<Message> = None;
     if let Some(id) = req.id {
         let id = id.to_string();
@@ -141,12 +66,11 @@ pub(super) async fn send_message(
             .cloned();
         if let Some(done) = running {
             let st = state.clone();
-            return s.spawn_job(async move { wait_and_resend(st, out, user, id, req, done).await });
+            return c
+                .jobs
+                .spawn(async move { wait_and_resend(st, out, user, id, req, done).await });
         }
-        let found = {
-            let id = id.clone();
-            s.db(move |st| st.server().find_message(user, &id)).await?
-        };
+        let found = c.store().find_message(user, &id).await.map_err(db_error)?;
         if let Some(f) = found {
             same_message(&f.message, &req)?;
             if let Some(reply) = f.reply {
@@ -163,10 +87,11 @@ pub(super) async fn send_message(
     }
     state
         .user_limits
-        .take(user, Costly::SendMessage)
-        .map_err(|w| s.user_rate_limited("send_message", w))?;
+        .take(&*state.db, user, Costly::SendMessage)
+        .await
+        .map_err(|w| c.user_rate_limited("send_message", w))?;
     // The job's slot is taken before anything is stored.
-    let slot = s.job_slot()?;
+    let slot = c.jobs.slot()?;
     let (duplicate, question) = match existing {
         Some(m) => (true, m),
         None => {
@@ -180,30 +105,15 @@ pub(super) async fn send_message(
                 tokens_used: None,
                 response_time_ms: None,
                 is_audio: req.is_audio,
-                origin: s.origin(),
+                origin: c.origin(),
                 reply_to: None,
                 metadata: None,
             };
-            let hub = state.hub.clone();
-            let me = s.conn.id;
-            let stored = s
-                .db_write(move |st| {
-                    let stored = st.server().add_message(user, &new)?;
-                    if let Stored::New(m) = &stored {
-                        notify(
-                            st,
-                            &hub,
-                            user,
-                            me,
-                            Reply::NewMessage(p::MessagePayload {
-                                message: m.try_into()?,
-                                duplicate: false,
-                            }),
-                        );
-                    }
-                    Ok(stored)
-                })
-                .await?;
+            let stored = c
+                .store()
+                .add_message(c.author(), user, new)
+                .await
+                .map_err(db_error)?;
             match stored {
                 Stored::New(m) => (false, m),
                 Stored::Duplicate(m) => (true, m),
@@ -225,7 +135,7 @@ pub(super) async fn send_message(
     if let Some(done) = already {
         let st = state.clone();
         let id = question.id.clone();
-        s.spawn_in(slot, async move {
+        c.jobs.spawn_in(slot, async move {
             wait_and_resend(st, out, user, id, req, done).await
         });
         return Ok(());
@@ -241,7 +151,7 @@ pub(super) async fn send_message(
         duplicate,
     }))
     .await;
-    s.spawn_in(slot, async move {
+    c.jobs.spawn_in(slot, async move {
         let _guard = guard;
         generate(state, out, user, question, started).await;
     });
@@ -298,10 +208,7 @@ async fn wait_and_resend(
     mut done: watch::Receiver<bool>,
 ) {
     let _ = done.wait_for(|d| *d).await;
-    let found = state
-        .db
-        .read(user as u64, move |st| st.server().find_message(user, &id))
-        .await;
+    let found = state.db.find_message(user, &id).await;
     match found {
         Ok(Some(f)) => {
             if let Err(e) = same_message(&f.message, &req) {
@@ -399,19 +306,12 @@ async fn stream_reply(
     let default_prompt = state.opts.system_prompt.clone();
     let budget = state.opts.context_tokens;
     let (conv_id, q_id) = (question.conversation_id.clone(), question.id.clone());
-    let (messages, preferred) = state
+    let crate::serverdb::ReplyContext {
+        messages,
+        model: preferred,
+    } = state
         .db
-        .read(user as u64, move |st| {
-            let db = st.server();
-            let settings = db.settings(user)?;
-            let conv = db.get_conversation(user, &conv_id)?;
-            let prompt = settings
-                .assistant_personality
-                .filter(|p| !p.trim().is_empty())
-                .unwrap_or(default_prompt);
-            let ctx = db.context(user, &conv_id, &q_id, &prompt, budget)?;
-            Ok((ctx, conv.model_id.or(settings.selected_model)))
-        })
+        .reply_context(user, &conv_id, &q_id, &default_prompt, budget)
         .await
         .map_err(db_error)?;
     let llms = ordered(&state.engines.llm, preferred.as_deref());
@@ -542,28 +442,13 @@ async fn stream_reply(
         reply_to: Some(question.id.clone()),
         metadata: None,
     };
-    let hub = state.hub.clone();
-    let me = out.conn.id;
     let stored = state
         .db
-        .call_batched(move |st| {
-            let stored = st.server().add_message(user, &new)?;
-            if let Stored::New(m) = &stored {
-                notify(
-                    st,
-                    &hub,
-                    user,
-                    me,
-                    Reply::NewMessage(p::MessagePayload {
-                        message: m.try_into()?,
-                        duplicate: false,
-                    }),
-                );
-            }
-            Ok(stored.message().clone())
-        })
+        .add_message(Author(out.conn.id), user, new)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .message()
+        .clone();
     state.metrics.ai_stream(
         started.elapsed(),
         if interrupted { "interrupted" } else { "ok" },
@@ -580,178 +465,4 @@ async fn stream_reply(
     }))
     .await;
     Ok(())
-}
-
-/// `text_to_speech`: the first engine that works, as a base64 WAV.
-pub(super) fn text_to_speech(
-    s: &mut Session,
-    rid: Option<String>,
-    req: p::TextToSpeech,
-) -> Result<(), ErrorPayload> {
-    let state = s.state.clone();
-    if state.engines.tts.is_empty() {
-        return Err(ErrorPayload::new(
-            ErrorCode::Unavailable,
-            "this server has no text-to-speech engine (server.tts_engines is empty)",
-        ));
-    }
-    state
-        .user_limits
-        .take(s.user(), Costly::TextToSpeech)
-        .map_err(|w| s.user_rate_limited("text_to_speech", w))?;
-    let out = Responder {
-        conn: s.conn.clone(),
-        rid,
-        action: "text_to_speech",
-    };
-    s.spawn_job(async move {
-        let work = async {
-            let audio = synthesize(&state.engines.tts, &req.text)
-                .await
-                .map_err(|e| engine_failed(&e))?;
-            let wav = tokio::task::spawn_blocking(move || wav_bytes(&audio.pcm, audio.rate))
-                .await
-                .map_err(|e| ErrorPayload::new(ErrorCode::Internal, e.to_string()))??;
-            Ok::<_, ErrorPayload>((wav.0, wav.1))
-        };
-        let result = tokio::select! {
-            _ = state.cut_streams.cancelled() => Err(shutting_down()),
-            r = tokio::time::timeout(state.opts.engine_timeout, work) => {
-                r.unwrap_or_else(|_| Err(ErrorPayload::new(ErrorCode::AiFailed, "text-to-speech took too long")))
-            }
-        };
-        match result {
-            Ok((wav, sample_rate)) => {
-                out.send(Reply::TextToSpeechResult(p::TextToSpeechResult {
-                    audio_data: base64::engine::general_purpose::STANDARD.encode(wav),
-                    sample_rate,
-                }))
-                .await;
-            }
-            Err(e) => out.error(e).await,
-        }
-    })
-}
-
-fn shutting_down() -> ErrorPayload {
-    ErrorPayload::new(
-        ErrorCode::Unavailable,
-        "the server is shutting down; try again later",
-    )
-}
-
-/// Tries the engines in order (the next one on a retryable failure).
-async fn synthesize(
-    tts: &[Arc<dyn engines::TextToSpeech>],
-    text: &str,
-) -> engines::Result<engines::AudioChunk> {
-    let mut last = None;
-    for t in tts {
-        match engines::synthesize_all(t.as_ref(), text).await {
-            Ok(a) => return Ok(a),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!("{e}; trying the next text-to-speech engine");
-                last = Some(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or(EngineError::Config {
-        engine: "text-to-speech".into(),
-        message: "no engine configured".into(),
-    }))
-}
-
-/// Mono 16-bit WAV bytes; too long a result is refused.
-fn wav_bytes(pcm: &[i16], rate: u32) -> Result<(Vec<u8>, u32), ErrorPayload> {
-    let bytes = pcm.len() * 2 + 44;
-    if bytes > p::limits::MAX_STT_FRAME {
-        return Err(ErrorPayload::new(
-            ErrorCode::TooLarge,
-            "the speech would be over 8 MiB of WAV; send a shorter text",
-        ));
-    }
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut cur = std::io::Cursor::new(Vec::with_capacity(bytes));
-    let internal = |e: hound::Error| ErrorPayload::new(ErrorCode::Internal, e.to_string());
-    let mut w = hound::WavWriter::new(&mut cur, spec).map_err(internal)?;
-    for &s in pcm {
-        w.write_sample(s).map_err(internal)?;
-    }
-    w.finalize().map_err(internal)?;
-    Ok((cur.into_inner(), rate))
-}
-
-/// `speech_to_text`: a base64 WAV (any rate, mono or stereo) → text.
-pub(super) fn speech_to_text(
-    s: &mut Session,
-    rid: Option<String>,
-    req: p::SpeechToText,
-) -> Result<(), ErrorPayload> {
-    let state = s.state.clone();
-    if state.engines.stt.is_empty() {
-        return Err(ErrorPayload::new(
-            ErrorCode::Unavailable,
-            "this server has no speech-to-text engine (server.stt_engines is empty)",
-        ));
-    }
-    state
-        .user_limits
-        .take(s.user(), Costly::SpeechToText)
-        .map_err(|w| s.user_rate_limited("speech_to_text", w))?;
-    let out = Responder {
-        conn: s.conn.clone(),
-        rid,
-        action: "speech_to_text",
-    };
-    s.spawn_job(async move {
-        let limits = crate::audio::wav::Limits::stt(state.opts.stt_max);
-        let work = async {
-            let pcm = tokio::task::spawn_blocking(move || decode_audio(&req.audio_data, &limits))
-                .await
-                .map_err(|e| ErrorPayload::new(ErrorCode::Internal, e.to_string()))??;
-            let chain = fallback::SttChain {
-                engines: state.engines.stt.clone(),
-            };
-            engines::transcribe(&chain, &pcm)
-                .await
-                .map_err(|e| engine_failed(&e))
-        };
-        let result = tokio::select! {
-            _ = state.cut_streams.cancelled() => Err(shutting_down()),
-            r = tokio::time::timeout(state.opts.engine_timeout, work) => {
-                r.unwrap_or_else(|_| Err(ErrorPayload::new(ErrorCode::AiFailed, "speech-to-text took too long")))
-            }
-        };
-        match result {
-            Ok(text) => {
-                out.send(Reply::SpeechToTextResult(p::SpeechToTextResult {
-                    text: text.trim().to_string(),
-                }))
-                .await;
-            }
-            Err(e) => out.error(e).await,
-        }
-    })
-}
-
-/// base64 WAV → 16 kHz mono s16, as the engines take it. The WAV is
-/// checked from its header before anything is decoded (see
-/// `audio::wav::decode`); a refusal names the field.
-fn decode_audio(b64: &str, limits: &crate::audio::wav::Limits) -> Result<Vec<i16>, ErrorPayload> {
-    let bad = |m: String| ErrorPayload::new(ErrorCode::BadRequest, m);
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| bad(format!("payload.audio_data is not base64 ({e})")))?;
-    let pcm = crate::audio::wav::decode::pcm16k_from_bytes(&bytes, limits)
-        .map_err(|e| bad(format!("payload.audio_data: {e}")))?;
-    if pcm.is_empty() {
-        return Err(bad("payload.audio_data holds no audio".into()));
-    }
-    Ok(pcm)
 }

@@ -30,13 +30,13 @@ use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::State;
-use super::audit::{Event, Who};
-use super::auth::{self, AuthUser};
-use super::http::{Peer, error_response};
+use super::answer::{Peer, error_response};
 use crate::history::export::{ExportFormat, render};
-use crate::history::web::{JSON_EXPORT_TAIL, json_export_head};
+use crate::history::export::{JSON_EXPORT_TAIL, json_export_head};
 use crate::protocol::ErrorCode;
+use crate::server::audit::{Event, Who};
+use crate::server::auth::{self, AuthUser};
+use crate::server::state::State;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "pichat_session";
@@ -101,7 +101,7 @@ fn etag(a: &'static Asset) -> &'static str {
     &tags[i]
 }
 
-/// The web app's routes (merged into `http::router`).
+/// The web app's routes (merged into the router, `http/mod.rs`).
 pub(crate) fn routes() -> Router<Arc<State>> {
     let mut r = Router::new()
         .route("/", get(app))
@@ -194,9 +194,7 @@ pub(crate) async fn session_of(
         return Ok(None);
     };
     let now = crate::time::now_ms();
-    state
-        .db
-        .call(move |s| auth::check_session(s, &value, now))
+    auth::check_session(&*state.db, &value, now)
         .await
         .map_err(|e| {
             tracing::error!("cannot check a session: {e}");
@@ -314,16 +312,16 @@ async fn signin(With(state): With<Arc<State>>, req: Request) -> Response {
     }
     let ttl = state.opts.session_ttl;
     let now = crate::time::now_ms();
-    let made = state
-        .db
-        .call_batched(move |s| match auth::check(s, &token)? {
+    let made = async {
+        match auth::check(&*state.db, &token).await? {
             Some(user) => {
-                let v = auth::new_session(s, &user, now, ttl.as_millis() as i64)?;
-                Ok(Some((user, v)))
+                let v = auth::new_session(&*state.db, &user, now, ttl.as_millis() as i64).await?;
+                Ok::<_, crate::store::StoreError>(Some((user, v)))
             }
             None => Ok(None),
-        })
-        .await;
+        }
+    }
+    .await;
     match made {
         Ok(Some((user, value))) => {
             if let Some(ip) = peer {
@@ -366,10 +364,7 @@ async fn signout(With(state): With<Arc<State>>, headers: HeaderMap) -> Response 
         return r;
     }
     if let Some(value) = session_cookie(&headers)
-        && let Err(e) = state
-            .db
-            .call_batched(move |s| auth::end_session(s, &value))
-            .await
+        && let Err(e) = auth::end_session(&*state.db, &value).await
     {
         tracing::error!("cannot end a session: {e}");
     }
@@ -491,14 +486,9 @@ async fn export(
         },
     };
     let uid = user.id;
-    let one2 = one.clone();
-    let ids = match state
-        .db
-        .call(move |s| s.server().export_ids(uid, one2.as_deref()))
-        .await
-    {
+    let ids = match state.db.export_ids(uid, one.clone()).await {
         Ok(ids) => ids,
-        Err(crate::history::HistoryError::NotFound { .. }) => {
+        Err(crate::store::StoreError::NotFound { .. }) => {
             return error_response(
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
@@ -518,10 +508,9 @@ async fn export(
     };
     let name = match &one {
         Some(id) => {
-            let id = id.clone();
             let title = state
                 .db
-                .call(move |s| s.server().get_conversation(uid, &id))
+                .get_conversation(uid, id)
                 .await
                 .map(|c| c.title)
                 .unwrap_or_default();
@@ -558,9 +547,7 @@ async fn export(
                         };
                         return Some((Ok(Bytes::from(tail)), (ids, None, first_done, true)));
                     };
-                    let got = db
-                        .call(move |s| s.server().export_conversation(uid, &id))
-                        .await;
+                    let got = db.export_conversation(uid, &id).await;
                     let ec = match got {
                         Ok(Some(ec)) => ec,
                         Ok(None) => continue,
