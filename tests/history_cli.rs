@@ -285,7 +285,7 @@ fn corrupt_or_foreign_file_is_refused_untouched() {
     let junk: Vec<u8> = (0..8192u32).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(&db, &junk).unwrap();
     env.run(&["history", "--db", db.to_str().unwrap(), "list"])
-        .fails_with("not a pichat history database");
+        .fails_with("not a pichat database");
     env.run(&[
         "history",
         "--db",
@@ -293,7 +293,7 @@ fn corrupt_or_foreign_file_is_refused_untouched() {
         "import",
         sample_history().to_str().unwrap(),
     ])
-    .fails_with("not a pichat history database");
+    .fails_with("not a pichat database");
     assert_eq!(std::fs::read(&db).unwrap(), junk);
     assert!(!env.path("not-a-db.db-wal").exists());
 }
