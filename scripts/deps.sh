@@ -4,7 +4,8 @@
 # missing. Usage: scripts/deps.sh [--build|--test]
 #   --build  compilers and libraries to build pichat (default)
 #   --test   also what the tests use (python3, sqlite3, util-linux's setpriv,
-#            systemd-analyze, Debian's chromium + chromium-driver for the web app)
+#            systemd-analyze, Debian's chromium + chromium-driver for the web app,
+#            PostgreSQL for the server's second store)
 set -euo pipefail
 
 mode="${1:---build}"
@@ -22,7 +23,9 @@ if [[ "$mode" == "--test" ]]; then
   # libspeexdsp1: the echo canceller pichat loads at run time (tests/hands_free.rs, audio::aec).
   # chromium + chromium-driver: the web app's tests drive Debian's browser
   # headless over WebDriver (tests/web_app.rs); never a browser download.
-  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd chromium chromium-driver libspeexdsp1 espeak-ng)
+  # postgresql: initdb/pg_ctl for the private clusters the server tests run
+  # on (serverdb::postgres::cluster; no system cluster is used).
+  pkgs+=(python3 sqlite3 util-linux pulseaudio pulseaudio-utils libasound2-plugins alsa-utils systemd chromium chromium-driver libspeexdsp1 espeak-ng postgresql)
 fi
 
 missing=()

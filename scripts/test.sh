@@ -4,7 +4,8 @@
 # every test (unit and integration: real SQLite files, real cpal on virtual
 # ALSA devices and a private PulseAudio, the real binary, fake engines for
 # fault injection), the end-to-end tests on the real local engines and the
-# hands-free ones on real audio (wake word models, a leaking speaker);
+# hands-free ones on real audio (wake word models, a leaking speaker), the
+# server's tests once more on a private PostgreSQL cluster;
 # last, the aarch64 cross build with its unit tests under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,9 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --all-targets
+echo "==> the server's tests again on PostgreSQL (a private cluster)"
+PICHAT_TEST_STORE=postgres cargo test --test server_actions --test server_robustness --test sync \
+  --test web_app --test web_http
 echo "==> end-to-end on the real engines"
 cargo test --test e2e_engines -- --ignored --test-threads=1
 echo "==> hands-free on real audio (wake word models, echo cancellation, the real engines)"
