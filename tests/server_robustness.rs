@@ -111,6 +111,8 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
     assert!(h["uptime_s"].as_u64().is_some());
+    assert_eq!(h["store"]["kind"], srv.store().kind());
+    assert_eq!(h["store"]["ok"], true);
     // The connection opened before keeps working.
     ok.assert_quiet().await;
 }

@@ -780,3 +780,65 @@ async fn rate_limits_are_shared_on_postgres_and_the_servers_own_on_sqlite() {
         "another user's bucket"
     );
 }
+
+on_both!(
+    messages_of_an_empty_a_deleted_and_another_users_conversation,
+    |s| {
+        let (a, b) = users(s).await;
+        let empty = conv(s, a, "empty").await;
+        let theirs = conv(s, b, "bob's").await;
+        s.append_messages(Author::NOBODY, b, vec![msg(&theirs.id, "private")])
+            .await
+            .unwrap();
+        let gone = conv(s, a, "gone").await;
+        s.append_messages(Author::NOBODY, a, vec![msg(&gone.id, "soon deleted")])
+            .await
+            .unwrap();
+        s.delete_conversation(Author::NOBODY, a, &gone.id)
+            .await
+            .unwrap();
+        // The latest page (one statement on PostgreSQL) and a page of more than
+        // one chunk (a snapshot of several queries) say the same.
+        for limit in [100, 500] {
+            let (list, more) = s
+                .messages(a, &empty.id, limit, None, everything())
+                .await
+                .unwrap();
+            assert!(list.is_empty() && !more, "{limit}");
+            for id in [&theirs.id, &gone.id] {
+                let e = s
+                    .messages(a, id, limit, None, everything())
+                    .await
+                    .unwrap_err();
+                assert!(matches!(e, StoreError::NotFound { .. }), "{limit}: {e:?}");
+            }
+            let unknown = new_id();
+            let e = s
+                .messages(a, &unknown, limit, None, everything())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, StoreError::NotFound { .. }), "{e:?}");
+        }
+        // Exactly a page, and one more than a page, of the owner's.
+        let full = conv(s, a, "full").await;
+        let batch: Vec<_> = (0..101).map(|i| msg(&full.id, &format!("m{i}"))).collect();
+        s.append_messages(Author::NOBODY, a, batch).await.unwrap();
+        let (list, more) = s
+            .messages(a, &full.id, 100, None, everything())
+            .await
+            .unwrap();
+        assert_eq!((list.len(), more), (100, true));
+        assert_eq!(
+            (list[0].content.as_str(), list[99].content.as_str()),
+            ("m1", "m100")
+        );
+        let (list, more) = s
+            .messages(a, &full.id, 101, None, everything())
+            .await
+            .unwrap();
+        assert_eq!(
+            (list.len(), more, list[0].content.as_str()),
+            (101, false, "m0")
+        );
+    }
+);

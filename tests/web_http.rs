@@ -294,6 +294,58 @@ async fn metrics_count_connections_frames_actions_and_times() {
     assert!(!r.contains("alice"), "no user names");
 }
 
+/// `/health` and `/metrics` show the store's state, and the maintenance
+/// that `pichat serve` runs every `server.maintenance_interval_min` (here
+/// a second) shows in both.
+#[tokio::test]
+async fn health_and_metrics_show_the_store_and_its_scheduled_maintenance() {
+    let opts = ServerOptions {
+        maintenance_interval: std::time::Duration::from_secs(1),
+        ..options()
+    };
+    let srv = TestServer::start_with(engines(vec![]), opts).await;
+    let token = srv.token("alice").await;
+    let mut c = srv.hello(&token, "web").await;
+    c.request("create_conversation", json!({})).await;
+    let kind = srv.store.kind();
+    let (st, h) = health(srv.addr).await;
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["store"]["kind"], kind);
+    assert_eq!(h["store"]["ok"], true);
+    assert!(h["store"]["bytes"].as_u64().unwrap() > 0, "{h}");
+    let (st, r) = get(srv.addr, "/metrics", "").await;
+    assert_eq!(st, 200);
+    assert!(r.contains("pichat_store_up 1"), "{r}");
+    assert!(
+        r.lines()
+            .find_map(|l| l.strip_prefix("pichat_store_bytes "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|b| b > 0),
+        "{r}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let maintained = loop {
+        let (_, h) = health(srv.addr).await;
+        if let Some(at) = h["store"]["last_maintenance"].as_str() {
+            break at.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no maintenance pass: {h}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        maintained.starts_with("20"),
+        "an RFC 3339 time: {maintained}"
+    );
+    let (_, r) = get(srv.addr, "/metrics", "").await;
+    assert!(
+        !r.contains("pichat_store_last_maintenance_timestamp_seconds 0\n"),
+        "{r}"
+    );
+}
+
 #[tokio::test]
 async fn tls_with_a_made_certificate_serves_https_and_secure_cookies() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@
 //! survives a power cut (see ARCHITECTURE.md).
 
 mod conversations;
+pub mod daily;
 pub mod export;
 mod messages;
 pub mod model;

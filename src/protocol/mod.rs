@@ -373,6 +373,31 @@ pub struct Health {
     pub version: String,
     pub uptime_s: u64,
     pub connections: usize,
+    /// The server's database.
+    pub store: StoreState,
+}
+
+/// The state of the server's database in `GET /health` (no path, URL or
+/// error text: `/health` is open; the server's log has the details).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreState {
+    /// `"sqlite"` or `"postgres"`.
+    pub kind: String,
+    /// It answered just now (within a second).
+    pub ok: bool,
+    /// Bytes on disk (SQLite: the file and its WAL; PostgreSQL: pichat's
+    /// tables and indexes).
+    pub bytes: u64,
+    /// SQLite: free pages; PostgreSQL: dead rows, estimated (bloat).
+    pub reclaimable_bytes: u64,
+    /// SQLite: the `-wal` file.
+    pub wal_bytes: u64,
+    /// PostgreSQL: this server's pool, connections open and idle.
+    pub pool_size: usize,
+    pub pool_idle: usize,
+    /// The last maintenance pass of this server, if any.
+    #[serde(default, with = "crate::time::rfc3339_opt")]
+    pub last_maintenance: Option<i64>,
 }
 
 /// The JSON body of an HTTP error (401 before the upgrade, 404, 503...).

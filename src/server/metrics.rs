@@ -11,6 +11,12 @@
 //!   AI replies, from the request to the first token and to the end
 //!   (`result`: `ok`, `interrupted`, `failed`).
 //!
+//! - `pichat_store_up` (1 when the database answered the scrape),
+//!   `pichat_store_bytes`, `pichat_store_reclaimable_bytes` (SQLite's free
+//!   pages, PostgreSQL's dead rows: bloat), `pichat_store_wal_bytes`,
+//!   `pichat_store_pool_connections{state="open"|"idle"}` (PostgreSQL),
+//!   `pichat_store_last_maintenance_timestamp_seconds`.
+//!
 //! It names no user and shows no content.
 
 use std::sync::Arc;
@@ -33,6 +39,12 @@ pub(crate) struct Metrics {
     store_commit: Histogram,
     ai_first_token: Histogram,
     ai_stream: Family<Labels<1>, Histogram, fn() -> Histogram>,
+    store_up: Gauge,
+    store_bytes: Gauge,
+    store_reclaimable: Gauge,
+    store_wal: Gauge,
+    store_pool: Family<Labels<1>, Gauge>,
+    store_maintained: Gauge,
 }
 
 fn seconds(d: Duration) -> f64 {
@@ -93,8 +105,50 @@ impl Metrics {
             "AI replies: from the request to the end of the stream, by result",
             ai_stream.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 when the database answered the last scrape, else 0",
+            store_up.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "Bytes of the database on disk (SQLite file and WAL; PostgreSQL tables and indexes)",
+            store_bytes.clone(),
+        );
+        let store_reclaimable = Gauge::default();
+        registry.register(
+            "store_reclaimable_bytes",
+            "Bytes that could be given back (SQLite free pages; PostgreSQL dead rows, estimated)",
+            store_reclaimable.clone(),
+        );
+        let store_wal = Gauge::default();
+        registry.register(
+            "store_wal_bytes",
+            "SQLite: bytes of the -wal file",
+            store_wal.clone(),
+        );
+        let store_pool = Family::<Labels<1>, Gauge>::default();
+        registry.register(
+            "store_pool_connections",
+            "PostgreSQL: this server's pool connections, open and idle",
+            store_pool.clone(),
+        );
+        let store_maintained = Gauge::default();
+        registry.register(
+            "store_last_maintenance_timestamp_seconds",
+            "The last maintenance pass of this server (0: none yet)",
+            store_maintained.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            store_up,
+            store_bytes,
+            store_reclaimable,
+            store_wal,
+            store_pool,
+            store_maintained,
             connections,
             frames,
             actions,
@@ -126,6 +180,22 @@ impl Metrics {
         self.actions
             .get_or_create(&[("action", action.into()), ("result", result.into())])
             .inc();
+    }
+
+    /// The store's state, read for this scrape.
+    pub fn set_store(&self, h: &crate::serverdb::StoreHealth) {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.store_up.set(i64::from(h.ok));
+        self.store_bytes.set(n(h.bytes));
+        self.store_reclaimable.set(n(h.reclaimable_bytes));
+        self.store_wal.set(n(h.wal_bytes));
+        for (state, v) in [("open", h.pool_size), ("idle", h.pool_idle)] {
+            self.store_pool
+                .get_or_create(&[("state", state.into())])
+                .set(v as i64);
+        }
+        self.store_maintained
+            .set(h.last_maintenance.unwrap_or(0) / 1000);
     }
 
     pub fn store_wait(&self, d: Duration) {
@@ -173,6 +243,16 @@ mod tests {
         m.store_commit(Duration::from_millis(4));
         m.ai_first_token(Duration::from_millis(120));
         m.ai_stream(Duration::from_secs(2), "ok");
+        m.set_store(&crate::serverdb::StoreHealth {
+            kind: "postgres",
+            ok: true,
+            bytes: 8192,
+            reclaimable_bytes: 100,
+            pool_size: 4,
+            pool_idle: 3,
+            last_maintenance: Some(1_700_000_000_123),
+            ..Default::default()
+        });
         let t = m.encode();
         for line in [
             "pichat_connections 3",
@@ -182,6 +262,11 @@ mod tests {
             "pichat_store_commit_seconds_count 1",
             "pichat_ai_first_token_seconds_count 1",
             "pichat_ai_stream_seconds_count{result=\"ok\"} 1",
+            "pichat_store_up 1",
+            "pichat_store_bytes 8192",
+            "pichat_store_reclaimable_bytes 100",
+            "pichat_store_pool_connections{state=\"idle\"} 3",
+            "pichat_store_last_maintenance_timestamp_seconds 1700000000",
             "# EOF",
         ] {
             assert!(t.contains(line), "{line} missing in:\n{t}");

@@ -193,18 +193,26 @@ fn accepted_socket(
     state.tracker.spawn(serve);
 }
 
-/// Every `ping_interval`, reads the tokens again (`tokens.rs`), and ends
-/// the audit windows (`audit.rs`), until shutdown.
+/// Every `ping_interval`, reads the tokens again (`tokens.rs`); ends the
+/// audit windows (`audit.rs`); every `maintenance_interval`, runs the
+/// store's maintenance (`ServerStore::maintain`); until shutdown.
 async fn housekeeping(state: Arc<State>) {
     let mut sweep = tokio::time::interval(state.opts.ping_interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window = audit::WINDOW;
     let mut audit = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+    let every = state.opts.maintenance_interval.max(Duration::from_secs(1));
+    let mut maintenance = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = sweep.tick() => state.refresh_tokens().await,
             _ = audit.tick() => state.audit.flush(),
+            _ = maintenance.tick() => match state.db.maintain().await {
+                Ok(report) => tracing::info!("store maintenance: {report}"),
+                Err(e) => tracing::warn!("store maintenance failed (tried again in {} min): {e}", every.as_secs() / 60),
+            },
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct ServerOptions {
     /// Served over TLS (`server.tls_cert`, loaded by [`tls::load`]):
     /// session cookies are `Secure` and the app's own origin is `https://`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How often the store's maintenance runs (`server.maintenance_interval_min`).
+    pub maintenance_interval: Duration,
 }
 
 impl Default for ServerOptions {
@@ -88,6 +90,7 @@ impl Default for ServerOptions {
             stt_max: Duration::from_secs(60),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             tls: None,
+            maintenance_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -110,6 +113,7 @@ impl ServerOptions {
             system_prompt: cfg.llm.system_prompt.clone(),
             context_tokens: cfg.llm.context_tokens,
             stt_max: cfg.stt.max_duration,
+            maintenance_interval: s.maintenance_interval,
             ..ServerOptions::default()
         }
     }

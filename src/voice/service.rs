@@ -310,6 +310,17 @@ pub async fn run(
     let kick = Arc::new(Notify::new());
     voice.sync_kick = Some(kick.clone());
     let sync_token = start_sync(&cfg, &history, &kick, &tracker, &shutdown);
+    if let Some(days) = cfg.history.cleanup_after_days {
+        let kick = kick.clone();
+        tracker.spawn(crate::history::daily::run(
+            history.clone(),
+            days,
+            cfg.history.cleanup_action,
+            crate::history::daily::EVERY,
+            move || kick.notify_one(),
+            shutdown.clone(),
+        ));
+    }
     tracker.spawn(daemon::run(voice, ptt_rx, control_rx, shutdown.clone()));
     tracing::info!("{ready} (in {} ms)", started.elapsed().as_millis());
     let mut assistant = Assistant {

@@ -36,7 +36,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::protocol::{ErrorCode, Health};
+use crate::protocol::{ErrorCode, Health, StoreState};
 use crate::server::handshakes::Slot;
 use crate::server::state::State;
 use answer::{Peer, SocketFd, error, with_header};
@@ -75,18 +75,60 @@ async fn not_found() -> Response {
     )
 }
 
+/// How long `/health` and `/metrics` wait for the store's state.
+const STORE_STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The store's state, or "not ok" when it does not answer in time (the
+/// reason goes to the log, not to the open endpoints).
+pub(super) async fn store_state(state: &State) -> crate::serverdb::StoreHealth {
+    let h = match tokio::time::timeout(STORE_STATE_WAIT, state.db.health()).await {
+        Ok(h) => h,
+        Err(_) => crate::serverdb::StoreHealth {
+            kind: state.db.kind(),
+            error: Some(format!(
+                "no answer within {} ms",
+                STORE_STATE_WAIT.as_millis()
+            )),
+            ..Default::default()
+        },
+    };
+    if let Some(e) = &h.error {
+        tracing::warn!("the store is not healthy: {e}");
+    }
+    h
+}
+
+/// `GET /health`: 200 `ok`; 503 `stopping` during shutdown, 503
+/// `store_unavailable` when the database does not answer.
 async fn health(With(state): With<Arc<State>>) -> Response {
     let stopping = state.shutdown.is_cancelled();
+    let store = store_state(&state).await;
+    state.metrics.set_store(&store);
+    let status = match (stopping, store.ok) {
+        (true, _) => "stopping",
+        (false, false) => "store_unavailable",
+        (false, true) => "ok",
+    };
     let body = Health {
-        status: if stopping { "stopping" } else { "ok" }.into(),
+        status: status.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: state.started.elapsed().as_secs(),
         connections: state.registry.len(),
+        store: StoreState {
+            kind: store.kind.into(),
+            ok: store.ok,
+            bytes: store.bytes,
+            reclaimable_bytes: store.reclaimable_bytes,
+            wal_bytes: store.wal_bytes,
+            pool_size: store.pool_size,
+            pool_idle: store.pool_idle,
+            last_maintenance: store.last_maintenance,
+        },
     };
-    let status = if stopping {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    let status = if status == "ok" {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     let headers = [
         (header::CACHE_CONTROL, "no-store"),

@@ -378,6 +378,8 @@ async fn signout(With(state): With<Arc<State>>, headers: HeaderMap) -> Response 
 /// is open to the scraper like `/health`.
 async fn metrics(With(state): With<Arc<State>>) -> Response {
     state.metrics.set_connections(state.registry.len());
+    let store = super::store_state(&state).await;
+    state.metrics.set_store(&store);
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,

@@ -225,6 +225,13 @@ impl PgStore {
         mut fits: Fits<Message>,
     ) -> Result<(Vec<Message>, bool)> {
         let limit = limit.clamp(1, 100_000);
+        // Read in chunks (one snapshot), so a page holds what it sends.
+        let chunk = (limit as i64 + 1).min(200);
+        if before.is_none() && chunk == limit as i64 + 1 {
+            return self
+                .latest_messages(user, conversation_id, chunk, fits)
+                .await;
+        }
         let mut client = self.client().await?;
         let tx = snapshot(&mut client).await?;
         live_conv(&tx, user, conversation_id).await?;
@@ -242,8 +249,6 @@ impl PgStore {
                 (r.get(0), r.get(1))
             }
         };
-        // Read in chunks (one snapshot), so a page holds what it sends.
-        let chunk = (limit as i64 + 1).min(200);
         let mut out: Vec<Message> = Vec::new();
         let mut more = false;
         'pages: loop {
@@ -271,6 +276,59 @@ impl PgStore {
             }
         }
         tx.commit().await.map_err(pg_error)?;
+        out.reverse();
+        Ok((out, more))
+    }
+
+    /// The latest page of a conversation when it fits in one chunk (the
+    /// common `get_messages`): the owner check and the rows in one
+    /// statement (one snapshot, one round trip, no transaction).
+    async fn latest_messages(
+        &self,
+        user: UserId,
+        conversation_id: &str,
+        fetch: i64,
+        mut fits: Fits<Message>,
+    ) -> Result<(Vec<Message>, bool)> {
+        let c = self.client().await?;
+        let got = rows(
+            &c,
+            &format!(
+                "SELECT m.*, c.user_id, c.deleted FROM srv_conversations c
+                 LEFT JOIN LATERAL (
+                     SELECT {MSG_COLS}, m.seq FROM srv_messages m WHERE m.conversation_id = c.id
+                     ORDER BY m.created_at DESC, m.seq DESC LIMIT $2
+                 ) m ON true
+                 WHERE c.id = $1
+                 ORDER BY m.created_at DESC, m.seq DESC"
+            ),
+            &[&key("conversation", conversation_id)?, &fetch],
+        )
+        .await?;
+        let owner = got.first().map(|r| {
+            (
+                r.get::<_, UserId>(AFTER_MSG_COLS + 1),
+                r.get::<_, bool>(AFTER_MSG_COLS + 2),
+            )
+        });
+        if owner != Some((user, false)) {
+            return Err(not_found("conversation", conversation_id));
+        }
+        let limit = (fetch - 1) as usize;
+        let mut out: Vec<Message> = Vec::new();
+        let mut more = false;
+        // No message: one row of NULLs from the outer join.
+        for r in got
+            .iter()
+            .filter(|r| r.get::<_, Option<uuid::Uuid>>(0).is_some())
+        {
+            let m = msg_from_row(r);
+            if out.len() == limit || (!fits(&m) && !out.is_empty()) {
+                more = true;
+                break;
+            }
+            out.push(m);
+        }
         out.reverse();
         Ok((out, more))
     }
