@@ -13,9 +13,9 @@
 //! lost while the listener reconnected) is filled by reading the feed
 //! from the last rev delivered ([`Sequencer`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::records::{ServerChange, UserId};
+use super::records::{ChangePage, ServerChange, ServerConversation, UserId};
 
 /// Who made a change: the connection that has the reply and is left out
 /// of the notification. [`Author::NOBODY`] for tools and tests.
@@ -87,6 +87,120 @@ impl Sequencer {
     /// The users followed and their last rev (to fill in after a reconnect).
     pub fn followed(&self) -> Vec<(UserId, i64)> {
         self.last.iter().map(|(u, r)| (*u, *r)).collect()
+    }
+}
+
+/// One page of a user's sync feed, as both stores assemble it from their
+/// rows in rev order: at most `limit` changes and what `fits` takes (at
+/// least one change, however large), each message preceded by its
+/// conversation when the device cannot know it yet (created after the
+/// cursor and not in this page already), each conversation once.
+///
+/// The store reads; the page decides: for each next change, the store
+/// looks up the conversation [`Page::needs`] names (if any), hands it to
+/// [`Page::looked_up`], then [`Page::offer`]s the change.
+pub(super) struct Page<F> {
+    since: i64,
+    limit: usize,
+    fits: F,
+    sent: HashSet<String>,
+    looked_up: HashMap<String, Option<ServerConversation>>,
+    changes: Vec<ServerChange>,
+    taken: usize,
+    rev: i64,
+    has_more: bool,
+}
+
+impl<F: FnMut(&ServerChange) -> bool> Page<F> {
+    pub fn new(since: i64, limit: usize, fits: F) -> Self {
+        Page {
+            since,
+            limit: limit.clamp(1, 100_000),
+            fits,
+            sent: HashSet::new(),
+            looked_up: HashMap::new(),
+            changes: Vec::new(),
+            taken: 0,
+            rev: since,
+            has_more: false,
+        }
+    }
+
+    /// How many rows of each table a store needs to read at most.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether another change may join (false: full by count, and more
+    /// remain — call only when the feed has another change).
+    pub fn room(&mut self) -> bool {
+        if self.taken == self.limit {
+            self.has_more = true;
+        }
+        !self.has_more
+    }
+
+    /// The conversation to look up before `ch` is offered.
+    pub fn needs<'c>(&self, ch: &'c ServerChange) -> Option<&'c str> {
+        match ch {
+            ServerChange::Message(m)
+                if !self.sent.contains(&m.conversation_id)
+                    && !self.looked_up.contains_key(&m.conversation_id) =>
+            {
+                Some(&m.conversation_id)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the lookup [`Page::needs`] asked for found (`None`: no such
+    /// conversation at all).
+    pub fn looked_up(&mut self, id: &str, conv: Option<ServerConversation>) {
+        let conv = conv.filter(|c| c.created_rev > self.since);
+        self.looked_up.insert(id.to_string(), conv);
+    }
+
+    /// Adds the feed's next change (at rev `rev`), with its conversation
+    /// when needed. Returns false when it does not fit: the page is done
+    /// and has more.
+    pub fn offer(&mut self, ch: ServerChange, rev: i64) -> bool {
+        let mut add = Vec::with_capacity(2);
+        match &ch {
+            ServerChange::Conversation(c) if self.sent.contains(&c.id) => {}
+            ServerChange::Message(m) if !self.sent.contains(&m.conversation_id) => {
+                if let Some(Some(c)) = self.looked_up.get(&m.conversation_id) {
+                    add.push(ServerChange::Conversation(c.clone()));
+                }
+                add.push(ch);
+            }
+            _ => add.push(ch),
+        }
+        // Each record is put to `fits`, so that it counts them all.
+        let mut all_fit = true;
+        for c in &add {
+            all_fit &= (self.fits)(c);
+        }
+        if self.taken > 0 && !all_fit {
+            self.has_more = true;
+            return false;
+        }
+        for c in add {
+            if let ServerChange::Conversation(c) = &c {
+                self.sent.insert(c.id.clone());
+            }
+            self.changes.push(c);
+        }
+        self.taken += 1;
+        self.rev = rev;
+        true
+    }
+
+    pub fn finish(self) -> ChangePage {
+        ChangePage {
+            changes: self.changes,
+            rev: self.rev,
+            has_more: self.has_more,
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 //! conversation), read in one snapshot, in chunks by rev; and the range
 //! reads the change feed uses to deliver what other servers wrote.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use super::*;
+use crate::serverdb::feed::Page;
 
 /// Rows read at a time from each table.
 const CHUNK: i64 = 128;
@@ -102,16 +103,12 @@ impl PgStore {
         limit: usize,
         mut fits: Fits<ServerChange>,
     ) -> Result<ChangePage> {
-        let limit = limit.clamp(1, 100_000);
+        let mut page = Page::new(since, limit, &mut *fits);
         let mut client = self.client().await?;
         let tx = snapshot(&mut client).await?;
         let mut settings = settings::changed_in(&tx, user, since, i64::MAX).await?;
         let mut convs = conversations(user, since, i64::MAX);
         let mut msgs = messages(user, since, i64::MAX);
-        let mut sent: HashSet<String> = HashSet::new();
-        let mut looked_up: HashMap<String, Option<ServerConversation>> = HashMap::new();
-        let mut changes = Vec::new();
-        let (mut taken, mut rev, mut has_more) = (0usize, since, false);
         loop {
             let revs = [
                 convs.peek(&tx, false).await?.map(ServerChange::rev),
@@ -121,8 +118,7 @@ impl PgStore {
             let Some(lowest) = revs.iter().flatten().min().copied() else {
                 break;
             };
-            if taken == limit {
-                has_more = true;
+            if !page.room() {
                 break;
             }
             let ch = if revs[0] == Some(lowest) {
@@ -133,51 +129,17 @@ impl PgStore {
                 settings.take().map(ServerChange::Settings)
             }
             .ok_or_else(|| StoreError::Bug("the feed lost a peeked row".into()))?;
-            let mut add = Vec::with_capacity(2);
-            match &ch {
-                ServerChange::Conversation(c) if sent.contains(&c.id) => {}
-                ServerChange::Message(m) if !sent.contains(&m.conversation_id) => {
-                    let conv = match looked_up.get(&m.conversation_id) {
-                        Some(c) => c.clone(),
-                        None => {
-                            let c = conv_any(&tx, &m.conversation_id)
-                                .await?
-                                .map(|(_, c)| c)
-                                .filter(|c| c.created_rev > since);
-                            looked_up.insert(m.conversation_id.clone(), c.clone());
-                            c
-                        }
-                    };
-                    if let Some(c) = conv {
-                        add.push(ServerChange::Conversation(c));
-                    }
-                    add.push(ch.clone());
-                }
-                _ => add.push(ch.clone()),
+            if let Some(id) = page.needs(&ch) {
+                let conv = conv_any(&tx, id).await?.map(|(_, c)| c);
+                let id = id.to_string();
+                page.looked_up(&id, conv);
             }
-            let mut all_fit = true;
-            for c in &add {
-                all_fit &= fits(c);
-            }
-            if taken > 0 && !all_fit {
-                has_more = true;
+            if !page.offer(ch, lowest) {
                 break;
             }
-            for c in add {
-                if let ServerChange::Conversation(c) = &c {
-                    sent.insert(c.id.clone());
-                }
-                changes.push(c);
-            }
-            taken += 1;
-            rev = lowest;
         }
         tx.commit().await.map_err(pg_error)?;
-        Ok(ChangePage {
-            changes,
-            rev,
-            has_more,
-        })
+        Ok(page.finish())
     }
 }
 

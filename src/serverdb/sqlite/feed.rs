@@ -1,11 +1,10 @@
 //! The sync feed of the SQLite store: a user's changes after a cursor, in
 //! rev order, each row once at its latest state.
 
-use std::collections::{HashMap, HashSet};
-
 use rusqlite::params;
 
 use super::*;
+use crate::serverdb::feed::Page;
 
 impl Conn {
     // ---- sync ----
@@ -33,9 +32,9 @@ impl Conn {
         limit: usize,
         fits: &mut dyn FnMut(&ServerChange) -> bool,
     ) -> Result<ChangePage> {
-        let limit = limit.clamp(1, 100_000);
-        let fetch = limit as i64 + 1;
-        let settings = Some(self.settings(user)?).filter(|s| s.rev > since);
+        let mut page = Page::new(since, limit, fits);
+        let fetch = page.limit() as i64 + 1;
+        let mut settings = Some(self.settings(user)?).filter(|s| s.rev > since);
         let mut conv_stmt = self.conn.prepare_cached(&format!(
             "SELECT {CONV_COLS} FROM srv_conversations
              WHERE user_id = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3"
@@ -48,12 +47,6 @@ impl Conn {
         let mut msgs = msg_stmt.query_map(params![user, since, fetch], msg_from_row)?;
         let mut next_conv = convs.next().transpose()?;
         let mut next_msg = msgs.next().transpose()?;
-        let mut settings = settings;
-
-        let mut sent: HashSet<String> = HashSet::new();
-        let mut looked_up: HashMap<String, Option<ServerConversation>> = HashMap::new();
-        let mut changes = Vec::new();
-        let (mut taken, mut rev, mut has_more) = (0usize, since, false);
         loop {
             // The feed's next change: the lowest rev of the three sources.
             let revs = [
@@ -64,8 +57,7 @@ impl Conn {
             let Some(lowest) = revs.iter().flatten().min().copied() else {
                 break;
             };
-            if taken == limit {
-                has_more = true;
+            if !page.room() {
                 break;
             }
             let ch = if revs[0] == Some(lowest) {
@@ -75,54 +67,22 @@ impl Conn {
             } else {
                 ServerChange::Settings(settings.take().expect("peeked"))
             };
-            let mut add = Vec::with_capacity(2);
-            match &ch {
-                ServerChange::Conversation(c) if sent.contains(&c.id) => {}
-                ServerChange::Message(m) if !sent.contains(&m.conversation_id) => {
-                    let conv = match looked_up.get(&m.conversation_id) {
-                        Some(c) => c.clone(),
-                        None => {
-                            let c = get_conv_any(&self.conn, &m.conversation_id)?
-                                .map(|(_, c)| c)
-                                .filter(|c| c.created_rev > since);
-                            looked_up.insert(m.conversation_id.clone(), c.clone());
-                            c
-                        }
-                    };
-                    if let Some(c) = conv {
-                        add.push(ServerChange::Conversation(c));
-                    }
-                    add.push(ch.clone());
-                }
-                _ => add.push(ch.clone()),
+            if let Some(id) = page.needs(&ch) {
+                let conv = get_conv_any(&self.conn, id)?.map(|(_, c)| c);
+                let id = id.to_string();
+                page.looked_up(&id, conv);
             }
-            // Each record is put to `fits`, so that it counts them all.
-            let mut all_fit = true;
-            for c in &add {
-                all_fit &= fits(c);
-            }
-            if taken > 0 && !all_fit {
-                has_more = true;
+            let is_conv = matches!(ch, ServerChange::Conversation(_));
+            let is_msg = matches!(ch, ServerChange::Message(_));
+            if !page.offer(ch, lowest) {
                 break;
             }
-            for c in add {
-                if let ServerChange::Conversation(c) = &c {
-                    sent.insert(c.id.clone());
-                }
-                changes.push(c);
-            }
-            taken += 1;
-            rev = lowest;
-            match ch {
-                ServerChange::Conversation(_) => next_conv = convs.next().transpose()?,
-                ServerChange::Message(_) => next_msg = msgs.next().transpose()?,
-                ServerChange::Settings(_) => {}
+            if is_conv {
+                next_conv = convs.next().transpose()?;
+            } else if is_msg {
+                next_msg = msgs.next().transpose()?;
             }
         }
-        Ok(ChangePage {
-            changes,
-            rev,
-            has_more,
-        })
+        Ok(page.finish())
     }
 }
