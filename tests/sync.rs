@@ -511,8 +511,10 @@ async fn wss_with_a_private_ca() {
     let err = pichat::sync::once(&a.cfg, &a.h).await.unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, pichat::sync::SyncError::Connect { .. })
-            && text.contains("certificate")
+        matches!(
+            err,
+            pichat::sync::SyncError::Client(pichat::client::ClientError::Connect { .. })
+        ) && text.contains("certificate")
             && text.contains("sync.ca_file"),
         "{text}"
     );

@@ -24,7 +24,7 @@ use crate::history::sync::{self as hsync, Remote};
 use crate::history::{self, StoreError};
 use crate::protocol::{self, ClientFrame, Reply, Request, ServerFrame, requests as rq};
 
-use crate::client::Ws;
+use crate::client::{ClientError, Ws};
 
 /// Messages read from the outbox per round (the protocol takes 500 per
 /// `append_messages`; the round is cut into frames the server takes).
@@ -37,14 +37,9 @@ const PAGE: u32 = 2000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("sync is off: set sync.url in the config")]
-    Off,
-    #[error("no device token: {0} (create one with `pichat token add USER` on the server)")]
-    Token(String),
-    #[error("cannot connect to {url}: {cause}")]
-    Connect { url: String, cause: String },
-    #[error("the server refused the token (HTTP 401): check sync.token_file / sync.token_env")]
-    Unauthorized,
+    /// Reaching the server: off, no token, refused, unreachable, silent.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("connection to the server lost: {0}")]
     Lost(String),
     #[error("the server answered {action}: {message}")]
@@ -60,10 +55,10 @@ pub enum SyncError {
 impl SyncError {
     /// Retrying later may help (a network or server problem).
     pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            SyncError::Off | SyncError::Token(_) | SyncError::Unauthorized
-        )
+        match self {
+            SyncError::Client(e) => e.is_retryable(),
+            _ => true,
+        }
     }
 }
 
@@ -93,19 +88,6 @@ pub struct Session {
 /// Opens a WebSocket to the server with the device token.
 pub async fn connect(cfg: &SyncConfig, timeout: Duration) -> Result<Ws> {
     Ok(crate::client::connect(cfg, timeout).await?)
-}
-
-impl From<crate::client::ClientError> for SyncError {
-    fn from(e: crate::client::ClientError) -> Self {
-        use crate::client::ClientError as C;
-        match e {
-            C::Off => SyncError::Off,
-            C::Token(t) => SyncError::Token(t),
-            C::Connect { url, cause } => SyncError::Connect { url, cause },
-            C::Unauthorized => SyncError::Unauthorized,
-            C::Timeout(d) => SyncError::Timeout(d),
-        }
-    }
 }
 
 fn conv_to_remote(c: &protocol::records::Conversation) -> Remote {
