@@ -1025,6 +1025,7 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let wav = dir.path().join("speech.wav");
     crate::audio::wav::write(&wav, &audio, 16_000)?;
+    stages(models, &audio)?;
     println!(
         "armed and waiting, a WAV file as the microphone (paced in real time): the pipeline's own cost"
     );
@@ -1033,6 +1034,59 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
         "armed and waiting, the virtual room's PulseAudio microphone (cpal through ALSA's pulse plugin)"
     );
     cpu_round(args, room, models, "pulse", Some(&audio)).await
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The armed loop's stages alone, on `audio` in 20 ms frames as fast as
+/// they run: % of a core at real time.
+fn stages(models: &Path, audio: &[i16]) -> anyhow::Result<()> {
+    let secs = audio.len() as f64 / 16_000.0;
+    let pct = |d: Duration| d.as_secs_f64() / secs * 100.0;
+    let frames = || audio.chunks_exact(crate::audio::FRAME);
+    let t = thread_cpu();
+    let mut frontend = crate::wake::frontend::Frontend::new();
+    let mut n = 0usize;
+    for f in frames() {
+        frontend.push(f, |_| n += 1);
+    }
+    let front = thread_cpu() - t;
+    let mut s = micro(models).open_now()?;
+    let mut out = Vec::new();
+    let t = thread_cpu();
+    for f in frames() {
+        s.push_now(f, &mut out).map_err(|e| anyhow::anyhow!(e))?;
+        out.clear();
+    }
+    let engine = thread_cpu() - t;
+    let mut vad = crate::voice::ear::Vad::new(0.5);
+    let t = thread_cpu();
+    for f in frames() {
+        std::hint::black_box(vad.frame(f));
+    }
+    let vad = thread_cpu() - t;
+    println!(
+        "{:<34} {:.3} % of a core ({n} feature steps in {secs:.0} s of audio: frontend {:.3} %, the model {:.3} %)",
+        "in-process engine alone",
+        pct(engine),
+        pct(front),
+        pct(engine.saturating_sub(front)),
+    );
+    println!(
+        "{:<34} {:.3} % of a core (earshot, every frame)",
+        "voice activity alone",
+        pct(vad)
+    );
+    Ok(())
 }
 
 async fn cpu_round(
@@ -1072,10 +1126,12 @@ async fn cpu_round(
         );
         None
     };
+    // Both daemons listen to the same microphone.
     let ours = tokio::task::block_in_place(|| {
-        Daemon::start(
+        Daemon::start_with(
             room,
             &format!("[listen]\nmode = \"wake\"\n{}", wake_section(models)),
+            input,
         )
     })?;
     let theirs = match &oww {
@@ -1148,10 +1204,21 @@ async fn cpu_round(
         let c1 = super::audio::proc_cpu_ticks(*pid).unwrap_or(0);
         let pct = (c1.saturating_sub(c0)) as f64 / hz / secs * 100.0;
         let rss = super::audio::proc_rss_kib(*pid).unwrap_or(0) as f64 / 1024.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
         cpu.push(pct);
         println!(
-            "{:<34} CPU {pct:.2} % of a core, RSS {rss:.1} MB over {secs:.0} s of speech and noise",
-            name
+            "{:<34} CPU {pct:.2} % of a core, RSS {rss:.1} MB (anonymous {:.1}, files {:.1}) over {secs:.0} s of speech and noise",
+            name,
+            field("RssAnon:"),
+            field("RssFile:")
         );
     }
     if cpu.len() == 3 && cpu[2] > 0.0 {
@@ -1160,6 +1227,20 @@ async fn cpu_round(
             "ours / wyoming-openwakeword (CPU)",
             cpu[0] / cpu[2]
         );
+    }
+    for (name, d) in [
+        ("ours", Some(&ours)),
+        ("the Wyoming client", theirs.as_ref()),
+    ] {
+        let Some(d) = d else { continue };
+        let turns = d
+            .lines
+            .try_iter()
+            .filter(|l| l.contains("INFO") && l.contains("turn"))
+            .count();
+        if turns > 0 {
+            println!("    {name}: {turns} turns started during the round (false wakes)");
+        }
     }
     if let Some((mut child, writer)) = player.take() {
         let _ = child.kill();
