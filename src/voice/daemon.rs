@@ -794,6 +794,8 @@ impl Voice {
         }
         self.last.outcome = Some(o);
         self.last.times = times;
+        // Idle again: the turn's code need not stay resident.
+        crate::memory::release_unchanged_file_pages();
     }
 
     /// Stops whatever is running (for shutdown): silence, cancel requests.

@@ -144,6 +144,7 @@ pub async fn run(
     let mut n = 0usize;
     let mut best: Vec<(String, f32)> = Vec::new();
     let mut vad_max = 0.0f32;
+    let mut armed = false;
     let mut level_max = -96.0f32;
     loop {
         let frame = tokio::select! {
@@ -211,6 +212,13 @@ pub async fn run(
         if let Some(chain) = wake.as_mut() {
             events.clear();
             chain.push(&frame, &mut events).await;
+            // Armed (again): the set-up's code need not stay resident.
+            let now_armed = chain.active().is_some();
+            if now_armed && !armed {
+                let bytes = crate::memory::release_unchanged_file_pages();
+                tracing::debug!("armed: released {} KiB of mapped code", bytes / 1024);
+            }
+            armed = now_armed;
             for e in events.drain(..) {
                 match e {
                     WakeEvent::Score { word, score } => {
