@@ -212,20 +212,26 @@ fn micro(models: &Path) -> MicroEngine {
     )
 }
 
-/// Detections (their end, in samples) in a stream of audio.
-fn detect(engine: &MicroEngine, pcm: &[i16]) -> anyhow::Result<Vec<u64>> {
+/// Detections (their end, in samples) in a stream of audio, and the best
+/// score seen.
+fn detect(engine: &MicroEngine, pcm: &[i16]) -> anyhow::Result<(Vec<u64>, f32)> {
     let mut s = engine.open_now()?;
     let mut out = Vec::new();
     let mut ends = Vec::new();
+    let mut best = 0.0f32;
     for f in pcm.chunks(crate::audio::FRAME) {
         s.push_now(f, &mut out).map_err(|e| anyhow::anyhow!(e))?;
         for e in out.drain(..) {
-            if let WakeEvent::Detected { end, .. } = e {
-                ends.push(end);
+            match e {
+                WakeEvent::Detected { end, score, .. } => {
+                    best = best.max(score);
+                    ends.push(end);
+                }
+                WakeEvent::Score { score, .. } => best = best.max(score),
             }
         }
     }
-    Ok(ends)
+    Ok((ends, best))
 }
 
 /// Text without the wake word: the fortunes, one per paragraph.
@@ -346,7 +352,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut misses = Vec::new();
     let mut lags = Vec::new();
     for (name, pcm, voiced_end) in &cases {
-        let d = detect(&engine, pcm)?;
+        let (d, best) = detect(&engine, pcm)?;
         let speech_end = *voiced_end as u64;
         match d.first() {
             Some(&end) => {
@@ -355,14 +361,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     lags.push(Duration::from_millis(end.saturating_sub(speech_end) / 16));
                 }
             }
-            None => misses.push(name.clone()),
+            None => misses.push((name.clone(), best)),
         }
     }
     let voices = VOICES.len() + usize::from(!piper_phrases.is_empty());
     let mut by_voice: Vec<(String, usize, usize)> = Vec::new();
     for (name, ..) in &cases {
         let v = name.split(' ').next().unwrap_or_default().to_string();
-        let missed = misses.iter().any(|m| m == name);
+        let missed = misses.iter().any(|(m, _)| m == name);
         match by_voice.iter_mut().find(|b| b.0 == v) {
             Some(b) => {
                 b.1 += usize::from(!missed);
@@ -382,8 +388,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|(v, h, n)| format!("{v} {h}/{n}"))
         .collect();
     println!("    per voice: {}", per.join(", "));
-    for m in misses.iter().take(10) {
-        println!("    missed: {m}");
+    for (m, best) in misses.iter().take(12) {
+        println!("    missed: {m} (best score {best:.3})");
     }
     println!(
         "{:<34} p50 {}  p99 {}   (the model's own lag behind the phrase's end)",
@@ -412,6 +418,7 @@ fn rest(
         let mut out = Vec::new();
         let mut fed = 0u64;
         let mut accepts = Vec::new();
+        let mut highest = 0.0f32;
         let mut k = 0usize;
         let t0 = Instant::now();
         let mut noise = Noise::new(11);
@@ -430,6 +437,9 @@ fn rest(
             for f in pcm.chunks(crate::audio::FRAME) {
                 s.push_now(f, &mut out).map_err(|e| anyhow::anyhow!(e))?;
                 for e in out.drain(..) {
+                    if let WakeEvent::Score { score, .. } = e {
+                        highest = highest.max(score);
+                    }
                     if let WakeEvent::Detected { score, .. } = e {
                         accepts.push((
                             fed as f64 / 16_000.0,
@@ -442,6 +452,7 @@ fn rest(
             }
         }
         let hours = fed as f64 / 16_000.0 / 3600.0;
+        let cutoff = s.thresholds().first().map_or(0.0, |t| t.1);
         println!(
             "{:<34} {} in {:.2} h = {:.2} per hour   ({} fortunes, {} voices, noise at SNR 15 dB; {:.0} s to run)   goal <= 0.5 / h",
             "false accepts",
@@ -451,6 +462,10 @@ fn rest(
             k.min(texts.len()),
             VOICES.len(),
             t0.elapsed().as_secs_f64()
+        );
+        println!(
+            "    highest score without the wake word: {highest:.3} (cutoff {:.3})",
+            cutoff
         );
         for (at, score, text) in accepts.iter().take(10) {
             println!("    at {at:.0} s, score {score:.2}: {text:?}…");
