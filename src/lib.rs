@@ -9,6 +9,7 @@ pub mod config;
 pub mod engines;
 pub mod history;
 pub mod logging;
+pub mod memory;
 pub mod protocol;
 pub mod ptt;
 pub mod server;

@@ -212,20 +212,26 @@ fn micro(models: &Path) -> MicroEngine {
     )
 }
 
-/// Detections (their end, in samples) in a stream of audio.
-fn detect(engine: &MicroEngine, pcm: &[i16]) -> anyhow::Result<Vec<u64>> {
+/// Detections (their end, in samples) in a stream of audio, and the best
+/// score seen.
+fn detect(engine: &MicroEngine, pcm: &[i16]) -> anyhow::Result<(Vec<u64>, f32)> {
     let mut s = engine.open_now()?;
     let mut out = Vec::new();
     let mut ends = Vec::new();
+    let mut best = 0.0f32;
     for f in pcm.chunks(crate::audio::FRAME) {
         s.push_now(f, &mut out).map_err(|e| anyhow::anyhow!(e))?;
         for e in out.drain(..) {
-            if let WakeEvent::Detected { end, .. } = e {
-                ends.push(end);
+            match e {
+                WakeEvent::Detected { end, score, .. } => {
+                    best = best.max(score);
+                    ends.push(end);
+                }
+                WakeEvent::Score { score, .. } => best = best.max(score),
             }
         }
     }
-    Ok(ends)
+    Ok((ends, best))
 }
 
 /// Text without the wake word: the fortunes, one per paragraph.
@@ -346,7 +352,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut misses = Vec::new();
     let mut lags = Vec::new();
     for (name, pcm, voiced_end) in &cases {
-        let d = detect(&engine, pcm)?;
+        let (d, best) = detect(&engine, pcm)?;
         let speech_end = *voiced_end as u64;
         match d.first() {
             Some(&end) => {
@@ -355,14 +361,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     lags.push(Duration::from_millis(end.saturating_sub(speech_end) / 16));
                 }
             }
-            None => misses.push(name.clone()),
+            None => misses.push((name.clone(), best)),
         }
     }
     let voices = VOICES.len() + usize::from(!piper_phrases.is_empty());
     let mut by_voice: Vec<(String, usize, usize)> = Vec::new();
     for (name, ..) in &cases {
         let v = name.split(' ').next().unwrap_or_default().to_string();
-        let missed = misses.iter().any(|m| m == name);
+        let missed = misses.iter().any(|(m, _)| m == name);
         match by_voice.iter_mut().find(|b| b.0 == v) {
             Some(b) => {
                 b.1 += usize::from(!missed);
@@ -382,8 +388,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|(v, h, n)| format!("{v} {h}/{n}"))
         .collect();
     println!("    per voice: {}", per.join(", "));
-    for m in misses.iter().take(10) {
-        println!("    missed: {m}");
+    for (m, best) in misses.iter().take(12) {
+        println!("    missed: {m} (best score {best:.3})");
     }
     println!(
         "{:<34} p50 {}  p99 {}   (the model's own lag behind the phrase's end)",
@@ -412,6 +418,7 @@ fn rest(
         let mut out = Vec::new();
         let mut fed = 0u64;
         let mut accepts = Vec::new();
+        let mut highest = 0.0f32;
         let mut k = 0usize;
         let t0 = Instant::now();
         let mut noise = Noise::new(11);
@@ -430,6 +437,9 @@ fn rest(
             for f in pcm.chunks(crate::audio::FRAME) {
                 s.push_now(f, &mut out).map_err(|e| anyhow::anyhow!(e))?;
                 for e in out.drain(..) {
+                    if let WakeEvent::Score { score, .. } = e {
+                        highest = highest.max(score);
+                    }
                     if let WakeEvent::Detected { score, .. } = e {
                         accepts.push((
                             fed as f64 / 16_000.0,
@@ -442,6 +452,7 @@ fn rest(
             }
         }
         let hours = fed as f64 / 16_000.0 / 3600.0;
+        let cutoff = s.thresholds().first().map_or(0.0, |t| t.1);
         println!(
             "{:<34} {} in {:.2} h = {:.2} per hour   ({} fortunes, {} voices, noise at SNR 15 dB; {:.0} s to run)   goal <= 0.5 / h",
             "false accepts",
@@ -451,6 +462,10 @@ fn rest(
             k.min(texts.len()),
             VOICES.len(),
             t0.elapsed().as_secs_f64()
+        );
+        println!(
+            "    highest score without the wake word: {highest:.3} (cutoff {:.3})",
+            cutoff
         );
         for (at, score, text) in accepts.iter().take(10) {
             println!("    at {at:.0} s, score {score:.2}: {text:?}…");
@@ -1025,6 +1040,7 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let wav = dir.path().join("speech.wav");
     crate::audio::wav::write(&wav, &audio, 16_000)?;
+    stages(models, &audio)?;
     println!(
         "armed and waiting, a WAV file as the microphone (paced in real time): the pipeline's own cost"
     );
@@ -1033,6 +1049,59 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
         "armed and waiting, the virtual room's PulseAudio microphone (cpal through ALSA's pulse plugin)"
     );
     cpu_round(args, room, models, "pulse", Some(&audio)).await
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The armed loop's stages alone, on `audio` in 20 ms frames as fast as
+/// they run: % of a core at real time.
+fn stages(models: &Path, audio: &[i16]) -> anyhow::Result<()> {
+    let secs = audio.len() as f64 / 16_000.0;
+    let pct = |d: Duration| d.as_secs_f64() / secs * 100.0;
+    let frames = || audio.chunks_exact(crate::audio::FRAME);
+    let t = thread_cpu();
+    let mut frontend = crate::wake::frontend::Frontend::new();
+    let mut n = 0usize;
+    for f in frames() {
+        frontend.push(f, |_| n += 1);
+    }
+    let front = thread_cpu() - t;
+    let mut s = micro(models).open_now()?;
+    let mut out = Vec::new();
+    let t = thread_cpu();
+    for f in frames() {
+        s.push_now(f, &mut out).map_err(|e| anyhow::anyhow!(e))?;
+        out.clear();
+    }
+    let engine = thread_cpu() - t;
+    let mut vad = crate::voice::ear::Vad::new(0.5);
+    let t = thread_cpu();
+    for f in frames() {
+        std::hint::black_box(vad.frame(f));
+    }
+    let vad = thread_cpu() - t;
+    println!(
+        "{:<34} {:.3} % of a core ({n} feature steps in {secs:.0} s of audio: frontend {:.3} %, the model {:.3} %)",
+        "in-process engine alone",
+        pct(engine),
+        pct(front),
+        pct(engine.saturating_sub(front)),
+    );
+    println!(
+        "{:<34} {:.3} % of a core (earshot, every frame)",
+        "voice activity alone",
+        pct(vad)
+    );
+    Ok(())
 }
 
 async fn cpu_round(
@@ -1072,10 +1141,12 @@ async fn cpu_round(
         );
         None
     };
+    // Both daemons listen to the same microphone.
     let ours = tokio::task::block_in_place(|| {
-        Daemon::start(
+        Daemon::start_with(
             room,
             &format!("[listen]\nmode = \"wake\"\n{}", wake_section(models)),
+            input,
         )
     })?;
     let theirs = match &oww {
@@ -1148,10 +1219,21 @@ async fn cpu_round(
         let c1 = super::audio::proc_cpu_ticks(*pid).unwrap_or(0);
         let pct = (c1.saturating_sub(c0)) as f64 / hz / secs * 100.0;
         let rss = super::audio::proc_rss_kib(*pid).unwrap_or(0) as f64 / 1024.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
         cpu.push(pct);
         println!(
-            "{:<34} CPU {pct:.2} % of a core, RSS {rss:.1} MB over {secs:.0} s of speech and noise",
-            name
+            "{:<34} CPU {pct:.2} % of a core, RSS {rss:.1} MB (anonymous {:.1}, files {:.1}) over {secs:.0} s of speech and noise",
+            name,
+            field("RssAnon:"),
+            field("RssFile:")
         );
     }
     if cpu.len() == 3 && cpu[2] > 0.0 {
@@ -1160,6 +1242,20 @@ async fn cpu_round(
             "ours / wyoming-openwakeword (CPU)",
             cpu[0] / cpu[2]
         );
+    }
+    for (name, d) in [
+        ("ours", Some(&ours)),
+        ("the Wyoming client", theirs.as_ref()),
+    ] {
+        let Some(d) = d else { continue };
+        let turns = d
+            .lines
+            .try_iter()
+            .filter(|l| l.contains("INFO") && l.contains("turn"))
+            .count();
+        if turns > 0 {
+            println!("    {name}: {turns} turns started during the round (false wakes)");
+        }
     }
     if let Some((mut child, writer)) = player.take() {
         let _ = child.kill();

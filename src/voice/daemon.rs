@@ -352,14 +352,14 @@ impl Voice {
             self.last.question = Some(q.trim().to_string());
         }
         // Which conversation a question goes to is decided by the turn; tell
-        // it the latest activity first, when it starts listening or takes a
-        // typed question.
-        let starting = match &ev {
-            Event::Typed(_) => self.turn.state() == State::Idle,
-            Event::Pressed | Event::Wake { .. } => self.turn.state() != State::Listening,
-            _ => false,
-        };
-        if starting {
+        // it the latest activity: before a typed question, and after the
+        // actions of a press or wake word (a spoken question needs it only
+        // when listening ends), so that no history query stands between the
+        // wake word and its earcon.
+        let typed = matches!(ev, Event::Typed(_)) && self.turn.state() == State::Idle;
+        let listening = matches!(ev, Event::Pressed | Event::Wake { .. })
+            && self.turn.state() != State::Listening;
+        if typed {
             self.note_latest_activity(now).await;
         }
         // The turn a Report in these actions is about started like this
@@ -368,6 +368,10 @@ impl Voice {
         let actions = self.turn.handle(ev, now);
         for a in actions {
             self.execute(a).await;
+        }
+        // The turn reads it only when listening ends (`is_new_conversation`).
+        if listening {
+            self.note_latest_activity(now).await;
         }
     }
 
@@ -794,6 +798,8 @@ impl Voice {
         }
         self.last.outcome = Some(o);
         self.last.times = times;
+        // Idle again: the turn's code need not stay resident.
+        crate::memory::release_unchanged_file_pages();
     }
 
     /// Stops whatever is running (for shutdown): silence, cancel requests.

@@ -3,10 +3,10 @@
 //! what the speaker plays with the same wake word models: a wake word the
 //! microphone hears just when the speaker said it is the assistant's own
 //! voice (what echo cancellation left, or before it has learned the room),
-//! not the user's. Then it feeds the wake
-//! word engines (when hands-free listening is on), the voice activity
-//! detector, and, while a question is being listened to, the speech-to-text
-//! session. It keeps the last second of audio, so a question that follows
+//! not the user's. Then it feeds the wake word engines (when hands-free
+//! listening is on) and, while a question is being listened to, the voice
+//! activity detector and the speech-to-text session (idle, the detector
+//! rests). It keeps the last second of audio, so a question that follows
 //! the wake word at once is heard from the end of the wake word on.
 //!
 //! It reports through the daemon's channel: wake words, one voice activity
@@ -82,6 +82,14 @@ impl Vad {
         }
     }
 
+    /// Forgets what it heard (a new question starts from silence).
+    pub fn reset(&mut self) {
+        self.detector.reset();
+        self.carry.clear();
+        self.recent = [0.0; 3];
+        self.score = 0.0;
+    }
+
     /// Whether the frame holds speech: any of its 16 ms pieces above the
     /// threshold.
     pub fn frame(&mut self, pcm: &[i16]) -> bool {
@@ -136,6 +144,7 @@ pub async fn run(
     let mut n = 0usize;
     let mut best: Vec<(String, f32)> = Vec::new();
     let mut vad_max = 0.0f32;
+    let mut armed = false;
     let mut level_max = -96.0f32;
     loop {
         let frame = tokio::select! {
@@ -143,10 +152,16 @@ pub async fn run(
             c = cmds.recv() => {
                 match c {
                     Some(EarCmd::Attach { stt: tx, from }) => {
+                        // The detector is idle between questions: it starts
+                        // afresh, on the frames the session is given first.
+                        vad.reset();
                         if let Some(from) = from {
                             for (end, f) in &ring {
-                                if *end > from && tx.try_send(f.clone()).is_err() {
-                                    dropped += 1;
+                                if *end > from {
+                                    vad.frame(f);
+                                    if tx.try_send(f.clone()).is_err() {
+                                        dropped += 1;
+                                    }
                                 }
                             }
                         }
@@ -190,10 +205,20 @@ pub async fn run(
             }
         }
         position += frame.len() as u64;
-        let speech = vad.frame(&frame);
+        // Voice activity only matters while a question is listened to (or
+        // someone watches the monitor): idle, it costs nothing.
+        let watching = monitor.receiver_count() > 0;
+        let speech = (stt.is_some() || watching) && vad.frame(&frame);
         if let Some(chain) = wake.as_mut() {
             events.clear();
             chain.push(&frame, &mut events).await;
+            // Armed (again): the set-up's code need not stay resident.
+            let now_armed = chain.active().is_some();
+            if now_armed && !armed {
+                let bytes = crate::memory::release_unchanged_file_pages();
+                tracing::debug!("armed: released {} KiB of mapped code", bytes / 1024);
+            }
+            armed = now_armed;
             for e in events.drain(..) {
                 match e {
                     WakeEvent::Score { word, score } => {
@@ -224,7 +249,7 @@ pub async fn run(
             }
             let _ = heard.send(Heard::Turn(Event::Voice { speech })).await;
         }
-        if monitor.receiver_count() > 0 {
+        if watching {
             n += 1;
             vad_max = vad_max.max(vad.score);
             level_max = level_max.max(level_db(&frame));

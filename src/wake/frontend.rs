@@ -202,10 +202,10 @@ impl RealFft {
     /// The spectrum (257 bins) of 512 real samples.
     fn run(&mut self, time: &[i16; FFT], freq: &mut [Cpx; SPECTRUM]) {
         let n = FFT / 2;
-        let packed: Vec<Cpx> = time
-            .chunks_exact(2)
-            .map(|c| Cpx { r: c[0], i: c[1] })
-            .collect();
+        let mut packed = [Cpx::default(); FFT / 2];
+        for (p, c) in packed.iter_mut().zip(time.chunks_exact(2)) {
+            *p = Cpx { r: c[0], i: c[1] };
+        }
         let mut tmp = std::mem::take(&mut self.tmp);
         self.work(&mut tmp, &packed, 0, 1, 0);
         let tdc = fixdiv(tmp[0], 2);

@@ -210,6 +210,14 @@ impl MicroStream {
             .collect()
     }
 
+    /// Each word's threshold in use.
+    pub fn thresholds(&self) -> Vec<(String, f32)> {
+        self.words
+            .iter()
+            .map(|w| (w.name.clone(), w.trigger.threshold()))
+            .collect()
+    }
+
     /// Feeds audio; pure computation, a fraction of a millisecond per frame.
     pub fn push_now(
         &mut self,
