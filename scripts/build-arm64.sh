@@ -7,7 +7,7 @@
 #   --no-tests   build and run --version only (deploy.sh, quick iterations)
 #
 # Idempotent: apt runs only for what is missing (the arm64 architecture,
-# the cross compiler, the arm64 ALSA headers, qemu-user-static), rustup only
+# the cross compiler, the arm64 ALSA headers and speexdsp, qemu-user-static), rustup only
 # if the target is missing. The cross settings live in this script's
 # environment, not in .cargo/config.toml: a [target.aarch64-unknown-linux-gnu]
 # linker/runner there would also apply to native builds on the Pi itself
@@ -52,7 +52,9 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   apt_get update -qq
   updated=1
 fi
-pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libasound2-dev:arm64 qemu-user-static pkg-config file)
+# libspeexdsp1:arm64: the echo canceller pichat loads at run time, for its
+# unit test under qemu (audio::aec, on the real library).
+pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libasound2-dev:arm64 libspeexdsp1:arm64 qemu-user-static pkg-config file)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
