@@ -279,18 +279,33 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
 
     let rec = Recorder::start(&pulse, &env.path("speaker.raw"));
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(env.run(&["ptt", "press"]).ok().trim(), "pressed");
-    // Let the microphone stream start, then speak the question into it.
-    std::thread::sleep(Duration::from_millis(800));
-    speak_into_mic(&pulse, QUESTION);
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(env.run(&["ptt", "release"]).ok().trim(), "released");
-    let line = log.wait_for("turn ", Duration::from_secs(120));
-    assert!(line.contains("turn answered"), "{line}");
-    assert!(
-        line.contains("stt=") && line.contains("total="),
-        "stage times in the turn's line: {line}"
-    );
+    // A virtual microphone in a loaded container can lose a piece of the
+    // real-time stream (once, "France" was heard as "rans"); then the
+    // question is asked again, as a user would, in the same conversation.
+    let mut turns = 0;
+    loop {
+        turns += 1;
+        assert_eq!(env.run(&["ptt", "press"]).ok().trim(), "pressed");
+        // Let the microphone stream start, then speak the question into it.
+        std::thread::sleep(Duration::from_millis(800));
+        speak_into_mic(&pulse, QUESTION);
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(env.run(&["ptt", "release"]).ok().trim(), "released");
+        let line = log.wait_for("turn ", Duration::from_secs(120));
+        assert!(line.contains("turn answered"), "{line}");
+        assert!(
+            line.contains("stt=") && line.contains("total="),
+            "stage times in the turn's line: {line}"
+        );
+        let h = history(&env);
+        let m = h["messages"].as_array().unwrap();
+        let q = m[m.len() - 2]["content"].as_str().unwrap().to_lowercase();
+        if q.contains("france") || turns == 2 {
+            break;
+        }
+        eprintln!("the microphone lost part of the question ({q:?}): asking again");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
     std::thread::sleep(Duration::from_millis(1500));
     let wav = env.path("speaker.wav");
     rec.stop_into_wav(&wav);
@@ -306,18 +321,19 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
     );
     let h = history(&env);
     let m = h["messages"].as_array().unwrap();
-    assert_eq!(m.len(), 2, "{h}");
+    assert_eq!(m.len(), 2 * turns, "{h}");
+    let (q, a) = (&m[m.len() - 2], &m[m.len() - 1]);
     assert!(
-        m[0]["content"]
+        q["content"]
             .as_str()
             .unwrap()
             .to_lowercase()
             .contains("capital"),
         "{h}"
     );
-    assert_eq!(m[0]["is_audio"], true);
+    assert_eq!(q["is_audio"], true);
     assert!(
-        m[1]["content"]
+        a["content"]
             .as_str()
             .unwrap()
             .to_lowercase()
