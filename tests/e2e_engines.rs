@@ -321,7 +321,9 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
     );
     let h = history(&env);
     let m = h["messages"].as_array().unwrap();
-    assert_eq!(m.len(), 2 * turns, "{h}");
+    // The question asked again continues the conversation, or starts a new
+    // one when the first took long enough to count as done.
+    assert!(m.len() == 2 || m.len() == 2 * turns, "{h}");
     let (q, a) = (&m[m.len() - 2], &m[m.len() - 1]);
     assert!(
         q["content"]
