@@ -321,8 +321,8 @@ fn the_daemon_hears_the_microphone_and_answers_on_the_speaker() {
     );
     let h = history(&env);
     let m = h["messages"].as_array().unwrap();
-    // The question asked again continues the conversation, or starts a new
-    // one when the first took long enough to count as done.
+    // The question asked again starts a new conversation: the button is
+    // held longer than `ptt.long_press_ms` (2 s) while it is spoken.
     assert!(m.len() == 2 || m.len() == 2 * turns, "{h}");
     let (q, a) = (&m[m.len() - 2], &m[m.len() - 1]);
     assert!(
