@@ -218,29 +218,7 @@ impl Recorder {
 
 /// Plays the question WAV into the virtual microphone (blocks until done).
 fn speak_into_mic(pulse: &Pulse, wav: &str) {
-    let mut r = hound::WavReader::open(wav).unwrap();
-    let raw: Vec<u8> = r
-        .samples::<i16>()
-        .flat_map(|s| s.unwrap().to_le_bytes())
-        .collect();
-    let mut p = pulse
-        .cmd("pacat")
-        .args([
-            "--latency-msec=20",
-            "-p",
-            "--raw",
-            "--format=s16le",
-            "--rate=16000",
-            "--channels=1",
-            "-d",
-            "mic",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(p.stdin.as_mut().unwrap(), &raw).unwrap();
-    drop(p.stdin.take());
-    assert!(wait_timeout(&mut p, Duration::from_secs(30)).is_some_and(|s| s.success()));
+    common::play_into_mic(pulse, &common::wav_16k(std::path::Path::new(wav)));
 }
 
 fn loud(samples: &[i16]) -> bool {
