@@ -1,8 +1,8 @@
 //! Microphone capture through cpal. The stream lives on its own thread (a
 //! cpal stream is not `Send`) only while listening; its callback downmixes to
 //! mono, resamples to 16 kHz (rubato) and cuts 20 ms frames onto a bounded
-//! channel. A full channel drops frames (counted) rather than block the
-//! audio thread.
+//! channel. A full channel drops frames (counted, and logged) rather than
+//! block the audio thread.
 
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -15,6 +15,9 @@ use super::devices::{self, Direction};
 use super::resample::{Converter, Framer, downmix};
 use super::{AudioError, AudioSource, FRAME, FRAME_QUEUE, Frame, RATE};
 use crate::config::DeviceSpec;
+
+/// How often lost frames are reported, at most.
+const LOSS_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Timing figures of the last capture (for `pichat bench audio`).
 #[derive(Debug, Clone, Default)]
@@ -188,6 +191,7 @@ fn open_stream(
         let mut pipeline = pipeline;
         let tx = tx.clone();
         let cb_stats = stats.clone();
+        let (mut lost, mut warned) = (0u64, None);
         let callback = move |data: &cpal::Data, info: &cpal::InputCallbackInfo| {
             let t = Instant::now();
             let mut frames = 0u64;
@@ -198,6 +202,16 @@ fn open_stream(
                     dropped += 1;
                 }
             });
+            if dropped > 0 {
+                lost += dropped;
+                // The first loss at once, then at most a line every 5 s.
+                if warned.is_none_or(|w: Instant| t.duration_since(w) >= LOSS_LOG_EVERY) {
+                    tracing::warn!(
+                        "microphone: {lost} frames of 20 ms dropped so far (the listener fell behind)"
+                    );
+                    warned = Some(t);
+                }
+            }
             if let Ok(mut s) = cb_stats.try_lock() {
                 s.callbacks += 1;
                 s.frames += frames;
@@ -220,9 +234,10 @@ fn open_stream(
         };
         device.build_input_stream_raw(config, format, callback, on_error, None)
     };
-    // A fixed 10 ms period: low latency, and some ALSA plugins hand out one
-    // sample per callback when left to choose.
-    let stream = match build(cpal::BufferSize::Fixed(rate / 100), pipeline) {
+    // A fixed period of one frame (20 ms): a frame is complete only then, so
+    // a shorter period adds wakeups, not speed; and some ALSA plugins hand
+    // out one sample per callback when left to choose.
+    let stream = match build(cpal::BufferSize::Fixed(rate / 50), pipeline) {
         Ok(s) => s,
         Err(_) => {
             let pipeline =

@@ -199,13 +199,19 @@ fn scene(
 }
 
 fn micro(models: &Path) -> MicroEngine {
+    micro_at(models, None)
+}
+
+/// The engine at a given threshold (`None`: the model's own cutoff; above
+/// 1: it never fires, so its scores are the model's, whole).
+fn micro_at(models: &Path, threshold: Option<f32>) -> MicroEngine {
     MicroEngine::new(
         "micro",
         models,
         &models.join("libtensorflowlite_c.so"),
         vec![Word {
             name: WORD.into(),
-            threshold: None,
+            threshold,
             trigger_level: 1,
             refractory: Duration::from_secs(2),
         }],
@@ -346,12 +352,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     if cases.is_empty() {
-        return rest(&args, &rt, &engine, &models);
+        return rest(&args, &rt, &engine, &models, &[]);
     }
     let mut hits = 0;
     let mut misses = Vec::new();
     let mut lags = Vec::new();
+    // Each phrase's best score, for the threshold sweep.
+    let whole = micro_at(&models, Some(2.0));
+    let mut bests = Vec::new();
     for (name, pcm, voiced_end) in &cases {
+        bests.push(detect(&whole, pcm)?.1);
         let (d, best) = detect(&engine, pcm)?;
         let speech_end = *voiced_end as u64;
         match d.first() {
@@ -398,7 +408,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ms(Percentiles::new(lags).p(99.0))
     );
 
-    rest(&args, &rt, &engine, &models)
+    rest(&args, &rt, &engine, &models, &bests)
 }
 
 /// False accepts, then the virtual room.
@@ -407,6 +417,7 @@ fn rest(
     rt: &tokio::runtime::Runtime,
     engine: &MicroEngine,
     models: &Path,
+    bests: &[f32],
 ) -> anyhow::Result<()> {
     let speeds = [130, 165, 200];
     let levels = [0.0f32, -6.0, -12.0];
@@ -415,6 +426,11 @@ fn rest(
         let texts = fortunes()?;
         let want = (args.hours * 3600.0 * 16_000.0) as u64;
         let mut s = engine.open_now()?;
+        // The same audio through a twin that never fires: the whole score
+        // stream, (score, position), for the threshold sweep.
+        let mut twin = micro_at(models, Some(2.0)).open_now()?;
+        let mut stream: Vec<(f32, u64)> = Vec::new();
+        let mut twin_out = Vec::new();
         let mut out = Vec::new();
         let mut fed = 0u64;
         let mut accepts = Vec::new();
@@ -435,6 +451,13 @@ fn rest(
             let speech = espeak(&text, v, wpm)?;
             let pcm = scene(&speech, levels[k % 2], Some(15.0), 8_000, 8_000, &mut noise);
             for f in pcm.chunks(crate::audio::FRAME) {
+                twin.push_now(f, &mut twin_out)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                for e in twin_out.drain(..) {
+                    if let WakeEvent::Score { score, .. } = e {
+                        stream.push((score, fed + f.len() as u64));
+                    }
+                }
                 s.push_now(f, &mut out).map_err(|e| anyhow::anyhow!(e))?;
                 for e in out.drain(..) {
                     if let WakeEvent::Score { score, .. } = e {
@@ -470,6 +493,7 @@ fn rest(
         for (at, score, text) in accepts.iter().take(10) {
             println!("    at {at:.0} s, score {score:.2}: {text:?}…");
         }
+        sweep(bests, &stream, hours, cutoff);
     }
 
     if args.latency_trials == 0 {
@@ -485,6 +509,36 @@ fn rest(
         Err(e) => println!("virtual room: skipped ({e:#})"),
     }
     Ok(())
+}
+
+/// Detection rate and false accepts per hour at other thresholds, from the
+/// phrases' best scores and the hour's score stream: what `threshold` in
+/// `[wake.words.NAME]` would trade (trigger level 1, refractory 2 s).
+fn sweep(bests: &[f32], stream: &[(f32, u64)], hours: f64, cutoff: f32) {
+    use crate::wake::trigger::Trigger;
+    if bests.is_empty() || hours <= 0.0 {
+        return;
+    }
+    println!("    threshold   detection        false accepts");
+    for t in [0.5f32, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] {
+        let hits = bests.iter().filter(|&&b| b >= t).count();
+        let mut trigger = Trigger::new(t, 1, 32_000);
+        let fa = stream
+            .iter()
+            .filter(|(s, at)| trigger.score(*s, *at))
+            .count();
+        println!(
+            "    {t:>9.2}   {:>5.1} % ({hits:>2}/{})   {:>5.2} / h{}",
+            hits as f64 * 100.0 / bests.len() as f64,
+            bests.len(),
+            fa as f64 / hours,
+            if (t - cutoff).abs() < 1e-3 {
+                "   (the model's cutoff)"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// A private PulseAudio with `mic` and `spk` null sinks and `both` (a
