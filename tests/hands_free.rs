@@ -172,6 +172,8 @@ fn wake_word_and_question_make_one_stored_turn() {
         line.contains("turn answered (wake word okay_nabu"),
         "how the turn started is in its line: {line}"
     );
+    // Transcribed ahead, 350 ms into the silence (listen.draft_ms).
+    assert!(line.contains("draft=used"), "{line}");
     let m = d.messages();
     assert_eq!(m.len(), 2, "{m:?}");
     assert_eq!(m[0]["is_audio"], true);
@@ -467,8 +469,9 @@ async fn the_users_wake_word_over_the_reply_is_a_barge_in() {
 #[test]
 #[ignore = "needs wyoming-openwakeword: WITH_WAKE=1 scripts/engines.sh start"]
 fn the_wyoming_engine_with_the_real_wyoming_openwakeword() {
+    // Without drafts: the question is transcribed at its end.
     let mut d = start(
-        "",
+        "draft_ms = 0",
         "engines = [\"oww\"]\n[engines.oww]\nkind = \"wyoming\"\nurl = \"tcp://127.0.0.1:10400\"\ntimeout_ms = 10000",
     );
     d.log
@@ -498,6 +501,7 @@ fn the_wyoming_engine_with_the_real_wyoming_openwakeword() {
         line.contains("turn answered (wake word okay_nabu"),
         "{line}"
     );
+    assert!(!line.contains("draft=used"), "{line}");
     assert_eq!(d.messages().len(), 2);
     d.stop();
 }

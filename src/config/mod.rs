@@ -525,6 +525,21 @@ mod tests {
     }
 
     #[test]
+    fn drafts_are_on_by_default_and_bounded() {
+        let (_, cfg) = check("").unwrap();
+        assert_eq!(cfg.listen.draft, std::time::Duration::from_millis(350));
+        let (_, cfg) = check("[listen]\ndraft_ms = 0\n").unwrap();
+        assert!(cfg.listen.draft.is_zero());
+        let err = check("[listen]\ndraft_ms = 10001\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml:2: listen.draft_ms: 10001 is out of range (allowed: 0..=10000)"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn listen_and_wake_keys_at_and_past_their_limits() {
         let ok = "[listen]\nmode = \"wake\"\nsilence_ms = 10000\nmin_speech_ms = 0\nno_speech_timeout_s = 60.0\nmax_listen_s = 1.0\nfollow_up_s = 60.0\nvad_threshold = 0.99\necho_tail_ms = 1000\n[wake.words.okay_nabu]\nthreshold = 0.999\ntrigger_level = 50\nrefractory_ms = 60000\n";
         let (_, cfg) = check(ok).unwrap_or_else(|e| panic!("{e}"));

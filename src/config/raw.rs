@@ -211,6 +211,7 @@ impl Default for RawTts {
 pub struct RawListen {
     pub mode: String,
     pub silence_ms: i64,
+    pub draft_ms: i64,
     pub min_speech_ms: i64,
     pub no_speech_timeout_s: f64,
     pub max_listen_s: f64,
@@ -225,6 +226,7 @@ impl Default for RawListen {
         RawListen {
             mode: "button".into(),
             silence_ms: 700,
+            draft_ms: 350,
             min_speech_ms: 250,
             no_speech_timeout_s: 5.0,
             max_listen_s: 15.0,

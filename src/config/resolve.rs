@@ -158,6 +158,8 @@ pub struct ListenConfig {
     pub mode: ListenMode,
     /// Silence that ends the question.
     pub silence: Duration,
+    /// Silence after which the question is transcribed ahead (zero: never).
+    pub draft: Duration,
     /// Less speech than this is not a question (a cough, a click).
     pub min_speech: Duration,
     /// No speech this long after the wake word: back to idle.
@@ -743,6 +745,8 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         silence: Duration::from_millis(
             c.range("listen.silence_ms", l.silence_ms, 100, 10_000) as u64
         ),
+        // (At or above silence_ms, no drafts: the question ends first.)
+        draft: Duration::from_millis(c.range("listen.draft_ms", l.draft_ms, 0, 10_000) as u64),
         min_speech: Duration::from_millis(c.range(
             "listen.min_speech_ms",
             l.min_speech_ms,

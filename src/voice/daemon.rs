@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -38,6 +38,8 @@ pub struct TurnTimes {
     pub done: Option<Instant>,
     /// The end of the user's speech, by voice activity (hands-free turns).
     pub speech_end: Option<Instant>,
+    /// The question is a draft transcribed in the silence after it.
+    pub drafted: bool,
 }
 
 impl TurnTimes {
@@ -63,7 +65,7 @@ impl TurnTimes {
                 Self::ms(self.speech_end, self.first_audio)
             ),
             None => String::new(),
-        }
+        } + if self.drafted { " draft=used" } else { "" }
     }
 }
 
@@ -152,6 +154,9 @@ pub struct Voice {
     turn_ear: Option<Ear>,
     last_wake_end: Option<u64>,
     listen_task: Option<AbortOnDropHandle<()>>,
+    /// Asks the listening session for what it heard so far (hands-free).
+    draft_req: Option<mpsc::UnboundedSender<DraftAudio>>,
+    draft_task: Option<AbortOnDropHandle<()>>,
     llm_task: Option<AbortOnDropHandle<()>>,
     speak_tx: Option<mpsc::UnboundedSender<String>>,
     speak_task: Option<AbortOnDropHandle<()>>,
@@ -189,6 +194,7 @@ pub fn turn_config(cfg: &Config) -> TurnConfig {
         no_speech: cfg.listen.no_speech_timeout,
         max_listen: cfg.listen.max_listen,
         follow_up: cfg.listen.follow_up,
+        draft: cfg.listen.draft,
     }
 }
 
@@ -222,6 +228,8 @@ impl Voice {
             turn_ear: None,
             last_wake_end: None,
             listen_task: None,
+            draft_req: None,
+            draft_task: None,
             llm_task: None,
             speak_tx: None,
             speak_task: None,
@@ -494,13 +502,22 @@ impl Voice {
             Action::StopListening => self.stop_mic(),
             Action::CancelListening => {
                 self.listen_task = None;
+                self.draft_req = None;
                 self.stop_mic();
             }
+            Action::Draft { id } => self.draft(id),
+            Action::DropDraft => self.draft_task = None,
             Action::StoreQuestion {
                 text,
                 new_conversation,
                 from_voice,
             } => {
+                // No transcript came: the question is a draft, made by now.
+                if from_voice && self.cur.times.transcribed.is_none() {
+                    self.cur.times.drafted = true;
+                    self.cur.times.transcribed = Some(Instant::now());
+                }
+                self.last.question = Some(text.clone());
                 self.store_question(text, new_conversation, from_voice)
                     .await
             }
@@ -561,6 +578,7 @@ impl Voice {
             },
         };
         drop(stt_tx);
+        self.draft_req = None;
         if !attached {
             let _ = self
                 .msgs_tx
@@ -569,9 +587,50 @@ impl Voice {
         }
         let stt = self.stt.clone();
         let tx = self.msgs_tx.clone();
+        // Hands-free questions may be drafted: the session keeps their audio.
+        let drafts = if matches!(self.turn.start(), Start::Wake { .. } | Start::FollowUp) {
+            let (req_tx, req_rx) = mpsc::unbounded_channel();
+            self.draft_req = Some(req_tx);
+            Some(req_rx)
+        } else {
+            None
+        };
         self.listen_task = Some(AbortOnDropHandle::new(tokio::spawn(listen(
-            stt, stt_rx, tx,
+            stt, stt_rx, tx, drafts,
         ))));
+    }
+
+    /// Transcribes what the session heard so far, beside it (→ Draft).
+    fn draft(&mut self, id: u32) {
+        tracing::debug!("silence after the question: drafting its transcript ({id})");
+        let (audio_tx, audio_rx) = oneshot::channel();
+        let asked = self
+            .draft_req
+            .as_ref()
+            .is_some_and(|r| r.send(audio_tx).is_ok());
+        let stt = self.stt.clone();
+        let tx = self.msgs_tx.clone();
+        self.draft_task = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let audio = match asked {
+                true => audio_rx.await.ok().flatten(),
+                false => None,
+            };
+            let ev = match audio {
+                Some(pcm) => match crate::engines::transcribe(&*stt, &pcm).await {
+                    Ok(text) => Event::Draft { id, text },
+                    Err(e) => Event::DraftFailed {
+                        id,
+                        error: e.to_string(),
+                    },
+                },
+                None => Event::DraftFailed {
+                    id,
+                    error: "no audio for a draft (listening ended, or the question is too long)"
+                        .into(),
+                },
+            };
+            let _ = tx.send(Msg::Turn(ev)).await;
+        })));
     }
 
     /// Stores the question and prepares the LLM's context, without making
@@ -805,6 +864,8 @@ impl Voice {
     /// Stops whatever is running (for shutdown): silence, cancel requests.
     pub fn abort(&mut self) {
         self.listen_task = None;
+        self.draft_req = None;
+        self.draft_task = None;
         self.llm_task = None;
         self.speak_task = None;
         self.speak_tx = None;
@@ -817,11 +878,20 @@ impl Voice {
     }
 }
 
+/// A request for the audio heard so far (`None`: not kept).
+type DraftAudio = oneshot::Sender<Option<Vec<i16>>>;
+
+/// The most audio kept for drafts (60 s, 1.9 MB); a longer question is
+/// transcribed at its end only.
+const DRAFT_MAX_SAMPLES: usize = 60 * audio::RATE as usize;
+
 /// Streams captured frames to speech-to-text; ends with the transcript.
+/// With `drafts`, it keeps the audio and hands a copy to each request.
 async fn listen(
     stt: Arc<dyn SpeechToText>,
     mut frames: mpsc::Receiver<audio::Frame>,
     tx: mpsc::Sender<Msg>,
+    mut drafts: Option<mpsc::UnboundedReceiver<DraftAudio>>,
 ) {
     let send = |ev| tx.send(Msg::Turn(ev));
     let mut session = match stt.start().await {
@@ -831,7 +901,28 @@ async fn listen(
             None
         }
     };
-    while let Some(f) = frames.recv().await {
+    let mut heard: Option<Vec<i16>> = drafts.as_ref().map(|_| Vec::new());
+    loop {
+        let f = tokio::select! {
+            f = frames.recv() => f,
+            Some(req) = async {
+                match drafts.as_mut() {
+                    Some(d) => d.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = req.send(heard.clone());
+                continue;
+            }
+        };
+        let Some(f) = f else { break };
+        if let Some(h) = heard.as_mut() {
+            if h.len() + f.len() <= DRAFT_MAX_SAMPLES {
+                h.extend_from_slice(&f);
+            } else {
+                heard = None;
+            }
+        }
         if let Some(s) = session.as_mut()
             && let Err(e) = s.push(&f).await
         {

@@ -21,6 +21,13 @@
 //! 20 ms frame) has been silent for `silence` after at least `min_speech`
 //! of speech, or at `max_listen`; no speech within `no_speech` (or the
 //! follow-up window) goes back to idle without storing anything.
+//!
+//! Drafts: after `draft` of that silence (less than `silence`), what was
+//! heard so far is transcribed ahead ([`Action::Draft`]), while listening
+//! goes on. Speech again drops the draft ([`Action::DropDraft`]); silence
+//! until the end makes the draft the question, so its transcription has a
+//! head start of `silence - draft`. Drafts carry an id: a result of a
+//! dropped one is never taken for a later one.
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +73,15 @@ pub enum Event {
     },
     /// The deadline of [`Turn::deadline`] has passed.
     Deadline,
+    /// The transcript of draft `id`, or its failure.
+    Draft {
+        id: u32,
+        text: String,
+    },
+    DraftFailed {
+        id: u32,
+        error: String,
+    },
 }
 
 /// How the current (or last) turn started, for the log line.
@@ -109,6 +125,13 @@ pub enum Action {
     StopListening,
     /// Close the microphone and drop the session.
     CancelListening,
+    /// Transcribe what was heard so far, listening on (→ Draft/DraftFailed
+    /// with this id).
+    Draft {
+        id: u32,
+    },
+    /// Forget the draft being made.
+    DropDraft,
     /// Store the question (in a new conversation when asked to).
     StoreQuestion {
         text: String,
@@ -176,6 +199,9 @@ pub struct TurnConfig {
     pub no_speech: Duration,
     pub max_listen: Duration,
     pub follow_up: Duration,
+    /// Silence after which a draft of the question is transcribed (below
+    /// `silence`; zero: no drafts).
+    pub draft: Duration,
 }
 
 impl TurnConfig {
@@ -191,6 +217,7 @@ impl TurnConfig {
             no_speech: Duration::from_secs(5),
             max_listen: Duration::from_secs(15),
             follow_up: Duration::ZERO,
+            draft: Duration::ZERO,
         }
     }
 }
@@ -206,6 +233,19 @@ struct Ear {
     speech: Duration,
     /// Speech frames in a row.
     run: u32,
+    draft: Draft,
+}
+
+/// The draft of the question being listened to.
+#[derive(Debug, Clone, Default, PartialEq)]
+enum Draft {
+    #[default]
+    None,
+    /// Asked for, with this id.
+    Pending(u32),
+    Ready(String),
+    /// It failed: no other draft until more is said.
+    Failed,
 }
 
 /// The machine.
@@ -233,6 +273,8 @@ pub struct Turn {
     ended_by_voice: bool,
     /// The next listening after a barge-in is hands-free.
     barge_start: Start,
+    /// The last draft's id.
+    drafts: u32,
 }
 
 impl Turn {
@@ -256,6 +298,7 @@ impl Turn {
             ear: Ear::default(),
             ended_by_voice: false,
             barge_start: Start::None,
+            drafts: 0,
         }
     }
 
@@ -362,13 +405,50 @@ impl Turn {
         };
         self.force_new = false;
         self.state = State::Transcribing;
-        out.push(Action::StopListening);
+        match std::mem::take(&mut self.ear.draft) {
+            // Nothing was said after the draft: it is the question.
+            Draft::Ready(text) => {
+                out.push(Action::CancelListening);
+                self.transcript(text, now, out);
+            }
+            // Its transcription has a head start: wait for it.
+            Draft::Pending(id) => {
+                out.push(Action::CancelListening);
+                self.ear.draft = Draft::Pending(id);
+            }
+            Draft::None | Draft::Failed => out.push(Action::StopListening),
+        }
+    }
+
+    /// The question's transcript (or a draft taken as it).
+    fn transcript(&mut self, text: String, now: Instant, out: &mut Vec<Action>) {
+        if super::sentences::speakable(&text).is_empty() {
+            out.push(Action::Earcon(Earcon::Error));
+            self.end(now, out, Outcome::NothingHeard);
+        } else {
+            if !self.ended_by_voice {
+                out.push(Action::Earcon(Earcon::Done));
+            }
+            self.question(text.trim().to_string(), true, out);
+        }
+    }
+
+    fn awaiting_draft(&self) -> bool {
+        matches!(self.ear.draft, Draft::Pending(_))
+    }
+
+    /// Drops a draft being made or made (speech went on, or listening was
+    /// abandoned).
+    fn drop_draft(&mut self, out: &mut Vec<Action>) {
+        if let Draft::Pending(_) | Draft::Ready(_) = std::mem::take(&mut self.ear.draft) {
+            out.push(Action::DropDraft);
+        }
     }
 
     /// A frame's voice activity while listening hands-free. Speech starts
     /// with three frames in a row (60 ms) and goes on with two: single
     /// noisy frames neither start speech nor hold the silence after it open.
-    fn voice(&mut self, speech: bool, now: Instant) {
+    fn voice(&mut self, speech: bool, now: Instant, out: &mut Vec<Action>) {
         let ear = &mut self.ear;
         if speech {
             ear.run += 1;
@@ -379,6 +459,8 @@ impl Turn {
             }
             if starts || goes_on {
                 ear.last_voice = Some(now);
+                // More was said: the draft is not the question.
+                self.drop_draft(out);
             }
             return;
         }
@@ -394,6 +476,20 @@ impl Turn {
                 ear.last_voice = None;
             }
             ear.speech_from = None;
+        }
+        // A question was heard and the silence after it lasts: draft it.
+        if let Some(last) = ear.last_voice
+            && !self.cfg.draft.is_zero()
+            && self.cfg.draft < self.cfg.silence
+            && ear.draft == Draft::None
+            && ear.speech_from.is_none()
+            && ear.speech >= self.cfg.min_speech
+            && !ear.speech.is_zero()
+            && now.duration_since(last) >= self.cfg.draft
+        {
+            self.drafts = self.drafts.wrapping_add(1);
+            ear.draft = Draft::Pending(self.drafts);
+            out.push(Action::Draft { id: self.drafts });
         }
     }
 
@@ -414,6 +510,7 @@ impl Turn {
             self.ended_by_voice = true;
             self.stop_listening(now, out);
         } else if capped || self.ear.last_voice.is_none() {
+            self.drop_draft(out);
             out.push(Action::CancelListening);
             if self.start == Start::FollowUp {
                 self.end(now, out, Outcome::FollowUpEnded);
@@ -423,6 +520,7 @@ impl Turn {
             }
         } else {
             // Only a click: keep waiting for speech.
+            self.drop_draft(out);
             self.ear = Ear::default();
         }
     }
@@ -468,7 +566,25 @@ impl Turn {
                 self.listen(now, Start::Wake { word, score }, &mut out)
             }
             (Listening, Event::Voice { speech }) if self.start.hands_free() => {
-                self.voice(speech, now)
+                self.voice(speech, now, &mut out)
+            }
+            (Listening, Event::Draft { id, text }) if self.ear.draft == Draft::Pending(id) => {
+                self.ear.draft = Draft::Ready(text)
+            }
+            // Listening goes on; the question is transcribed at its end.
+            (Listening, Event::DraftFailed { id, .. }) if self.ear.draft == Draft::Pending(id) => {
+                self.ear.draft = Draft::Failed
+            }
+            (Transcribing, Event::Draft { id, text }) if self.ear.draft == Draft::Pending(id) => {
+                self.ear.draft = Draft::None;
+                self.transcript(text, now, &mut out);
+            }
+            (Transcribing, Event::DraftFailed { id, error })
+                if self.ear.draft == Draft::Pending(id) =>
+            {
+                self.ear.draft = Draft::None;
+                out.push(Action::Earcon(Earcon::Error));
+                self.end(now, &mut out, Outcome::Failed(error));
             }
             (Listening, Event::Deadline) if self.deadline().is_some_and(|d| now >= d) => {
                 self.listening_deadline(now, &mut out)
@@ -493,23 +609,17 @@ impl Turn {
             (Listening, Event::Released) | (Listening, Event::ListenEnded) => {
                 self.stop_listening(now, &mut out)
             }
-            (Transcribing, Event::Transcript(text)) => {
-                if super::sentences::speakable(&text).is_empty() {
-                    out.push(Action::Earcon(Earcon::Error));
-                    self.end(now, &mut out, Outcome::NothingHeard);
-                } else {
-                    if !self.ended_by_voice {
-                        out.push(Action::Earcon(Earcon::Done));
-                    }
-                    self.question(text.trim().to_string(), true, &mut out);
-                }
+            // (Awaiting a draft, the session was dropped: nothing else comes.)
+            (Transcribing, Event::Transcript(text)) if !self.awaiting_draft() => {
+                self.transcript(text, now, &mut out)
             }
-            (Transcribing, Event::SttFailed(e)) => {
+            (Transcribing, Event::SttFailed(e)) if !self.awaiting_draft() => {
                 out.push(Action::Earcon(Earcon::Error));
                 self.end(now, &mut out, Outcome::Failed(e));
             }
             // A press while the question is being transcribed: start over.
             (Transcribing, Event::Pressed) => {
+                self.drop_draft(&mut out);
                 out.push(Action::CancelListening);
                 self.listen(now, Start::Button, &mut out);
             }
@@ -1185,5 +1295,169 @@ mod tests {
             vec![Action::StopListening]
         );
         assert_eq!(t.state(), State::Transcribing);
+    }
+
+    /// A hands-free machine that drafts after 350 ms of silence.
+    fn drafting() -> Turn {
+        Turn::new(TurnConfig {
+            draft: Duration::from_millis(350),
+            ..TurnConfig::button(200)
+        })
+    }
+
+    fn asked(a: &[Action]) -> Option<&str> {
+        a.iter().find_map(|x| match x {
+            Action::StoreQuestion { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_draft_made_in_the_silence_is_the_question() {
+        let t0 = Instant::now();
+        let mut t = drafting();
+        t.handle(wake(), t0);
+        // Speech from 300 to 1500 ms (last voice at 1480), then silence.
+        let a = talk(&mut t, t0, 0, 1820, |m| (300..1500).contains(&m));
+        assert!(a.is_empty(), "{a:?}");
+        let a = talk(&mut t, t0, 1820, 1860, |_| false);
+        assert_eq!(
+            a,
+            vec![Action::Draft { id: 1 }],
+            "350 ms after the last voice"
+        );
+        // Its transcript comes while listening goes on: nothing happens yet.
+        let ready = Event::Draft {
+            id: 1,
+            text: "What time is it?".into(),
+        };
+        assert!(t.handle(ready, t0 + Duration::from_millis(2000)).is_empty());
+        assert_eq!(t.state(), State::Listening);
+        // The silence lasts: the draft is the question, no transcription.
+        let a = talk(&mut t, t0, 1860, 2300, |_| false);
+        assert_eq!(
+            a,
+            vec![
+                Action::Earcon(Earcon::Done),
+                Action::CancelListening,
+                Action::StoreQuestion {
+                    text: "What time is it?".into(),
+                    new_conversation: true,
+                    from_voice: true
+                },
+                Action::AskLlm
+            ]
+        );
+        assert_eq!(t.state(), State::Thinking);
+    }
+
+    #[test]
+    fn speech_after_a_draft_drops_it_and_a_stale_result_is_never_taken() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = drafting();
+        t.handle(wake(), t0);
+        let a = talk(&mut t, t0, 0, 1400, |m| (300..1000).contains(&m));
+        assert_eq!(a, vec![Action::Draft { id: 1 }]);
+        // The user goes on: the draft is dropped.
+        let a = talk(&mut t, t0, 1400, 2600, |m| m < 2500);
+        assert_eq!(a, vec![Action::DropDraft]);
+        // Its result arrives late (sent before it was dropped): ignored.
+        let stale = |text: &str| Event::Draft {
+            id: 1,
+            text: text.into(),
+        };
+        assert!(t.handle(stale("What"), ms(2600)).is_empty());
+        let a = talk(&mut t, t0, 2600, 2860, |_| false);
+        assert_eq!(a, vec![Action::Draft { id: 2 }]);
+        assert!(t.handle(stale("What"), ms(2860)).is_empty());
+        // The silence ends the question before draft 2 is back: wait for it.
+        let a = talk(&mut t, t0, 2860, 3400, |_| false);
+        assert_eq!(
+            a,
+            vec![Action::Earcon(Earcon::Done), Action::CancelListening]
+        );
+        assert_eq!(t.state(), State::Transcribing);
+        assert_eq!(t.deadline(), None);
+        // A transcript of the dropped session, or draft 1, changes nothing.
+        assert!(
+            t.handle(Event::Transcript("What".into()), ms(3400))
+                .is_empty()
+        );
+        assert!(t.handle(stale("What"), ms(3400)).is_empty());
+        let a = t.handle(
+            Event::Draft {
+                id: 2,
+                text: "What is the capital of France?".into(),
+            },
+            ms(3500),
+        );
+        assert_eq!(asked(&a), Some("What is the capital of France?"), "{a:?}");
+        assert_eq!(t.state(), State::Thinking);
+    }
+
+    #[test]
+    fn a_failed_draft_leaves_the_question_to_the_session() {
+        let t0 = Instant::now();
+        let mut t = drafting();
+        t.handle(wake(), t0);
+        let a = talk(&mut t, t0, 0, 1400, |m| (300..1000).contains(&m));
+        assert_eq!(a, vec![Action::Draft { id: 1 }]);
+        let failed = Event::DraftFailed {
+            id: 1,
+            error: "whisper: refused".into(),
+        };
+        assert!(
+            t.handle(failed, t0 + Duration::from_millis(1400))
+                .is_empty()
+        );
+        // No second draft in the same silence; its end asks the session.
+        let a = talk(&mut t, t0, 1400, 1800, |_| false);
+        assert_eq!(a, vec![Action::Earcon(Earcon::Done), Action::StopListening]);
+        let a = t.handle(Event::Transcript("What time is it?".into()), t0);
+        assert_eq!(asked(&a), Some("What time is it?"));
+    }
+
+    #[test]
+    fn a_draft_failing_after_listening_ended_fails_the_turn() {
+        let t0 = Instant::now();
+        let mut t = drafting();
+        t.handle(wake(), t0);
+        talk(&mut t, t0, 0, 1000, |m| (300..600).contains(&m));
+        // A press ends the question at once, with the draft still out.
+        let a = t.handle(Event::Pressed, t0 + Duration::from_millis(1000));
+        assert_eq!(a, vec![Action::CancelListening]);
+        let a = t.handle(
+            Event::DraftFailed {
+                id: 1,
+                error: "whisper: refused".into(),
+            },
+            t0 + Duration::from_millis(1100),
+        );
+        assert_eq!(
+            a,
+            vec![
+                Action::Earcon(Earcon::Error),
+                Action::Report(Outcome::Failed("whisper: refused".into()))
+            ]
+        );
+        assert_eq!(t.state(), State::Idle);
+    }
+
+    #[test]
+    fn button_turns_and_short_sounds_are_never_drafted() {
+        let t0 = Instant::now();
+        let mut t = drafting();
+        t.handle(Event::Pressed, t0);
+        let a = talk(&mut t, t0, 0, 3000, |m| (300..1000).contains(&m));
+        assert!(a.is_empty(), "{a:?}");
+        // Hands-free, a click (less than min_speech) is not drafted.
+        let mut t = drafting();
+        t.handle(wake(), t0);
+        let a = talk(&mut t, t0, 0, 1500, |m| (300..400).contains(&m));
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Draft { .. })),
+            "{a:?}"
+        );
     }
 }
