@@ -917,15 +917,22 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
         );
     }
 
-    // End of speech -> first reply audio on the real local engines.
-    if args.turns > 0 {
-        let cfg = format!("[listen]\nmode = \"wake\"\n{wake}{LOCAL}");
+    // End of speech -> first reply audio on the real local engines, with
+    // drafts (the default) and without, side by side.
+    for (label, listen) in [
+        ("end of speech -> first reply audio", ""),
+        ("    the same without drafts", "draft_ms = 0\n"),
+    ] {
+        if args.turns == 0 {
+            break;
+        }
+        let cfg = format!("[listen]\nmode = \"wake\"\n{listen}{wake}{LOCAL}");
         let mut d = tokio::task::block_in_place(|| Daemon::start(room, &cfg))?;
         let q = question()?;
         let phrase = espeak(PHRASES[0], "en-us", 150)?;
         let mut figures = Vec::new();
         let mut parts: [Vec<Duration>; 3] = Default::default();
-        let mut silence_ms = 0;
+        let mut drafted = 0;
         for i in 0..=args.turns {
             let mut utt = phrase.clone();
             utt.extend(std::iter::repeat_n(0, 6400));
@@ -947,24 +954,23 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             };
             if let Some(v) = field("speech_end_to_audio") {
                 figures.push(v);
+                drafted += usize::from(line.contains("draft=used"));
                 for (i, n) in ["stt", "llm_first_token", "first_audio"].iter().enumerate() {
                     parts[i].push(field(n).unwrap_or_default());
                 }
             }
-            silence_ms = 700;
             std::thread::sleep(Duration::from_millis(1500));
         }
         let p = Percentiles::new(figures.clone());
         println!(
-            "{:<34} p50 {}  p90 {}  (of {} turns, VAD's {silence_ms} ms of silence included)   goal <= silence_ms + 1000 ms",
-            "end of speech -> first reply audio",
+            "{label:<34} p50 {}  p90 {}  (of {} turns, {drafted} answered from a draft; VAD's 700 ms of silence included)   goal <= silence_ms + 1000 ms",
             ms(p.p(50.0)),
             ms(p.p(90.0)),
             figures.len()
         );
         let med = |v: &Vec<Duration>| ms(Percentiles::new(v.clone()).p(50.0));
         println!(
-            "    p50 of its parts: speech-to-text {}, LLM first token {}, first sentence to audio {}",
+            "    p50 of its parts: speech-to-text after the silence {}, LLM first token {}, first sentence to audio {}",
             med(&parts[0]),
             med(&parts[1]),
             med(&parts[2])
