@@ -1279,10 +1279,26 @@ mod tests {
             Event::Token("x".into()),
             Event::SpeechDone,
             Event::Transcript("x".into()),
+            Event::Draft {
+                id: 0,
+                text: "x".into(),
+            },
+            Event::DraftFailed {
+                id: 0,
+                error: "x".into(),
+            },
         ] {
             assert!(t.handle(e, now).is_empty());
             assert_eq!(t.state(), State::Idle);
         }
+        // Nor does a draft's result in a button turn, which drafts nothing.
+        t.handle(Event::Pressed, now);
+        let d = Event::Draft {
+            id: 0,
+            text: "x".into(),
+        };
+        assert!(t.handle(d, now).is_empty());
+        assert_eq!(t.state(), State::Listening);
     }
 
     #[test]
