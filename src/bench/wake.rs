@@ -401,6 +401,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (m, best) in misses.iter().take(12) {
         println!("    missed: {m} (best score {best:.3})");
     }
+    if let Err(e) = rt.block_on(peer_detection(&args, &cases)) {
+        println!("wyoming-openwakeword on the same phrases: skipped ({e:#})");
+    }
     println!(
         "{:<34} p50 {}  p99 {}   (the model's own lag behind the phrase's end)",
         "in-model detection lag (bare phrase)",
@@ -509,6 +512,101 @@ fn rest(
         Err(e) => println!("virtual room: skipped ({e:#})"),
     }
     Ok(())
+}
+
+/// The same phrases through wyoming-openwakeword (its own `ok_nabu` model
+/// and threshold), one connection each, for its detection rate beside ours.
+async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> anyhow::Result<()> {
+    use crate::wake::WakeEngine;
+    let py = args
+        .oww_python
+        .clone()
+        .unwrap_or_else(|| engines_dir().join("venv-oww/bin/python"));
+    anyhow::ensure!(py.exists(), "not installed at {}", py.display());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut oww = Command::new(&py)
+        .args([
+            "-m",
+            "wyoming_openwakeword",
+            "--uri",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--preload-model",
+            "ok_nabu",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let r = async {
+        let engine = crate::wake::wyoming::WyomingWake::new(
+            "oww",
+            "127.0.0.1",
+            port,
+            Duration::from_secs(20),
+            vec![Word {
+                name: WORD.into(),
+                threshold: None,
+                trigger_level: 1,
+                refractory: Duration::from_secs(2),
+            }],
+        );
+        let mut ready = false;
+        for _ in 0..60 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        anyhow::ensure!(ready, "the service did not start");
+        let mut by_voice: Vec<(String, usize, usize)> = Vec::new();
+        let mut hits = 0;
+        let mut out = Vec::new();
+        for (name, pcm, _) in cases {
+            let mut s = engine.open().await?;
+            let mut heard = false;
+            // The phrase as fast as it takes it, then 1.5 s of silence in
+            // real time for its verdict.
+            for f in pcm.chunks(crate::audio::FRAME) {
+                s.push(f, &mut out).await?;
+            }
+            let quiet = [0i16; crate::audio::FRAME];
+            for _ in 0..75 {
+                s.push(&quiet, &mut out).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for e in out.drain(..) {
+                heard |= matches!(e, WakeEvent::Detected { .. });
+            }
+            hits += usize::from(heard);
+            let v = name.split(' ').next().unwrap_or_default().to_string();
+            match by_voice.iter_mut().find(|b| b.0 == v) {
+                Some(b) => {
+                    b.1 += usize::from(heard);
+                    b.2 += 1;
+                }
+                None => by_voice.push((v, usize::from(heard), 1)),
+            }
+        }
+        println!(
+            "{:<34} {hits}/{} = {:.1} %   (the same phrases; its ok_nabu model and threshold)",
+            "    wyoming-openwakeword",
+            cases.len(),
+            hits as f64 * 100.0 / cases.len().max(1) as f64
+        );
+        let per: Vec<String> = by_voice
+            .iter()
+            .map(|(v, h, n)| format!("{v} {h}/{n}"))
+            .collect();
+        println!("    its per voice: {}", per.join(", "));
+        Ok(())
+    }
+    .await;
+    let _ = oww.kill();
+    let _ = oww.wait();
+    r
 }
 
 /// Detection rate and false accepts per hour at other thresholds, from the
