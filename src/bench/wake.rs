@@ -514,20 +514,22 @@ fn rest(
     Ok(())
 }
 
-/// The same phrases through wyoming-openwakeword (its own `ok_nabu` model
-/// and threshold), one connection each, for its detection rate beside ours.
-async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> anyhow::Result<()> {
-    use crate::wake::WakeEngine;
-    let py = args
-        .oww_python
+/// The Python of wyoming-openwakeword's venv.
+fn oww_python(args: &Args) -> PathBuf {
+    args.oww_python
         .clone()
-        .unwrap_or_else(|| engines_dir().join("venv-oww/bin/python"));
-    anyhow::ensure!(py.exists(), "not installed at {}", py.display());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let mut oww = Command::new(&py)
+        .unwrap_or_else(|| engines_dir().join("venv-oww/bin/python"))
+}
+
+fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()
+        .map(|a| a.port())
+}
+
+/// wyoming-openwakeword on `port` with its `ok_nabu` model.
+fn spawn_oww(py: &Path, port: u16) -> std::io::Result<Child> {
+    Command::new(py)
         .args([
             "-m",
             "wyoming_openwakeword",
@@ -538,7 +540,17 @@ async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> any
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()?;
+        .spawn()
+}
+
+/// The same phrases through wyoming-openwakeword (its own `ok_nabu` model
+/// and threshold), one connection each, for its detection rate beside ours.
+async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> anyhow::Result<()> {
+    use crate::wake::WakeEngine;
+    let py = oww_python(args);
+    anyhow::ensure!(py.exists(), "not installed at {}", py.display());
+    let port = free_port()?;
+    let mut oww = spawn_oww(&py, port)?;
     let r = async {
         let engine = crate::wake::wyoming::WyomingWake::new(
             "oww",
@@ -1269,29 +1281,10 @@ async fn cpu_round(
     input: &str,
     play: Option<&[i16]>,
 ) -> anyhow::Result<()> {
-    let py = args
-        .oww_python
-        .clone()
-        .unwrap_or_else(|| engines_dir().join("venv-oww/bin/python"));
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    let py = oww_python(args);
+    let port = free_port()?;
     let mut oww = if py.exists() {
-        Some(
-            Command::new(&py)
-                .args([
-                    "-m",
-                    "wyoming_openwakeword",
-                    "--uri",
-                    &format!("tcp://127.0.0.1:{port}"),
-                    "--preload-model",
-                    "ok_nabu",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        )
+        Some(spawn_oww(&py, port)?)
     } else {
         println!(
             "wyoming-openwakeword: not installed at {} (scripts/setup-local-engines.sh)",
