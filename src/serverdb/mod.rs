@@ -49,6 +49,45 @@ use crate::store::{Message, NewConversation, NewMessage, OpenOptions, Result, Se
 /// its bytes); the first record goes in whatever it says.
 pub type Fits<T> = Box<dyn FnMut(&T) -> bool + Send>;
 
+/// A page of a conversation's messages as both stores assemble it from
+/// rows read newest first: at most `limit`, ended at its oldest end where
+/// `fits` says no (the newest goes in whatever it says), oldest first.
+pub(crate) struct MessagePage<F> {
+    limit: usize,
+    fits: F,
+    out: Vec<Message>,
+    more: bool,
+}
+
+impl<F: FnMut(&Message) -> bool> MessagePage<F> {
+    pub fn new(limit: usize, fits: F) -> Self {
+        MessagePage {
+            limit,
+            fits,
+            out: Vec::new(),
+            more: false,
+        }
+    }
+
+    /// Takes the next older message; false when it does not go in: the
+    /// page is done and has more.
+    pub fn offer(&mut self, m: Message) -> bool {
+        if self.out.len() == self.limit || (!(self.fits)(&m) && !self.out.is_empty()) {
+            self.more = true;
+            return false;
+        }
+        self.out.push(m);
+        true
+    }
+
+    /// The messages, oldest first, and whether older ones remain.
+    pub fn finish(self) -> (Vec<Message>, bool) {
+        let mut out = self.out;
+        out.reverse();
+        (out, self.more)
+    }
+}
+
 /// A `fits` that takes everything (for callers with their own limit).
 pub fn everything<T>() -> Fits<T> {
     Box::new(|_| true)

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::serverdb::MessagePage;
 use crate::store::{ChatMessage, check_content, check_id, estimate_tokens, fts_query, new_id};
 use crate::time;
 
@@ -249,8 +250,7 @@ impl PgStore {
                 (r.get(0), r.get(1))
             }
         };
-        let mut out: Vec<Message> = Vec::new();
-        let mut more = false;
+        let mut page = MessagePage::new(limit, &mut fits);
         'pages: loop {
             let got = rows(
                 &tx,
@@ -264,20 +264,18 @@ impl PgStore {
             .await?;
             for r in &got {
                 let m = msg_from_row(r);
-                if out.len() == limit || (!fits(&m) && !out.is_empty()) {
-                    more = true;
+                let next = (m.created_at, r.get(AFTER_MSG_COLS));
+                if !page.offer(m) {
                     break 'pages;
                 }
-                (at, seq) = (m.created_at, r.get(AFTER_MSG_COLS));
-                out.push(m);
+                (at, seq) = next;
             }
             if (got.len() as i64) < chunk {
                 break;
             }
         }
         tx.commit().await.map_err(pg_error)?;
-        out.reverse();
-        Ok((out, more))
+        Ok(page.finish())
     }
 
     /// The latest page of a conversation when it fits in one chunk (the
@@ -314,23 +312,17 @@ impl PgStore {
         if owner != Some((user, false)) {
             return Err(not_found("conversation", conversation_id));
         }
-        let limit = (fetch - 1) as usize;
-        let mut out: Vec<Message> = Vec::new();
-        let mut more = false;
+        let mut page = MessagePage::new((fetch - 1) as usize, &mut fits);
         // No message: one row of NULLs from the outer join.
         for r in got
             .iter()
             .filter(|r| r.get::<_, Option<uuid::Uuid>>(0).is_some())
         {
-            let m = msg_from_row(r);
-            if out.len() == limit || (!fits(&m) && !out.is_empty()) {
-                more = true;
+            if !page.offer(msg_from_row(r)) {
                 break;
             }
-            out.push(m);
         }
-        out.reverse();
-        Ok((out, more))
+        Ok(page.finish())
     }
 
     pub(super) async fn search_(

@@ -4,6 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
+use crate::serverdb::MessagePage;
 use crate::store::{
     ChatMessage, MARK_END, MARK_START, check_content, check_id, estimate_tokens, fts_query, new_id,
 };
@@ -177,18 +178,13 @@ impl Conn {
              ORDER BY m.created_at DESC, m.seq DESC LIMIT ?4"
         ))?;
         let rows = stmt.query_map(params![ck, at, seq, limit as i64 + 1], msg_from_row)?;
-        let mut out: Vec<Message> = Vec::new();
-        let mut more = false;
+        let mut page = MessagePage::new(limit, fits);
         for m in rows {
-            let m = m?;
-            if out.len() == limit || (!fits(&m) && !out.is_empty()) {
-                more = true;
+            if !page.offer(m?) {
                 break;
             }
-            out.push(m);
         }
-        out.reverse();
-        Ok((out, more))
+        Ok(page.finish())
     }
 
     /// Full-text search in the user's messages, best first; snippets mark
