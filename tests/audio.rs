@@ -485,3 +485,134 @@ fn a_flush_silences_playback_at_once() {
         "silence after the flush"
     );
 }
+
+/// A 500 Hz tone with a 25 ms silent mark every 500 ms.
+fn marked_tone(secs: usize) -> Vec<i16> {
+    (0..16_000 * secs)
+        .map(|i| {
+            if i % 8000 < 400 {
+                0
+            } else {
+                (0.5 * (2.0 * PI * 500.0 * i as f64 / 16_000.0).sin() * 32767.0) as i16
+            }
+        })
+        .collect()
+}
+
+/// Where the marks start: the first sample of each silent run of at least
+/// 300 samples.
+fn marks(s: &[i16]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut quiet = 0;
+    for (i, x) in s.iter().enumerate() {
+        if x.unsigned_abs() < 300 {
+            quiet += 1;
+            if quiet == 300 {
+                out.push(i + 1 - 300);
+            }
+        } else {
+            quiet = 0;
+        }
+    }
+    out
+}
+
+#[test]
+fn pulse_capture_hears_every_sample_through_the_servers_own_api() {
+    let pulse = Pulse::start();
+    let env = Env::new();
+    let out = env.path("rec.wav");
+    let tone = marked_tone(12);
+    let mut rec = env.cmd(&[
+        "record",
+        "--input",
+        "pulse:mic.monitor",
+        "--seconds",
+        "5",
+        out.to_str().unwrap(),
+    ]);
+    rec.env("XDG_RUNTIME_DIR", pulse.runtime.path())
+        .env("HOME", pulse.runtime.path());
+    let mut rec = rec.stderr(Stdio::piped()).spawn().unwrap();
+    common::play_into_mic(&pulse, &tone);
+    let status = wait_timeout(&mut rec, Duration::from_secs(20)).expect("record ends");
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(rec.stderr.as_mut().unwrap(), &mut err);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("PulseAudio source mic.monitor"), "{err}");
+    let (rate, s) = read_wav(&out);
+    assert_eq!((rate, s.len()), (16_000, 80_000), "5 s at 16 kHz");
+    // The tone's pitch survives (zero crossings over the loud part).
+    let m = marks(&s);
+    assert!(m.len() >= 8, "marks heard: {m:?}");
+    let span = &s[m[1] + 400..m[1] + 8000];
+    let crossings = span.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    let hz = crossings as f64 / 2.0 / (span.len() as f64 / 16_000.0);
+    assert!((hz - 500.0).abs() < 5.0, "{hz:.1} Hz");
+    // Nothing lost or doubled: every mark 8000 samples after the last
+    // (the first may be the silence before the tone).
+    for w in m[1..].windows(2) {
+        assert!(
+            (w[1] - w[0]).abs_diff(8000) <= 40,
+            "marks at {m:?}: a gap or a splice"
+        );
+    }
+}
+
+#[test]
+fn pulse_capture_errors_say_what_to_do() {
+    let pulse = Pulse::start();
+    let env = Env::new();
+    let out = env.path("rec.wav");
+    // No such source on a running server.
+    let mut c = env.cmd(&[
+        "record",
+        "--input",
+        "pulse:no-such-source",
+        "--seconds",
+        "1",
+        out.to_str().unwrap(),
+    ]);
+    c.env("XDG_RUNTIME_DIR", pulse.runtime.path())
+        .env("HOME", pulse.runtime.path());
+    let r = Run(c.output().unwrap());
+    let fails = |r: &Run, needle: &str| {
+        assert_eq!(r.code(), 1, "{}", r.stderr());
+        let last = r
+            .stderr()
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string();
+        assert!(last.starts_with("pichat: error: "), "{last}");
+        assert!(last.contains(needle), "expected {needle:?} in: {last}");
+    };
+    fails(
+        &r,
+        "PulseAudio source no-such-source: cannot record: No such entity",
+    );
+    fails(&r, "pactl list short sources");
+    // No server where the client looks.
+    let mut c = env.cmd(&[
+        "record",
+        "--input",
+        "pulse:",
+        "--seconds",
+        "1",
+        out.to_str().unwrap(),
+    ]);
+    c.env(
+        "PULSE_SERVER",
+        format!("unix:{}", env.path("nobody-here").display()),
+    );
+    let r = Run(c.output().unwrap());
+    fails(&r, "PulseAudio's default source: cannot record: ");
+    assert!(!out.exists(), "nothing written");
+    // A control character in the name is refused before anything opens.
+    let r = Run(env
+        .cmd(&["record", "--input", "pulse:mic\tx", out.to_str().unwrap()])
+        .output()
+        .unwrap());
+    r.fails_with("control characters");
+}

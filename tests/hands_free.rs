@@ -54,13 +54,19 @@ timeout_ms = 60000
 "#;
 
 fn start_with(listen: &str, wake: &str, llm: &str) -> Daemon {
+    start_on("pulse", listen, wake, llm)
+}
+
+/// With `input` as the microphone: `pulse` (cpal on ALSA's pulse plugin)
+/// or `pulse:` (PulseAudio's own API).
+fn start_on(input: &str, listen: &str, wake: &str, llm: &str) -> Daemon {
     let pulse = Pulse::start();
     let env = Env::new();
     env.write_config(&format!(
         r#"[history]
 path = "{db}"
 [audio]
-input = "pulse"
+input = "{input}"
 output = "pulse"
 volume = 1.0
 [ptt]
@@ -233,7 +239,13 @@ fn endless_speech_is_cut_at_max_listen() {
 #[test]
 #[ignore = "needs the local engines and the wake models (scripts/test.sh)"]
 fn a_follow_up_continues_the_conversation_then_speech_alone_does_nothing() {
-    let mut d = start("follow_up_s = 8.0", "engines = [\"micro\"]");
+    // The microphone through PulseAudio's own API (the other tests: cpal).
+    let mut d = start_on(
+        "pulse:",
+        "follow_up_s = 8.0",
+        "engines = [\"micro\"]",
+        LOCAL_LLM,
+    );
     d.log
         .wait_for("wake word: listening with micro", Duration::from_secs(10));
     d.say(&then(wake_phrase(), 400, &wav_16k(QUESTION.as_ref())));

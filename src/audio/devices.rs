@@ -112,6 +112,9 @@ pub fn find(spec: &DeviceSpec, dir: Direction) -> Result<cpal::Device, AudioErro
             })
         }
         DeviceSpec::Wav(_) => Err(AudioError::Other("a wav: spec is not a device".into())),
+        DeviceSpec::Pulse(_) => Err(AudioError::Other(
+            "a pulse: spec is not an ALSA device".into(),
+        )),
     }
 }
 

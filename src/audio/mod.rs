@@ -4,13 +4,16 @@
 //!
 //! Backends, one file each, chosen from `audio.input` / `audio.output`:
 //! `capture.rs` / `playback.rs` (cpal, each stream on its own thread, since a
-//! cpal stream is not `Send`) and `wav.rs` (a WAV file instead of a device).
+//! cpal stream is not `Send`), `pulse.rs` (the microphone through
+//! PulseAudio's own API, `pulse:`) and `wav.rs` (a WAV file instead of a
+//! device).
 
 pub mod aec;
 pub mod capture;
 pub mod devices;
 pub mod earcon;
 pub mod playback;
+pub mod pulse;
 pub mod resample;
 pub mod wav;
 
@@ -119,6 +122,7 @@ pub async fn drained(sink: &dyn AudioSink) {
 pub fn open_input(spec: &DeviceSpec) -> Result<Box<dyn AudioSource>, AudioError> {
     match spec {
         DeviceSpec::Wav(p) => Ok(Box::new(wav::WavSource::open(p, wav::Pace::RealTime)?)),
+        DeviceSpec::Pulse(name) => Ok(Box::new(pulse::PulseSource::new(name.clone())?)),
         other => Ok(Box::new(capture::CpalSource::new(other.clone())?)),
     }
 }

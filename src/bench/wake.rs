@@ -948,12 +948,16 @@ fn read_raw(p: &Path) -> Vec<i16> {
 async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
     let wake = wake_section(models);
     // Latency: each wake phrase (clean, several voices) to microphone and
-    // speaker at once; the earcon follows on the speaker.
-    {
+    // speaker at once; the earcon follows on the speaker. The microphone
+    // through cpal on ALSA's pulse plugin, and through PulseAudio's own API.
+    for (label, input) in [
+        ("wake phrase end -> listening earcon", "pulse"),
+        ("    the same, the mic as pulse:", "pulse:"),
+    ] {
         let cfg = format!(
             "[listen]\nmode = \"wake\"\nno_speech_timeout_s = 1.0\necho_cancel = false\n{wake}"
         );
-        let _d = tokio::task::block_in_place(|| Daemon::start(room, &cfg))?;
+        let _d = tokio::task::block_in_place(|| Daemon::start_with(room, &cfg, input))?;
         // The earcon reaches the microphone's recording through the room's
         // leak, so phrase and earcon are in one recording (the leak's own
         // latency, some tens of ms, is counted in: an upper bound).
@@ -1019,7 +1023,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
         let p = Percentiles::new(lat.clone());
         println!(
             "{:<34} p50 {}  p99 {}  ({} of {} phrases woke it in real time)   goal p50 <= 200 ms",
-            "wake phrase end -> listening earcon",
+            label,
             ms(p.p(50.0)),
             ms(p.p(99.0)),
             lat.len(),
@@ -1216,8 +1220,10 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
     );
     cpu_round(args, room, models, &format!("wav:{}", wav.display()), None).await?;
     println!(
-        "armed and waiting, the virtual room's PulseAudio microphone (cpal through ALSA's pulse plugin)"
+        "armed and waiting, the virtual room's PulseAudio microphone through PulseAudio's own API (pulse:)"
     );
+    cpu_round(args, room, models, "pulse:", Some(&audio)).await?;
+    println!("armed and waiting, the same microphone through cpal and ALSA's pulse plugin (pulse)");
     cpu_round(args, room, models, "pulse", Some(&audio)).await
 }
 

@@ -126,7 +126,7 @@ async fn check_all(cfg: &Config, rep: &mut Report) {
     let mic = async {
         let mut src: Box<dyn AudioSource> = match &cfg.audio.input {
             DeviceSpec::Wav(p) => Box::new(audio::wav::WavSource::open(p, audio::wav::Pace::Fast)?),
-            other => Box::new(audio::capture::CpalSource::new(other.clone())?),
+            other => audio::open_input(other)?,
         };
         let mut rx = src.start()?;
         let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;

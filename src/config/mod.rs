@@ -489,6 +489,32 @@ mod tests {
     }
 
     #[test]
+    fn pulse_is_a_microphone_only() {
+        let c = check("[audio]\ninput = \"pulse:mic.monitor\"\n").unwrap();
+        assert_eq!(
+            c.1.audio.input,
+            DeviceSpec::Pulse(Some("mic.monitor".into()))
+        );
+        let c = check("[audio]\ninput = \"pulse:\"\n").unwrap();
+        assert_eq!(c.1.audio.input, DeviceSpec::Pulse(None));
+        // The ALSA plugin's device keeps its name.
+        let c = check("[audio]\ninput = \"pulse\"\n").unwrap();
+        assert_eq!(c.1.audio.input, DeviceSpec::Named("pulse".into()));
+        let err = check("[audio]\n\noutput = \"pulse:\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.toml:3: audio.output: `pulse:` is for the microphone only"),
+            "{err}"
+        );
+        let err = check("[audio]\ninput = \"pulse:a\\u0007b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("t.toml:2: audio.input: "), "{err}");
+        assert!(err.contains("control characters"), "{err}");
+    }
+
+    #[test]
     fn syntax_error_has_line() {
         let err = check("[audio]\nvolume = = 1\n").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:2: not valid TOML"), "{err}");

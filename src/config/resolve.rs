@@ -51,6 +51,9 @@ pub enum DeviceSpec {
     Named(String),
     /// A WAV file (`wav:PATH`).
     Wav(PathBuf),
+    /// A PulseAudio (or PipeWire pulse server) source through the server's
+    /// own API (`pulse:` for its default, `pulse:NAME`); microphone only.
+    Pulse(Option<String>),
 }
 
 impl DeviceSpec {
@@ -63,6 +66,13 @@ impl DeviceSpec {
                 Err("`wav:` needs a path, as in \"wav:/tmp/in.wav\"".into())
             } else {
                 Ok(DeviceSpec::Wav(PathBuf::from(p)))
+            }
+        } else if let Some(name) = s.strip_prefix("pulse:") {
+            if name.is_empty() {
+                Ok(DeviceSpec::Pulse(None))
+            } else {
+                crate::audio::pulse::check_name(name)?;
+                Ok(DeviceSpec::Pulse(Some(name.to_string())))
             }
         } else {
             Ok(DeviceSpec::Named(s.to_string()))
@@ -635,10 +645,20 @@ pub fn resolve(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         c.err("audio.input", m);
         DeviceSpec::Default
     });
-    let output = DeviceSpec::parse(&raw.audio.output).unwrap_or_else(|m| {
-        c.err("audio.output", m);
-        DeviceSpec::Default
-    });
+    let output = match DeviceSpec::parse(&raw.audio.output) {
+        Ok(DeviceSpec::Pulse(_)) => {
+            c.err(
+                "audio.output",
+                "`pulse:` is for the microphone only; for the speaker name an ALSA device (\"pulse\", \"default\" or one from `pichat devices`)",
+            );
+            DeviceSpec::Default
+        }
+        Ok(d) => d,
+        Err(m) => {
+            c.err("audio.output", m);
+            DeviceSpec::Default
+        }
+    };
     let volume = raw.audio.volume;
     if !(0.0..=1.0).contains(&volume) {
         c.err(
