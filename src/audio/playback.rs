@@ -420,8 +420,15 @@ fn player_thread(spec: DeviceSpec, shared: Arc<Shared>, rx: std_mpsc::Receiver<C
             }
             Some(Cmd::Wake) => {
                 if stream.is_none() {
+                    let t = std::time::Instant::now();
                     match open_stream(&spec, &shared, &name) {
-                        Ok(s) => stream = Some(s),
+                        Ok(s) => {
+                            tracing::debug!(
+                                "{name}: opened in {:.1} ms",
+                                t.elapsed().as_secs_f64() * 1e3
+                            );
+                            stream = Some(s)
+                        }
                         Err(e) => {
                             tracing::warn!("{e}");
                             // Nothing can be heard: count the queue as played so waiters go on.

@@ -165,6 +165,30 @@ fn tone_ratio(pcm: &[i16], hz: f32) -> f32 {
     }
 }
 
+/// Clicks played to measure the virtual room's leak.
+const CLICKS: usize = 6;
+
+/// The delays between each click heard direct and heard again through the
+/// leak: onsets (a loud sample after at least 100 quiet ones) less than
+/// 200 ms apart, to the sample.
+fn leak_delays(rec: &[i16]) -> Vec<Duration> {
+    let mut onsets = Vec::new();
+    let mut last: Option<usize> = None;
+    for (i, x) in rec.iter().enumerate() {
+        if x.unsigned_abs() > 1000 {
+            if last.is_none_or(|l| i - l >= 100) {
+                onsets.push(i);
+            }
+            last = Some(i);
+        }
+    }
+    onsets
+        .windows(2)
+        .filter(|w| w[1] - w[0] < 3200)
+        .map(|w| Duration::from_secs_f64((w[1] - w[0]) as f64 / 16_000.0))
+        .collect()
+}
+
 fn rms_db(pcm: &[i16]) -> f32 {
     crate::voice::ear::level_db(pcm)
 }
@@ -977,11 +1001,24 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             stream.extend(std::iter::repeat_n(0, 16_000 * 3));
         }
         tokio::task::block_in_place(|| room.play("mic", &stream))?;
+        // The leak's own delay, in the same recording: clicks played to
+        // microphone and speaker at once arrive twice, direct and leaked.
+        let mut clicks = vec![0i16; 4800];
+        for _ in 0..CLICKS {
+            clicks.extend((0..160).map(|i| {
+                (0.5 * 32767.0 * (2.0 * std::f32::consts::PI * 2000.0 * i as f32 / 16_000.0).sin())
+                    as i16
+            }));
+            clicks.extend(std::iter::repeat_n(0, 7840));
+        }
+        tokio::task::block_in_place(|| room.play("both", &clicks))?;
         std::thread::sleep(Duration::from_millis(500));
         let _ = rec.kill();
         let _ = rec.wait();
         room.pactl(&["unload-module", &leak])?;
         let rec = read_raw(&rec_path);
+        let tail = rec.len().saturating_sub(clicks.len() + 16_000);
+        let leaked = leak_delays(&rec[tail..]);
         // In the recording: each listening earcon (a 660 Hz tone), and
         // the end of the voice before it.
         // The earcon is 70 ms at 660 Hz, 20 ms of silence, 90 ms at 880 Hz:
@@ -1029,6 +1066,16 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
             lat.len(),
             lat.len() + missed
         );
+        if !leaked.is_empty() {
+            let l = Percentiles::new(leaked.clone()).p(50.0);
+            println!(
+                "{:<34} p50 {} ({} of {CLICKS} clicks): the daemon's own p50 {}",
+                "    of which the room's leak",
+                ms(l),
+                leaked.len(),
+                ms(p.p(50.0).saturating_sub(l))
+            );
+        }
     }
 
     // End of speech -> first reply audio on the real local engines, with
