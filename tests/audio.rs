@@ -517,23 +517,38 @@ fn marks(s: &[i16]) -> Vec<usize> {
     out
 }
 
+/// `pichat record` from `input`, as a client of the private sound server.
+fn record_from(
+    env: &Env,
+    pulse: &Pulse,
+    input: &str,
+    secs: u32,
+    out: &Path,
+) -> std::process::Command {
+    let secs = secs.to_string();
+    let mut c = env.cmd(&[
+        "record",
+        "--input",
+        input,
+        "--seconds",
+        &secs,
+        out.to_str().unwrap(),
+    ]);
+    c.env("XDG_RUNTIME_DIR", pulse.runtime.path())
+        .env("HOME", pulse.runtime.path());
+    c
+}
+
 #[test]
 fn pulse_capture_hears_every_sample_through_the_servers_own_api() {
     let pulse = Pulse::start();
     let env = Env::new();
     let out = env.path("rec.wav");
     let tone = marked_tone(12);
-    let mut rec = env.cmd(&[
-        "record",
-        "--input",
-        "pulse:mic.monitor",
-        "--seconds",
-        "5",
-        out.to_str().unwrap(),
-    ]);
-    rec.env("XDG_RUNTIME_DIR", pulse.runtime.path())
-        .env("HOME", pulse.runtime.path());
-    let mut rec = rec.stderr(Stdio::piped()).spawn().unwrap();
+    let mut rec = record_from(&env, &pulse, "pulse:mic.monitor", 5, &out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     common::play_into_mic(&pulse, &tone);
     let status = wait_timeout(&mut rec, Duration::from_secs(20)).expect("record ends");
     let mut err = String::new();
@@ -565,17 +580,9 @@ fn pulse_capture_errors_say_what_to_do() {
     let env = Env::new();
     let out = env.path("rec.wav");
     // No such source on a running server.
-    let mut c = env.cmd(&[
-        "record",
-        "--input",
-        "pulse:no-such-source",
-        "--seconds",
-        "1",
-        out.to_str().unwrap(),
-    ]);
-    c.env("XDG_RUNTIME_DIR", pulse.runtime.path())
-        .env("HOME", pulse.runtime.path());
-    let r = Run(c.output().unwrap());
+    let r = Run(record_from(&env, &pulse, "pulse:no-such-source", 1, &out)
+        .output()
+        .unwrap());
     let fails = |r: &Run, needle: &str| {
         assert_eq!(r.code(), 1, "{}", r.stderr());
         let last = r
@@ -594,14 +601,7 @@ fn pulse_capture_errors_say_what_to_do() {
     );
     fails(&r, "pactl list short sources");
     // No server where the client looks.
-    let mut c = env.cmd(&[
-        "record",
-        "--input",
-        "pulse:",
-        "--seconds",
-        "1",
-        out.to_str().unwrap(),
-    ]);
+    let mut c = record_from(&env, &pulse, "pulse:", 1, &out);
     c.env(
         "PULSE_SERVER",
         format!("unix:{}", env.path("nobody-here").display()),
