@@ -158,3 +158,46 @@ async fn doctor_reports_a_bad_token_a_damaged_database_gpio_off_a_pi_and_a_bad_c
     );
     rig.srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_warns_when_hands_free_meets_alsas_pulse_plugin() {
+    let rig = Rig::new().await;
+    let pulse = common::Pulse::start();
+    let base = rig.config("\"l\"", "none", "t.token");
+    let input = format!("input = \"wav:{}\"", rig.env.path("in.wav").display());
+    let run = |cfg: String| {
+        rig.env.write_config(&cfg);
+        let mut c = rig.env.cmd(&["doctor"]);
+        c.env("XDG_RUNTIME_DIR", pulse.runtime.path())
+            .env("HOME", pulse.runtime.path());
+        async move {
+            let r = common::run_async(c).await;
+            format!("{}{}", r.stdout(), r.stderr())
+        }
+    };
+    // Hands-free through ALSA's pulse device: a warning pointing to pulse:.
+    let out = run(format!(
+        "{}[listen]\nmode = \"wake\"\n",
+        base.replace(&input, "input = \"pulse\"")
+    ))
+    .await;
+    let line = row(&out, "microphone while armed");
+    assert!(
+        line.contains("warn") && line.contains("\"pulse:\""),
+        "{line}"
+    );
+    assert!(row(&out, "microphone").contains(" ok "), "{out}");
+    // The server's own API, or the button only: no such warning.
+    for cfg in [
+        format!(
+            "{}[listen]\nmode = \"wake\"\n",
+            base.replace(&input, "input = \"pulse:\"")
+        ),
+        base.replace(&input, "input = \"pulse\""),
+    ] {
+        let out = run(cfg).await;
+        assert!(!out.contains("microphone while armed"), "{out}");
+        assert!(row(&out, "microphone").contains(" ok "), "{out}");
+    }
+    rig.srv.stop().await;
+}

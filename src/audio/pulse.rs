@@ -219,6 +219,14 @@ impl PulseSource {
     }
 }
 
+/// Why hands-free listening should not capture from `input`, when it should
+/// not: ALSA's `pulse` device, whose capture spins (see the module's head).
+pub fn spinning_input(input: &crate::config::DeviceSpec) -> Option<&'static str> {
+    (*input == crate::config::DeviceSpec::Named("pulse".into())).then_some(
+        "audio.input = \"pulse\" captures through ALSA's pulse plugin, which keeps a core busy (about a quarter of it) while listening for the wake word; \"pulse:\" records through PulseAudio's own API at about 2 %",
+    )
+}
+
 /// A source name as the config may give it.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.len() > MAX_NAME {

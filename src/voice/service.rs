@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::daemon::{self, Control, Listening, Voice, VoiceParts};
 use crate::audio::earcon::Earcons;
 use crate::audio::{self, AudioError, AudioSink};
-use crate::config::{Config, DeviceSpec, ListenMode};
+use crate::config::{Config, ListenMode};
 use crate::engines::{EngineError, Engines};
 use crate::history::HistoryHandle;
 use crate::history::{OpenOptions, StoreError};
@@ -278,11 +278,10 @@ pub async fn run(
     let sink: Arc<dyn AudioSink> =
         Arc::from(audio::open_output(&cfg.audio.output, cfg.audio.volume)?);
     let source = audio::open_input(&cfg.audio.input)?;
-    if cfg.listen.mode != ListenMode::Button && cfg.audio.input == DeviceSpec::Named("pulse".into())
+    if cfg.listen.mode != ListenMode::Button
+        && let Some(why) = audio::pulse::spinning_input(&cfg.audio.input)
     {
-        tracing::warn!(
-            "audio.input = \"pulse\" captures through ALSA's pulse plugin, which keeps a core busy (about a quarter of it) while listening for the wake word; \"pulse:\" records through PulseAudio's own API at about 1 %"
-        );
+        tracing::warn!("{why}");
     }
     let earcons = Earcons::load(&cfg.audio)?;
     let engines = Engines::from_config(&cfg)?;
