@@ -316,6 +316,51 @@ async fn garbage_stt_and_no_engine_left_is_an_error_not_a_crash() {
     assert_eq!(llm.count(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speech_to_text_engine_that_is_not_there_ends_the_turn_not_hangs_it() {
+    let env = Env::new();
+    let dead = fakes::dead_port().await;
+    let llm = fakes::llm(tokens(&["no"])).await;
+    let tts = fakes::wyoming_tts(TtsMode::Tone { ms: 50 }).await;
+    config(
+        &env,
+        &[
+            ("s", wyoming(&format!("tcp://127.0.0.1:{dead}"), 2000)),
+            ("l", openai(&llm.url(), 2000)),
+            ("t", wyoming(&tts.tcp(), 2000)),
+        ],
+        &["s"],
+        &["l"],
+        &["t"],
+    );
+    let wav = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/question.wav");
+    let mut ask = env.cmd(&[
+        "ask",
+        "--wav",
+        wav,
+        "--out",
+        env.path("o.wav").to_str().unwrap(),
+    ]);
+    // The session fails while the recording is still being read: the turn
+    // must end then, not wait for a transcript that cannot come.
+    let r = tokio::task::spawn_blocking(move || {
+        let mut child = ask
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ended = common::wait_timeout(&mut child, Duration::from_secs(60));
+        assert!(ended.is_some(), "pichat ask still waits after 60 s");
+        common::Run(child.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("pichat: error: "), "{}", r.stderr());
+    assert!(r.stderr().contains(&dead.to_string()), "{}", r.stderr());
+    assert_eq!(llm.count(), 0);
+}
+
 /// A WAV header with every field given, then `data`.
 fn wav_with(channels: u16, rate: u32, bits: u16, data: &[u8]) -> Vec<u8> {
     let align = channels * bits.div_ceil(8);

@@ -609,6 +609,15 @@ impl Turn {
             (Listening, Event::Released) | (Listening, Event::ListenEnded) => {
                 self.stop_listening(now, &mut out)
             }
+            // The microphone or the speech-to-text session failed while
+            // listening: no transcript can come, so the turn ends here
+            // (waiting for one would never end).
+            (Listening, Event::SttFailed(e)) => {
+                self.drop_draft(&mut out);
+                out.push(Action::CancelListening);
+                out.push(Action::Earcon(Earcon::Error));
+                self.end(now, &mut out, Outcome::Failed(e));
+            }
             // (Awaiting a draft, the session was dropped: nothing else comes.)
             (Transcribing, Event::Transcript(text)) if !self.awaiting_draft() => {
                 self.transcript(text, now, &mut out)
@@ -1217,6 +1226,33 @@ mod tests {
         assert!(run(&mut t, s(5080), 1), "asked for a new one");
         t.note_activity(s(5090));
         assert!(!run(&mut t, s(5100), 1), "only once");
+    }
+
+    #[test]
+    fn a_failure_while_listening_ends_the_turn_at_once() {
+        // The microphone stopped, or the session's engine failed, before the
+        // release: no transcript will come (this turn used to wait forever).
+        for start in [Event::Pressed, wake()] {
+            let now = Instant::now();
+            let mut t = turn();
+            t.handle(start, now);
+            assert_eq!(t.state(), State::Listening);
+            let a = t.handle(Event::SttFailed("the microphone stopped".into()), now);
+            assert!(has(&a, &Action::CancelListening), "{a:?}");
+            assert!(has(&a, &Action::Earcon(Earcon::Error)), "{a:?}");
+            assert!(
+                has(
+                    &a,
+                    &Action::Report(Outcome::Failed("the microphone stopped".into()))
+                ),
+                "{a:?}"
+            );
+            assert_eq!(t.state(), State::Idle);
+            assert_eq!(t.deadline(), None);
+            // What the session still sends is stray now.
+            assert!(t.handle(Event::ListenEnded, now).is_empty());
+            assert!(t.handle(Event::Transcript("late".into()), now).is_empty());
+        }
     }
 
     #[test]
