@@ -16,9 +16,6 @@ use super::resample::{Converter, Framer, downmix};
 use super::{AudioError, AudioSource, FRAME, FRAME_QUEUE, Frame, RATE};
 use crate::config::DeviceSpec;
 
-/// How often lost frames are reported, at most.
-const LOSS_LOG_EVERY: Duration = Duration::from_secs(5);
-
 /// Timing figures of the last capture (for `pichat bench audio`).
 #[derive(Debug, Clone, Default)]
 pub struct CaptureStats {
@@ -191,7 +188,7 @@ fn open_stream(
         let mut pipeline = pipeline;
         let tx = tx.clone();
         let cb_stats = stats.clone();
-        let (mut lost, mut warned) = (0u64, None);
+        let mut loss = super::FrameLoss::default();
         let callback = move |data: &cpal::Data, info: &cpal::InputCallbackInfo| {
             let t = Instant::now();
             let mut frames = 0u64;
@@ -202,16 +199,7 @@ fn open_stream(
                     dropped += 1;
                 }
             });
-            if dropped > 0 {
-                lost += dropped;
-                // The first loss at once, then at most a line every 5 s.
-                if warned.is_none_or(|w: Instant| t.duration_since(w) >= LOSS_LOG_EVERY) {
-                    tracing::warn!(
-                        "microphone: {lost} frames of 20 ms dropped so far (the listener fell behind)"
-                    );
-                    warned = Some(t);
-                }
-            }
+            loss.dropped(dropped, t);
             if let Ok(mut s) = cb_stats.try_lock() {
                 s.callbacks += 1;
                 s.frames += frames;

@@ -170,3 +170,32 @@ impl ErrorLog {
         self.held = 0;
     }
 }
+
+/// Counts the captured frames that found the listener's queue full, and
+/// logs the count: the first loss at once, then at most a line every 5 s.
+#[derive(Default)]
+pub(crate) struct FrameLoss {
+    lost: u64,
+    warned: Option<std::time::Instant>,
+}
+
+impl FrameLoss {
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub(crate) fn dropped(&mut self, frames: u64, now: std::time::Instant) {
+        if frames == 0 {
+            return;
+        }
+        self.lost += frames;
+        if self
+            .warned
+            .is_none_or(|w| now.duration_since(w) >= Self::LOG_EVERY)
+        {
+            tracing::warn!(
+                "microphone: {} frames of 20 ms dropped so far (the listener fell behind)",
+                self.lost
+            );
+            self.warned = Some(now);
+        }
+    }
+}

@@ -26,8 +26,6 @@ use super::{AudioError, AudioSource, FRAME, FRAME_QUEUE, Frame, RATE};
 
 /// The library loaded by default.
 pub const LIBRARY: &str = "libpulse-simple.so.0";
-/// How often lost frames are reported, at most.
-const LOSS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Longest source name accepted (PulseAudio's own names stay far below).
 pub const MAX_NAME: usize = 512;
 /// How long `stop` waits for the capture thread (a read returns within a
@@ -219,10 +217,13 @@ impl PulseSource {
     }
 }
 
-/// Why hands-free listening should not capture from `input`, when it should
-/// not: ALSA's `pulse` device, whose capture spins (see the module's head).
-pub fn spinning_input(input: &crate::config::DeviceSpec) -> Option<&'static str> {
-    (*input == crate::config::DeviceSpec::Named("pulse".into())).then_some(
+/// Why this config's hands-free listening should not capture from its
+/// input, when it should not: ALSA's `pulse` device, whose capture spins
+/// (see the module's head). Said by the daemon at start and by `doctor`.
+pub fn spinning_input(cfg: &crate::config::Config) -> Option<&'static str> {
+    (cfg.listen.mode != crate::config::ListenMode::Button
+        && cfg.audio.input == crate::config::DeviceSpec::Named("pulse".into()))
+    .then_some(
         "audio.input = \"pulse\" captures through ALSA's pulse plugin, which keeps a core busy (about a quarter of it) while listening for the wake word; \"pulse:\" records through PulseAudio's own API at about 2 %",
     )
 }
@@ -335,7 +336,7 @@ impl Drop for PulseSource {
 /// Reads frames until stopped, the receiver is gone or the server fails.
 fn capture(stream: &mut Stream, tx: &mpsc::Sender<Frame>, stop: &AtomicBool, name: &str) {
     let mut frame = [0i16; FRAME];
-    let (mut lost, mut warned) = (0u64, None::<Instant>);
+    let mut loss = super::FrameLoss::default();
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = stream.read(&mut frame) {
             tracing::warn!("{name}: capture ended: {e}");
@@ -344,17 +345,7 @@ fn capture(stream: &mut Stream, tx: &mpsc::Sender<Frame>, stop: &AtomicBool, nam
         match tx.try_send(frame.to_vec()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                lost += 1;
-                let now = Instant::now();
-                // The first loss at once, then at most a line every 5 s.
-                if warned.is_none_or(|w| now.duration_since(w) >= LOSS_LOG_EVERY) {
-                    tracing::warn!(
-                        "microphone: {lost} frames of 20 ms dropped so far (the listener fell behind)"
-                    );
-                    warned = Some(now);
-                }
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => loss.dropped(1, Instant::now()),
         }
     }
 }

@@ -142,9 +142,7 @@ async fn check_all(cfg: &Config, rep: &mut Report) {
     rep.result("microphone", true, mic.await, |d| {
         format!("{d} ({})", ms(t))
     });
-    if cfg.listen.mode != crate::config::ListenMode::Button
-        && let Some(why) = audio::pulse::spinning_input(&cfg.audio.input)
-    {
+    if let Some(why) = audio::pulse::spinning_input(cfg) {
         rep.add("microphone while armed", Status::Warn, why);
     }
 

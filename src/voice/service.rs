@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::daemon::{self, Control, Listening, Voice, VoiceParts};
 use crate::audio::earcon::Earcons;
 use crate::audio::{self, AudioError, AudioSink};
-use crate::config::{Config, ListenMode};
+use crate::config::Config;
 use crate::engines::{EngineError, Engines};
 use crate::history::HistoryHandle;
 use crate::history::{OpenOptions, StoreError};
@@ -278,9 +278,7 @@ pub async fn run(
     let sink: Arc<dyn AudioSink> =
         Arc::from(audio::open_output(&cfg.audio.output, cfg.audio.volume)?);
     let source = audio::open_input(&cfg.audio.input)?;
-    if cfg.listen.mode != ListenMode::Button
-        && let Some(why) = audio::pulse::spinning_input(&cfg.audio.input)
-    {
+    if let Some(why) = audio::pulse::spinning_input(&cfg) {
         tracing::warn!("{why}");
     }
     let earcons = Earcons::load(&cfg.audio)?;
