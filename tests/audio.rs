@@ -549,7 +549,7 @@ fn pulse_capture_hears_every_sample_through_the_servers_own_api() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    common::play_into_mic(&pulse, &tone);
+    common::play_into_mic_buffered(&pulse, &tone, 500);
     let status = wait_timeout(&mut rec, Duration::from_secs(20)).expect("record ends");
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(rec.stderr.as_mut().unwrap(), &mut err);

@@ -268,11 +268,19 @@ impl Log {
 /// Plays 16 kHz mono samples into the virtual microphone `mic` in real
 /// time (blocks until done).
 pub fn play_into_mic(pulse: &Pulse, pcm: &[i16]) {
+    play_into_mic_buffered(pulse, pcm, 20)
+}
+
+/// The same with `latency_ms` of the player's buffer: more for tests that
+/// count every sample, so that a busy machine does not make the player
+/// run dry (the sound server then plays silence into the microphone).
+pub fn play_into_mic_buffered(pulse: &Pulse, pcm: &[i16], latency_ms: u32) {
+    let latency = format!("--latency-msec={latency_ms}");
     let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
     let mut p = pulse
         .cmd("pacat")
         .args([
-            "--latency-msec=20",
+            latency.as_str(),
             "-p",
             "--raw",
             "--format=s16le",
