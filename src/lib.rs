@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dl;
 pub mod engines;
 pub mod history;
 pub mod logging;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::resample::{Converter, to_i16};
 use super::{FRAME, RATE};
+use crate::dl;
 
 /// Reference samples kept at most (2 s at 48 kHz): a reader that stops
 /// reading cannot grow it.
@@ -140,29 +141,22 @@ fn load(lib: &Path) -> Result<Api, AecError> {
     };
     // SAFETY: speexdsp has no initialisers with preconditions.
     let l = unsafe { libloading::Library::new(lib) }.map_err(|e| err(e.to_string()))?;
-    macro_rules! sym {
-        ($name:literal) => {
-            // SAFETY: the symbol's type is speexdsp's declaration.
-            *unsafe { l.get($name) }.map_err(|_| {
-                err(format!(
-                    "it has no {}",
-                    String::from_utf8_lossy(&$name[..$name.len() - 1])
-                ))
-            })?
-        };
-    }
-    Ok(Api {
-        echo_init: sym!(b"speex_echo_state_init\0"),
-        echo_destroy: sym!(b"speex_echo_state_destroy\0"),
-        echo_cancel: sym!(b"speex_echo_cancellation\0"),
-        echo_ctl: sym!(b"speex_echo_ctl\0"),
-        echo_reset: sym!(b"speex_echo_state_reset\0"),
-        pre_init: sym!(b"speex_preprocess_state_init\0"),
-        pre_destroy: sym!(b"speex_preprocess_state_destroy\0"),
-        pre_ctl: sym!(b"speex_preprocess_ctl\0"),
-        pre_run: sym!(b"speex_preprocess_run\0"),
-        _lib: l,
-    })
+    // SAFETY: each field has the type of speexdsp's declaration of its symbol.
+    let api = unsafe {
+        Api {
+            echo_init: dl::function(&l, b"speex_echo_state_init\0").map_err(err)?,
+            echo_destroy: dl::function(&l, b"speex_echo_state_destroy\0").map_err(err)?,
+            echo_cancel: dl::function(&l, b"speex_echo_cancellation\0").map_err(err)?,
+            echo_ctl: dl::function(&l, b"speex_echo_ctl\0").map_err(err)?,
+            echo_reset: dl::function(&l, b"speex_echo_state_reset\0").map_err(err)?,
+            pre_init: dl::function(&l, b"speex_preprocess_state_init\0").map_err(err)?,
+            pre_destroy: dl::function(&l, b"speex_preprocess_state_destroy\0").map_err(err)?,
+            pre_ctl: dl::function(&l, b"speex_preprocess_ctl\0").map_err(err)?,
+            pre_run: dl::function(&l, b"speex_preprocess_run\0").map_err(err)?,
+            _lib: l,
+        }
+    };
+    Ok(api)
 }
 
 /// The default library name.

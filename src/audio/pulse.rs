@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{AudioError, AudioSource, FRAME, FRAME_QUEUE, Frame, RATE};
+use crate::dl;
 
 /// The library loaded by default.
 pub const LIBRARY: &str = "libpulse-simple.so.0";
@@ -78,25 +79,18 @@ impl Api {
     fn load(lib: &str) -> Result<Api, String> {
         // SAFETY: libpulse-simple has no initialisers with preconditions.
         let l = unsafe { libloading::Library::new(lib) }.map_err(|e| e.to_string())?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: the symbol's type is libpulse's declaration.
-                *unsafe { l.get($name) }.map_err(|_| {
-                    format!(
-                        "it has no {}",
-                        String::from_utf8_lossy(&$name[..$name.len() - 1])
-                    )
-                })?
-            };
-        }
-        Ok(Api {
-            new: sym!(b"pa_simple_new\0"),
-            read: sym!(b"pa_simple_read\0"),
-            free: sym!(b"pa_simple_free\0"),
-            // In libpulse.so.0, which libpulse-simple links.
-            strerror: sym!(b"pa_strerror\0"),
-            _lib: l,
-        })
+        // SAFETY: each field has the type of libpulse's declaration of its
+        // symbol (pa_strerror is libpulse.so.0's, which libpulse-simple links).
+        let api = unsafe {
+            Api {
+                new: dl::function(&l, b"pa_simple_new\0")?,
+                read: dl::function(&l, b"pa_simple_read\0")?,
+                free: dl::function(&l, b"pa_simple_free\0")?,
+                strerror: dl::function(&l, b"pa_strerror\0")?,
+                _lib: l,
+            }
+        };
+        Ok(api)
     }
 
     fn error(&self, code: c_int) -> String {

@@ -57,16 +57,79 @@ pub struct Args {
     /// Python with wyoming-openwakeword, to compare with [default: the engines' venv-oww]
     #[arg(long)]
     oww_python: Option<PathBuf>,
+    /// The wake word to measure: okay_nabu, hey_jarvis, hey_mycroft or alexa
+    #[arg(long, default_value = "okay_nabu", value_parser = spoken)]
+    word: Spoken,
 }
 
-const WORD: &str = "okay_nabu";
+/// A wake word the bench can measure: the model's name, how the phrases
+/// say it, wyoming-openwakeword's model of it, and what the text without
+/// the wake word must not contain.
+#[derive(Debug, Clone, Copy)]
+pub struct Spoken {
+    name: &'static str,
+    said: &'static str,
+    oww: &'static str,
+    keyword: &'static str,
+}
+
+/// The words whose models pymicro-wakeword ships (and openWakeWord too).
+const WORDS: [Spoken; 4] = [
+    Spoken {
+        name: "okay_nabu",
+        said: "Okay Nabu",
+        oww: "ok_nabu",
+        keyword: "nabu",
+    },
+    Spoken {
+        name: "hey_jarvis",
+        said: "Hey Jarvis",
+        oww: "hey_jarvis",
+        keyword: "jarvis",
+    },
+    Spoken {
+        name: "hey_mycroft",
+        said: "Hey Mycroft",
+        oww: "hey_mycroft",
+        keyword: "mycroft",
+    },
+    Spoken {
+        name: "alexa",
+        said: "Alexa",
+        oww: "alexa",
+        keyword: "alexa",
+    },
+];
+
+fn spoken(name: &str) -> Result<Spoken, String> {
+    WORDS
+        .iter()
+        .find(|w| w.name == name)
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<&str> = WORDS.iter().map(|w| w.name).collect();
+            format!("no such word (the models shipped: {})", names.join(", "))
+        })
+}
+
+impl Spoken {
+    /// The bare phrase, and the phrase with a question after it.
+    fn phrases(&self) -> [String; 3] {
+        let w = self.said;
+        [
+            format!("{w}."),
+            format!("{w}, what time is it?"),
+            format!("{w}, turn on the kitchen light."),
+        ]
+    }
+
+    fn phrase(&self) -> String {
+        format!("{}.", self.said)
+    }
+}
+
 const VOICES: [&str; 6] = [
     "en-us", "en-gb", "en-us+f3", "en-us+m3", "en-gb+f4", "en-us+m7",
-];
-const PHRASES: [&str; 3] = [
-    "Okay Nabu.",
-    "Okay Nabu, what time is it?",
-    "Okay Nabu, turn on the kitchen light.",
 ];
 
 fn engines_dir() -> PathBuf {
@@ -222,19 +285,28 @@ fn scene(
         .collect()
 }
 
-fn micro(models: &Path) -> MicroEngine {
-    micro_at(models, None)
+/// The engine as `pichat run` builds it by default: with openWakeWord's
+/// second opinion when the setup script installed its models.
+fn micro(models: &Path, word: &str) -> MicroEngine {
+    micro_at(models, word, None).with_second_opinion(second_opinion(models).as_deref())
 }
 
-/// The engine at a given threshold (`None`: the model's own cutoff; above
-/// 1: it never fires, so its scores are the model's, whole).
-fn micro_at(models: &Path, threshold: Option<f32>) -> MicroEngine {
+fn second_opinion(models: &Path) -> Option<PathBuf> {
+    crate::config::SecondOpinion::IfInstalled(models.join("openwakeword"))
+        .dir()
+        .map(Path::to_path_buf)
+}
+
+/// The engine alone (no second opinion) at a given threshold (`None`: the
+/// model's own cutoff; above 1: it never fires, so its scores are the
+/// model's, whole).
+fn micro_at(models: &Path, word: &str, threshold: Option<f32>) -> MicroEngine {
     MicroEngine::new(
         "micro",
         models,
         &models.join("libtensorflowlite_c.so"),
         vec![Word {
-            name: WORD.into(),
+            name: word.into(),
             threshold,
             trigger_level: 1,
             refractory: Duration::from_secs(2),
@@ -265,7 +337,7 @@ fn detect(engine: &MicroEngine, pcm: &[i16]) -> anyhow::Result<(Vec<u64>, f32)> 
 }
 
 /// Text without the wake word: the fortunes, one per paragraph.
-fn fortunes() -> anyhow::Result<Vec<String>> {
+fn fortunes(keyword: &str) -> anyhow::Result<Vec<String>> {
     let dir = Path::new("/usr/share/games/fortunes");
     let mut out = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -292,7 +364,7 @@ fn fortunes() -> anyhow::Result<Vec<String>> {
                 .collect();
             let clean = clean.split_whitespace().collect::<Vec<_>>().join(" ");
             let lower = clean.to_lowercase();
-            if clean.len() > 20 && !lower.contains("nabu") {
+            if clean.len() > 20 && !lower.contains(keyword) {
                 out.push(clean);
             }
         }
@@ -318,19 +390,24 @@ fn models_dir(args: &Args) -> PathBuf {
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::engines::init_tls();
     let models = models_dir(&args);
-    println!("wake word models: {} (word {WORD})", models.display());
-    let engine = micro(&models);
+    let word = args.word;
+    println!(
+        "wake word models: {} (word {})",
+        models.display(),
+        word.name
+    );
+    let engine = micro(&models, word.name);
+    let phrases = word.phrases();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
 
     // Detection rate.
-    let mut noise = Noise::new(7);
     let mut cases: Vec<(String, Vec<i16>, usize)> = Vec::new();
     let piper_phrases: Vec<(String, Vec<i16>)> = rt.block_on(async {
         let mut v = Vec::new();
-        for p in PHRASES {
+        for p in &phrases {
             if let Some(pcm) = piper(p).await {
                 v.push((format!("piper {p:?}"), pcm));
             }
@@ -345,7 +422,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut grid: Vec<(String, Vec<i16>)> = Vec::new();
     for v in VOICES {
         for s in speeds {
-            for p in PHRASES {
+            for p in &phrases {
                 grid.push((format!("{v} {s} wpm {p:?}"), espeak(p, v, s)?));
             }
         }
@@ -359,6 +436,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let gain = levels[i % 3];
         let snr = snrs[(i / 3 + i / 9) % 3];
+        // Each phrase its own noise: the same for it whatever came before.
+        let mut noise = Noise::new(7 + i as u64 * 2);
         let pcm = scene(&speech, gain, snr, 16_000, 24_000, &mut noise);
         // Where the voice ends (espeak-ng adds silence after it).
         let voiced = speech
@@ -382,16 +461,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut misses = Vec::new();
     let mut lags = Vec::new();
     // Each phrase's best score, for the threshold sweep.
-    let whole = micro_at(&models, Some(2.0));
+    let whole = micro_at(&models, word.name, Some(2.0));
+    let alone = micro_at(&models, word.name, None);
+    let mut alone_hits = 0;
     let mut bests = Vec::new();
     for (name, pcm, voiced_end) in &cases {
         bests.push(detect(&whole, pcm)?.1);
+        alone_hits += usize::from(!detect(&alone, pcm)?.0.is_empty());
         let (d, best) = detect(&engine, pcm)?;
         let speech_end = *voiced_end as u64;
         match d.first() {
             Some(&end) => {
                 hits += 1;
-                if name.contains(&format!("{:?}", PHRASES[0])) {
+                if name.contains(&format!("{:?}", phrases[0])) {
                     lags.push(Duration::from_millis(end.saturating_sub(speech_end) / 16));
                 }
             }
@@ -425,6 +507,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (m, best) in misses.iter().take(12) {
         println!("    missed: {m} (best score {best:.3})");
     }
+    let second = match second_opinion(&models) {
+        Some(d) => format!(
+            "the rate above is with openWakeWord's second opinion ({})",
+            d.display()
+        ),
+        None => {
+            "no second opinion: openWakeWord's models are not installed (scripts/setup-wake.sh)"
+                .into()
+        }
+    };
+    println!(
+        "    microWakeWord alone: {alone_hits}/{} = {:.1} %   ({second})",
+        cases.len(),
+        alone_hits as f64 * 100.0 / cases.len() as f64
+    );
     if let Err(e) = rt.block_on(peer_detection(&args, &cases)) {
         println!("wyoming-openwakeword on the same phrases: skipped ({e:#})");
     }
@@ -450,12 +547,12 @@ fn rest(
     let levels = [0.0f32, -6.0, -12.0];
     // False accepts on an hour of speech without the wake word.
     if args.hours > 0.0 {
-        let texts = fortunes()?;
+        let texts = fortunes(args.word.keyword)?;
         let want = (args.hours * 3600.0 * 16_000.0) as u64;
         let mut s = engine.open_now()?;
         // The same audio through a twin that never fires: the whole score
         // stream, (score, position), for the threshold sweep.
-        let mut twin = micro_at(models, Some(2.0)).open_now()?;
+        let mut twin = micro_at(models, args.word.name, Some(2.0)).open_now()?;
         let mut stream: Vec<(f32, u64)> = Vec::new();
         let mut twin_out = Vec::new();
         let mut out = Vec::new();
@@ -503,6 +600,7 @@ fn rest(
         }
         let hours = fed as f64 / 16_000.0 / 3600.0;
         let cutoff = s.thresholds().first().map_or(0.0, |t| t.1);
+        let asked = s.second_opinions_asked();
         println!(
             "{:<34} {} in {:.2} h = {:.2} per hour   ({} fortunes, {} voices, noise at SNR 15 dB; {:.0} s to run)   goal <= 0.5 / h",
             "false accepts",
@@ -517,6 +615,13 @@ fn rest(
             "    highest score without the wake word: {highest:.3} (cutoff {:.3})",
             cutoff
         );
+        if !s.second_opinions().is_empty() {
+            println!(
+                "    the second opinion was asked {asked} times = {:.1} per hour (score >= {}), and runs only then",
+                asked as f64 / hours,
+                crate::wake::micro::GATE
+            );
+        }
         for (at, score, text) in accepts.iter().take(10) {
             println!("    at {at:.0} s, score {score:.2}: {text:?}…");
         }
@@ -551,8 +656,8 @@ fn free_port() -> std::io::Result<u16> {
         .map(|a| a.port())
 }
 
-/// wyoming-openwakeword on `port` with its `ok_nabu` model.
-fn spawn_oww(py: &Path, port: u16) -> std::io::Result<Child> {
+/// wyoming-openwakeword on `port` with its `model` (e.g. `ok_nabu`).
+fn spawn_oww(py: &Path, port: u16, model: &str) -> std::io::Result<Child> {
     Command::new(py)
         .args([
             "-m",
@@ -560,21 +665,21 @@ fn spawn_oww(py: &Path, port: u16) -> std::io::Result<Child> {
             "--uri",
             &format!("tcp://127.0.0.1:{port}"),
             "--preload-model",
-            "ok_nabu",
+            model,
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
 }
 
-/// The same phrases through wyoming-openwakeword (its own `ok_nabu` model
+/// The same phrases through wyoming-openwakeword (its own model of the word
 /// and threshold), one connection each, for its detection rate beside ours.
 async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> anyhow::Result<()> {
     use crate::wake::WakeEngine;
     let py = oww_python(args);
     anyhow::ensure!(py.exists(), "not installed at {}", py.display());
     let port = free_port()?;
-    let mut oww = spawn_oww(&py, port)?;
+    let mut oww = spawn_oww(&py, port, args.word.oww)?;
     let r = async {
         let engine = crate::wake::wyoming::WyomingWake::new(
             "oww",
@@ -582,7 +687,7 @@ async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> any
             port,
             Duration::from_secs(20),
             vec![Word {
-                name: WORD.into(),
+                name: args.word.name.into(),
                 threshold: None,
                 trigger_level: 1,
                 refractory: Duration::from_secs(2),
@@ -627,10 +732,11 @@ async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> any
             }
         }
         println!(
-            "{:<34} {hits}/{} = {:.1} %   (the same phrases; its ok_nabu model and threshold)",
+            "{:<34} {hits}/{} = {:.1} %   (the same phrases; its {} model and threshold)",
             "    wyoming-openwakeword",
             cases.len(),
-            hits as f64 * 100.0 / cases.len().max(1) as f64
+            hits as f64 * 100.0 / cases.len().max(1) as f64,
+            args.word.oww
         );
         let per: Vec<String> = by_voice
             .iter()
@@ -647,12 +753,14 @@ async fn peer_detection(args: &Args, cases: &[(String, Vec<i16>, usize)]) -> any
 
 /// Detection rate and false accepts per hour at other thresholds, from the
 /// phrases' best scores and the hour's score stream: what `threshold` in
-/// `[wake.words.NAME]` would trade (trigger level 1, refractory 2 s).
+/// `[wake.words.NAME]` would trade (trigger level 1, refractory 2 s), for
+/// microWakeWord alone.
 fn sweep(bests: &[f32], stream: &[(f32, u64)], hours: f64, cutoff: f32) {
     use crate::wake::trigger::Trigger;
     if bests.is_empty() || hours <= 0.0 {
         return;
     }
+    println!("    microWakeWord alone at other thresholds:");
     println!("    threshold   detection        false accepts");
     for t in [0.5f32, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] {
         let hits = bests.iter().filter(|&&b| b >= t).count();
@@ -944,9 +1052,9 @@ fn scripted_llm(port: u16) -> String {
     )
 }
 
-fn wake_section(models: &Path) -> String {
+fn wake_section(models: &Path, word: &str) -> String {
     format!(
-        "[wake]\nengines = [\"micro\"]\n[engines.micro]\nkind = \"micro\"\nmodels = \"{}\"\n",
+        "[wake]\nengines = [\"micro\"]\n[wake.words.{word}]\n[engines.micro]\nkind = \"micro\"\nmodels = \"{}\"\n",
         models.display()
     )
 }
@@ -970,7 +1078,8 @@ fn read_raw(p: &Path) -> Vec<i16> {
 }
 
 async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
-    let wake = wake_section(models);
+    let wake = wake_section(models, args.word.name);
+    let wake_phrase = args.word.phrase();
     // Latency: each wake phrase (clean, several voices) to microphone and
     // speaker at once; the earcon follows on the speaker. The microphone
     // through cpal on ALSA's pulse plugin, and through PulseAudio's own API.
@@ -994,7 +1103,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
         let mut stream: Vec<i16> = vec![0; 8000];
         for i in 0..args.latency_trials {
             let v = VOICES[i % VOICES.len()];
-            let speech = espeak(PHRASES[0], v, [140, 170][i % 2])?;
+            let speech = espeak(&wake_phrase, v, [140, 170][i % 2])?;
             stream.extend_from_slice(&speech);
             ends.push(stream.len());
             // Silence: the earcon, the no-speech timeout, its earcon.
@@ -1090,7 +1199,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
         let cfg = format!("[listen]\nmode = \"wake\"\n{listen}{wake}{LOCAL}");
         let mut d = tokio::task::block_in_place(|| Daemon::start(room, &cfg))?;
         let q = question()?;
-        let phrase = espeak(PHRASES[0], "en-us", 150)?;
+        let phrase = espeak(&wake_phrase, "en-us", 150)?;
         let mut figures = Vec::new();
         let mut parts: [Vec<Duration>; 3] = Default::default();
         let mut drafted = 0;
@@ -1141,7 +1250,9 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
     // Its own voice.
     if args.replies > 0 || args.barge_ins > 0 {
         let _leak = room.leak(60)?;
-        let says = "Okay Nabu. My name is Okay Nabu. You can call me Okay Nabu at any time, and Okay Nabu will answer.";
+        let w = args.word.said;
+        let says =
+            format!("{w}. My name is {w}. You can call me {w} at any time, and {w} will answer.");
         let fake = super::fakes::llm(super::fakes::LlmMode::Tokens {
             tokens: says.split_inclusive(' ').map(str::to_string).collect(),
             gap: Duration::from_millis(5),
@@ -1151,7 +1262,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
         let cfg = format!("[listen]\nmode = \"wake\"\nno_speech_timeout_s = 2.0\n{wake}{llm}");
         let mut d = tokio::task::block_in_place(|| Daemon::start(room, &cfg))?;
         let q = question()?;
-        let phrase = espeak(PHRASES[0], "en-us", 150)?;
+        let phrase = espeak(&wake_phrase, "en-us", 150)?;
         let (mut answered, mut woke, mut ignored) = (0, 0, 0);
         for _ in 0..args.replies {
             let mut utt = phrase.clone();
@@ -1216,7 +1327,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
                 // Into the reply, then the user's wake word over it.
                 let wait = 2500 + (i as u64 % 5) * 700;
                 std::thread::sleep(Duration::from_millis(wait));
-                let user = espeak(PHRASES[0], VOICES[i % VOICES.len()], 150)?;
+                let user = espeak(&wake_phrase, VOICES[i % VOICES.len()], 150)?;
                 tokio::task::block_in_place(|| room.play("mic", &user))?;
                 let line =
                     tokio::task::block_in_place(|| d.wait_for("turn ", Duration::from_secs(40)))
@@ -1249,7 +1360,7 @@ async fn in_the_room(args: &Args, room: &Room, models: &Path) -> anyhow::Result<
 
 async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
     // The same audio for everyone: speech without the wake word, over noise.
-    let texts = fortunes()?;
+    let texts = fortunes(args.word.keyword)?;
     let mut audio = Vec::new();
     let mut noise = Noise::new(3);
     let mut k = 0;
@@ -1261,7 +1372,7 @@ async fn cpu(args: &Args, room: &Room, models: &Path) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let wav = dir.path().join("speech.wav");
     crate::audio::wav::write(&wav, &audio, 16_000)?;
-    stages(models, &audio)?;
+    stages(models, args.word.name, &audio)?;
     println!(
         "armed and waiting, a WAV file as the microphone (paced in real time): the pipeline's own cost"
     );
@@ -1287,7 +1398,7 @@ fn thread_cpu() -> Duration {
 
 /// The armed loop's stages alone, on `audio` in 20 ms frames as fast as
 /// they run: % of a core at real time.
-fn stages(models: &Path, audio: &[i16]) -> anyhow::Result<()> {
+fn stages(models: &Path, word: &str, audio: &[i16]) -> anyhow::Result<()> {
     let secs = audio.len() as f64 / 16_000.0;
     let pct = |d: Duration| d.as_secs_f64() / secs * 100.0;
     let frames = || audio.chunks_exact(crate::audio::FRAME);
@@ -1298,7 +1409,7 @@ fn stages(models: &Path, audio: &[i16]) -> anyhow::Result<()> {
         frontend.push(f, |_| n += 1);
     }
     let front = thread_cpu() - t;
-    let mut s = micro(models).open_now()?;
+    let mut s = micro(models, word).open_now()?;
     let mut out = Vec::new();
     let t = thread_cpu();
     for f in frames() {
@@ -1324,6 +1435,37 @@ fn stages(models: &Path, audio: &[i16]) -> anyhow::Result<()> {
         "voice activity alone",
         pct(vad)
     );
+    if let Some(dir) = second_opinion(models) {
+        use crate::wake::oww;
+        let lib = crate::wake::tflite::Library::load(&models.join("libtensorflowlite_c.so"))?;
+        let mut features = oww::Features::load(&lib, &dir)?;
+        let mut classifier = oww::Classifier::load(&lib, &oww::classifier_path(&dir, word))?;
+        let warm = &audio[..oww::WARM_UP.min(audio.len())];
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            features.reset(0);
+            let t = thread_cpu();
+            features.push(warm, |w, _| {
+                std::hint::black_box(classifier.probability(w).ok());
+            })?;
+            runs.push(thread_cpu() - t);
+        }
+        features.reset(0);
+        let t = thread_cpu();
+        for f in frames() {
+            features.push(f, |w, _| {
+                std::hint::black_box(classifier.probability(w).ok());
+            })?;
+        }
+        let all = thread_cpu() - t;
+        println!(
+            "{:<34} {} to start on the last 2 s, then {:.3} % of a core while it listens (only after a score of {} or more)",
+            "    openWakeWord's second opinion",
+            ms(Percentiles::new(runs).p(50.0)),
+            pct(all),
+            crate::wake::micro::GATE
+        );
+    }
     Ok(())
 }
 
@@ -1337,7 +1479,7 @@ async fn cpu_round(
     let py = oww_python(args);
     let port = free_port()?;
     let mut oww = if py.exists() {
-        Some(spawn_oww(&py, port)?)
+        Some(spawn_oww(&py, port, args.word.oww)?)
     } else {
         println!(
             "wyoming-openwakeword: not installed at {} (scripts/setup-local-engines.sh)",
@@ -1349,7 +1491,10 @@ async fn cpu_round(
     let ours = tokio::task::block_in_place(|| {
         Daemon::start_with(
             room,
-            &format!("[listen]\nmode = \"wake\"\n{}", wake_section(models)),
+            &format!(
+                "[listen]\nmode = \"wake\"\n{}",
+                wake_section(models, args.word.name)
+            ),
             input,
         )
     })?;

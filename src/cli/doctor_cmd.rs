@@ -338,7 +338,8 @@ async fn check_wake(cfg: &Config, rep: &mut Report) {
             let woke = out
                 .iter()
                 .any(|e| matches!(e, crate::wake::WakeEvent::Detected { .. }));
-            Ok::<_, crate::wake::WakeError>((s.words(), opened, fed, woke))
+            let words = format!("{}{}", s.words().join(", "), s.detail());
+            Ok::<_, crate::wake::WakeError>((words, opened, fed, woke))
         }
         .await;
         any |= r.as_ref().is_ok_and(|x| !x.3);
@@ -348,8 +349,7 @@ async fn check_wake(cfg: &Config, rep: &mut Report) {
                 label,
                 Status::Ok,
                 format!(
-                    "{}: opened in {} ms; 1 s of silence took {:.1} ms and did not wake it",
-                    words.join(", "),
+                    "{words}: opened in {} ms; 1 s of silence took {:.1} ms and did not wake it",
                     opened.as_millis(),
                     fed.as_secs_f64() * 1000.0
                 ),

@@ -34,6 +34,7 @@ const ALL_ENGINE_KEYS: &[&str] = &[
     "format",
     "models",
     "library",
+    "second_opinion",
 ];
 
 /// How the config file was chosen (for messages).
@@ -484,6 +485,40 @@ mod tests {
         );
         assert!(
             lines[3].starts_with("t.toml:7: ptt.mode: \"x\" is not valid (allowed: hold, toggle)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_second_opinion_is_on_where_installed_and_can_be_named_or_off() {
+        let micro = |toml: &str| match check(toml).unwrap().1.engines["micro"].kind.clone() {
+            EngineKind::Micro { second_opinion, .. } => second_opinion,
+            other => panic!("{other:?}"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().display().to_string();
+        let s = micro(&format!(
+            "[engines.micro]\nkind = \"micro\"\nmodels = \"{models}\"\n"
+        ));
+        assert_eq!(
+            s,
+            SecondOpinion::IfInstalled(dir.path().join("openwakeword"))
+        );
+        assert_eq!(s.dir(), None, "not installed: off");
+        std::fs::create_dir(dir.path().join("openwakeword")).unwrap();
+        std::fs::write(dir.path().join("openwakeword/melspectrogram.tflite"), b"").unwrap();
+        assert_eq!(s.dir(), Some(dir.path().join("openwakeword").as_path()));
+        let s = micro("[engines.micro]\nkind = \"micro\"\nsecond_opinion = \"\"\n");
+        assert_eq!((s.clone(), s.dir()), (SecondOpinion::Off, None));
+        // Named: used, so that a wrong path is an error when it opens.
+        let s = micro("[engines.micro]\nkind = \"micro\"\nsecond_opinion = \"/nowhere\"\n");
+        assert_eq!(s.dir(), Some(Path::new("/nowhere")));
+        let err =
+            check("[engines.w]\nkind = \"wyoming\"\nurl = \"tcp://h:1\"\nsecond_opinion = \"x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with("t.toml:4: engines.w.second_opinion:"),
             "{err}"
         );
     }

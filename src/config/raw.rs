@@ -311,6 +311,9 @@ pub struct RawEngine {
     pub models: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub library: Option<String>,
+    /// `kind = "micro"`: openWakeWord's models for a second opinion ("": off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_opinion: Option<String>,
     /// Never allowed: present only so that a secret written into the file is
     /// caught and reported instead of silently ignored or used.
     #[serde(skip_serializing)]

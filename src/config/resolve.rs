@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::paths;
@@ -271,7 +271,31 @@ pub enum EngineKind {
     Micro {
         models: PathBuf,
         library: PathBuf,
+        second_opinion: SecondOpinion,
     },
+}
+
+/// `[engines.NAME] second_opinion` of a `micro` engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecondOpinion {
+    /// Not set: openWakeWord's models in `MODELS/openwakeword`, if the
+    /// setup script installed them there.
+    IfInstalled(PathBuf),
+    /// Set to a directory: its models must load.
+    At(PathBuf),
+    /// Set to "".
+    Off,
+}
+
+impl SecondOpinion {
+    /// The directory to use now, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            SecondOpinion::IfInstalled(d) if d.join("melspectrogram.tflite").exists() => Some(d),
+            SecondOpinion::At(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 impl EngineKind {
@@ -380,7 +404,7 @@ pub fn engine_keys(kind: &str) -> &'static [&'static str] {
         ],
         "command" => &["command", "timeout_ms"],
         "server" => &["timeout_ms"],
-        "micro" => &["models", "library", "timeout_ms"],
+        "micro" => &["models", "library", "second_opinion", "timeout_ms"],
         _ => &[],
     }
 }
@@ -599,7 +623,16 @@ fn resolve_engine(c: &mut Checker, name: &str, e: &RawEngine) -> Option<EngineCo
                 .filter(|m| !m.trim().is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(|| models.join("libtensorflowlite_c.so"));
-            EngineKind::Micro { models, library }
+            let second_opinion = match e.second_opinion.as_deref() {
+                None => SecondOpinion::IfInstalled(models.join("openwakeword")),
+                Some(s) if s.trim().is_empty() => SecondOpinion::Off,
+                Some(s) => SecondOpinion::At(PathBuf::from(s)),
+            };
+            EngineKind::Micro {
+                models,
+                library,
+                second_opinion,
+            }
         }
         other => {
             c.err(

@@ -59,9 +59,10 @@ impl Chain {
             match self.engines[i].open().await {
                 Ok(s) => {
                     tracing::info!(
-                        "wake word: listening with {} for {}",
+                        "wake word: listening with {} for {}{}",
                         self.engines[i].name(),
-                        s.words().join(", ")
+                        s.words().join(", "),
+                        s.detail()
                     );
                     self.current = Some((i, s));
                     self.failures = 0;

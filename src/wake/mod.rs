@@ -14,6 +14,7 @@
 pub mod chain;
 pub mod frontend;
 pub mod micro;
+pub mod oww;
 pub mod tflite;
 pub mod trigger;
 pub mod wyoming;
@@ -78,6 +79,11 @@ pub trait WakeStream: Send {
     async fn push(&mut self, pcm: &[i16], out: &mut Vec<WakeEvent>) -> Result<()>;
     /// The words this stream listens for.
     fn words(&self) -> Vec<String>;
+    /// What it says of itself when it starts listening, after the words
+    /// (e.g. its second opinion); empty by default.
+    fn detail(&self) -> String {
+        String::new()
+    }
 }
 
 /// A word as the engines take it.
@@ -118,8 +124,13 @@ pub fn build(cfg: &Config) -> Result<Vec<std::sync::Arc<dyn WakeEngine>>> {
                 message: "not defined in [engines]".into(),
             })?;
             let engine: std::sync::Arc<dyn WakeEngine> = match &e.kind {
-                EngineKind::Micro { models, library } => std::sync::Arc::new(
-                    micro::MicroEngine::new(name, models, library, words.clone()),
+                EngineKind::Micro {
+                    models,
+                    library,
+                    second_opinion,
+                } => std::sync::Arc::new(
+                    micro::MicroEngine::new(name, models, library, words.clone())
+                        .with_second_opinion(second_opinion.dir()),
                 ),
                 EngineKind::Wyoming { host, port, .. } => std::sync::Arc::new(
                     wyoming::WyomingWake::new(name, host, *port, e.timeout, words.clone()),

@@ -11,6 +11,8 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::dl;
+
 /// Largest model file accepted (the shipped ones are 50–80 KB).
 pub const MAX_MODEL_BYTES: u64 = 8 << 20;
 
@@ -55,6 +57,7 @@ struct Api {
     quant: unsafe extern "C" fn(*const c_void) -> QuantParams,
     copy_from: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> Status,
     copy_to: unsafe extern "C" fn(*const c_void, *mut c_void, usize) -> Status,
+    resize: unsafe extern "C" fn(*mut c_void, i32, *const c_int, i32) -> Status,
 }
 
 /// A loaded `libtensorflowlite_c`.
@@ -79,37 +82,40 @@ impl Library {
         // SAFETY: loading runs the library's initialisers; this is the
         // TensorFlow Lite C library the setup script unpacked.
         let lib = unsafe { libloading::Library::new(path) }.map_err(|e| err(e.to_string()))?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: the symbol's type is the C API's declaration.
-                *unsafe { lib.get($name) }.map_err(|_| {
-                    err(format!(
-                        "it has no {} (not TensorFlow Lite's C library?)",
-                        String::from_utf8_lossy(&$name[..$name.len() - 1])
-                    ))
-                })?
-            };
-        }
-        let api = Api {
-            version: sym!(b"TfLiteVersion\0"),
-            model_create: sym!(b"TfLiteModelCreate\0"),
-            model_delete: sym!(b"TfLiteModelDelete\0"),
-            options_create: sym!(b"TfLiteInterpreterOptionsCreate\0"),
-            options_threads: sym!(b"TfLiteInterpreterOptionsSetNumThreads\0"),
-            options_delete: sym!(b"TfLiteInterpreterOptionsDelete\0"),
-            interpreter_create: sym!(b"TfLiteInterpreterCreate\0"),
-            interpreter_delete: sym!(b"TfLiteInterpreterDelete\0"),
-            allocate: sym!(b"TfLiteInterpreterAllocateTensors\0"),
-            invoke: sym!(b"TfLiteInterpreterInvoke\0"),
-            input: sym!(b"TfLiteInterpreterGetInputTensor\0"),
-            output: sym!(b"TfLiteInterpreterGetOutputTensor\0"),
-            tensor_type: sym!(b"TfLiteTensorType\0"),
-            num_dims: sym!(b"TfLiteTensorNumDims\0"),
-            dim: sym!(b"TfLiteTensorDim\0"),
-            byte_size: sym!(b"TfLiteTensorByteSize\0"),
-            quant: sym!(b"TfLiteTensorQuantizationParams\0"),
-            copy_from: sym!(b"TfLiteTensorCopyFromBuffer\0"),
-            copy_to: sym!(b"TfLiteTensorCopyToBuffer\0"),
+        let missing = |e: String| err(format!("{e} (not TensorFlow Lite's C library?)"));
+        // SAFETY: each field has the type of the C API's declaration of its
+        // symbol.
+        let api = unsafe {
+            Api {
+                version: dl::function(&lib, b"TfLiteVersion\0").map_err(missing)?,
+                model_create: dl::function(&lib, b"TfLiteModelCreate\0").map_err(missing)?,
+                model_delete: dl::function(&lib, b"TfLiteModelDelete\0").map_err(missing)?,
+                options_create: dl::function(&lib, b"TfLiteInterpreterOptionsCreate\0")
+                    .map_err(missing)?,
+                options_threads: dl::function(&lib, b"TfLiteInterpreterOptionsSetNumThreads\0")
+                    .map_err(missing)?,
+                options_delete: dl::function(&lib, b"TfLiteInterpreterOptionsDelete\0")
+                    .map_err(missing)?,
+                interpreter_create: dl::function(&lib, b"TfLiteInterpreterCreate\0")
+                    .map_err(missing)?,
+                interpreter_delete: dl::function(&lib, b"TfLiteInterpreterDelete\0")
+                    .map_err(missing)?,
+                allocate: dl::function(&lib, b"TfLiteInterpreterAllocateTensors\0")
+                    .map_err(missing)?,
+                invoke: dl::function(&lib, b"TfLiteInterpreterInvoke\0").map_err(missing)?,
+                input: dl::function(&lib, b"TfLiteInterpreterGetInputTensor\0").map_err(missing)?,
+                output: dl::function(&lib, b"TfLiteInterpreterGetOutputTensor\0")
+                    .map_err(missing)?,
+                tensor_type: dl::function(&lib, b"TfLiteTensorType\0").map_err(missing)?,
+                num_dims: dl::function(&lib, b"TfLiteTensorNumDims\0").map_err(missing)?,
+                dim: dl::function(&lib, b"TfLiteTensorDim\0").map_err(missing)?,
+                byte_size: dl::function(&lib, b"TfLiteTensorByteSize\0").map_err(missing)?,
+                quant: dl::function(&lib, b"TfLiteTensorQuantizationParams\0").map_err(missing)?,
+                copy_from: dl::function(&lib, b"TfLiteTensorCopyFromBuffer\0").map_err(missing)?,
+                copy_to: dl::function(&lib, b"TfLiteTensorCopyToBuffer\0").map_err(missing)?,
+                resize: dl::function(&lib, b"TfLiteInterpreterResizeInputTensor\0")
+                    .map_err(missing)?,
+            }
         };
         Ok(Arc::new(Library {
             api,
@@ -131,13 +137,13 @@ impl Library {
     }
 }
 
-/// kTfLiteInt8 / kTfLiteUInt8 in the C API's type enum.
+/// kTfLiteFloat32 / kTfLiteInt8 / kTfLiteUInt8 in the C API's type enum.
+const FLOAT32: c_int = 1;
 const INT8: c_int = 9;
 const UINT8: c_int = 3;
 
-/// One int8 streaming model with its interpreter (its state persists
-/// between invocations). Not shared between threads; movable.
-pub struct Model {
+/// A model file and its interpreter, with its first input and output.
+struct Interpreter {
     lib: Arc<Library>,
     path: PathBuf,
     /// The model's bytes: TensorFlow Lite reads them in place for the
@@ -147,23 +153,9 @@ pub struct Model {
     interpreter: *mut c_void,
     input: *mut c_void,
     output: *const c_void,
-    /// Input shape [1, stride, features].
-    pub stride: usize,
-    pub features: usize,
-    in_scale: f32,
-    in_zero: i32,
-    in_unsigned: bool,
-    out_scale: f32,
-    out_zero: i32,
-    out_unsigned: bool,
-    quantized: Vec<u8>,
 }
 
-// SAFETY: the interpreter is only ever used through `&mut self`, by one
-// thread at a time; TensorFlow Lite keeps no thread-local state for it.
-unsafe impl Send for Model {}
-
-impl Drop for Model {
+impl Drop for Interpreter {
     fn drop(&mut self) {
         // SAFETY: created by this library, deleted once, interpreter first.
         unsafe {
@@ -173,9 +165,10 @@ impl Drop for Model {
     }
 }
 
-impl Model {
-    /// Loads a model file (size checked first) and prepares it.
-    pub fn load(lib: &Arc<Library>, path: &Path) -> Result<Model, TfliteError> {
+impl Interpreter {
+    /// Loads a model file (size checked first), gives its input the shape
+    /// `input` if one is given, and allocates its tensors.
+    fn open(lib: &Arc<Library>, path: &Path, input: Option<&[c_int]>) -> Result<Self, TfliteError> {
         let err = |message: String| TfliteError::Model {
             path: path.to_path_buf(),
             message,
@@ -212,7 +205,7 @@ impl Model {
                 (api.model_delete)(model);
                 return Err(err("TensorFlow Lite cannot build an interpreter for this model (an operation it lacks?)".into()));
             }
-            let mut m = Model {
+            let mut it = Interpreter {
                 lib: lib.clone(),
                 path: path.to_path_buf(),
                 _bytes: bytes,
@@ -220,70 +213,148 @@ impl Model {
                 interpreter,
                 input: std::ptr::null_mut(),
                 output: std::ptr::null(),
-                stride: 0,
-                features: 0,
-                in_scale: 1.0,
-                in_zero: 0,
-                in_unsigned: false,
-                out_scale: 1.0,
-                out_zero: 0,
-                out_unsigned: false,
-                quantized: Vec::new(),
             };
+            if let Some(dims) = input {
+                it.input = (api.input)(interpreter, 0);
+                if it.input.is_null() {
+                    return Err(err("the model has no input tensor".into()));
+                }
+                let shape = it.input_shape();
+                if shape.len() != dims.len()
+                    || (api.resize)(interpreter, 0, dims.as_ptr(), dims.len() as i32) != 0
+                {
+                    return Err(err(format!(
+                        "its input is {shape:?}; it cannot take the shape {dims:?}"
+                    )));
+                }
+            }
             if (api.allocate)(interpreter) != 0 {
                 return Err(err("cannot allocate the model's tensors".into()));
             }
-            m.input = (api.input)(interpreter, 0);
-            m.output = (api.output)(interpreter, 0);
-            if m.input.is_null() || m.output.is_null() {
+            it.input = (api.input)(interpreter, 0);
+            it.output = (api.output)(interpreter, 0);
+            if it.input.is_null() || it.output.is_null() {
                 return Err(err("the model has no input or output tensor".into()));
             }
-            let (it, ot) = ((api.tensor_type)(m.input), (api.tensor_type)(m.output));
-            if !matches!(it, INT8 | UINT8) || !matches!(ot, INT8 | UINT8) {
-                return Err(err(format!(
-                    "tensors of type {it}/{ot}; a microWakeWord model is quantized to 8 bits"
-                )));
-            }
-            m.in_unsigned = it == UINT8;
-            m.out_unsigned = ot == UINT8;
-            if (api.num_dims)(m.input) != 3 {
-                return Err(err("the input is not [1, stride, features]".into()));
-            }
-            m.stride = (api.dim)(m.input, 1).max(0) as usize;
-            m.features = (api.dim)(m.input, 2).max(0) as usize;
-            let size = (api.byte_size)(m.input);
-            if m.stride == 0 || m.features == 0 || size != m.stride * m.features {
-                return Err(err(format!(
-                    "input of {size} bytes for {}x{} features",
-                    m.stride, m.features
-                )));
-            }
-            if (api.byte_size)(m.output) != 1 {
-                return Err(err("the output is not one probability".into()));
-            }
-            let (iq, oq) = ((api.quant)(m.input), (api.quant)(m.output));
-            if iq.scale <= 0.0 || oq.scale <= 0.0 {
-                return Err(err("the model is not quantized".into()));
-            }
-            (m.in_scale, m.in_zero) = (iq.scale, iq.zero_point);
-            (m.out_scale, m.out_zero) = (oq.scale, oq.zero_point);
-            m.quantized = vec![0; size];
-            Ok(m)
+            Ok(it)
         }
+    }
+
+    fn err(&self, message: impl Into<String>) -> TfliteError {
+        TfliteError::Model {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The input's shape.
+    fn input_shape(&self) -> Vec<usize> {
+        let api = &self.lib.api;
+        // SAFETY: the input tensor lives as long as the interpreter.
+        unsafe {
+            (0..(api.num_dims)(self.input).max(0))
+                .map(|d| (api.dim)(self.input, d).max(0) as usize)
+                .collect()
+        }
+    }
+
+    /// Copies `input` in, runs the model, copies the output to `output`;
+    /// both byte sizes were checked against the tensors by the caller.
+    fn invoke(&mut self, input: &[u8], output: &mut [u8]) -> Result<(), TfliteError> {
+        let api = &self.lib.api;
+        // SAFETY: the buffers' sizes equal the tensors' (checked at load).
+        let ok = unsafe {
+            (api.copy_from)(self.input, input.as_ptr().cast(), input.len()) == 0
+                && (api.invoke)(self.interpreter) == 0
+                && (api.copy_to)(self.output, output.as_mut_ptr().cast(), output.len()) == 0
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err("inference failed"))
+        }
+    }
+}
+
+/// One int8 streaming model with its interpreter (its state persists
+/// between invocations). Not shared between threads; movable.
+pub struct Model {
+    it: Interpreter,
+    /// Input shape [1, stride, features].
+    pub stride: usize,
+    pub features: usize,
+    in_scale: f32,
+    in_zero: i32,
+    in_unsigned: bool,
+    out_scale: f32,
+    out_zero: i32,
+    out_unsigned: bool,
+    quantized: Vec<u8>,
+}
+
+// SAFETY: the interpreter is only ever used through `&mut self`, by one
+// thread at a time; TensorFlow Lite keeps no thread-local state for it.
+unsafe impl Send for Model {}
+
+impl Model {
+    /// Loads a microWakeWord model file (size checked first) and prepares it.
+    pub fn load(lib: &Arc<Library>, path: &Path) -> Result<Model, TfliteError> {
+        let it = Interpreter::open(lib, path, None)?;
+        let api = &lib.api;
+        // SAFETY: the tensors live as long as the interpreter.
+        let (it_type, ot_type, in_size, out_size, iq, oq) = unsafe {
+            (
+                (api.tensor_type)(it.input),
+                (api.tensor_type)(it.output),
+                (api.byte_size)(it.input),
+                (api.byte_size)(it.output),
+                (api.quant)(it.input),
+                (api.quant)(it.output),
+            )
+        };
+        if !matches!(it_type, INT8 | UINT8) || !matches!(ot_type, INT8 | UINT8) {
+            return Err(it.err(format!(
+                "tensors of type {it_type}/{ot_type}; a microWakeWord model is quantized to 8 bits"
+            )));
+        }
+        let shape = it.input_shape();
+        let [_, stride, features] = shape[..] else {
+            return Err(it.err("the input is not [1, stride, features]"));
+        };
+        if stride == 0 || features == 0 || in_size != stride * features {
+            return Err(it.err(format!(
+                "input of {in_size} bytes for {stride}x{features} features"
+            )));
+        }
+        if out_size != 1 {
+            return Err(it.err("the output is not one probability"));
+        }
+        if iq.scale <= 0.0 || oq.scale <= 0.0 {
+            return Err(it.err("the model is not quantized"));
+        }
+        Ok(Model {
+            it,
+            stride,
+            features,
+            in_scale: iq.scale,
+            in_zero: iq.zero_point,
+            in_unsigned: it_type == UINT8,
+            out_scale: oq.scale,
+            out_zero: oq.zero_point,
+            out_unsigned: ot_type == UINT8,
+            quantized: vec![0; in_size],
+        })
     }
 
     /// Runs the model on `stride` feature rows (each `features` long, in
     /// the models' float scale); returns the probability.
     pub fn run(&mut self, rows: &[f32]) -> Result<f32, TfliteError> {
         if rows.len() != self.quantized.len() {
-            return Err(TfliteError::Model {
-                path: self.path.clone(),
-                message: format!(
-                    "given {} features, takes {}",
-                    rows.len(),
-                    self.quantized.len()
-                ),
-            });
+            return Err(self.it.err(format!(
+                "given {} features, takes {}",
+                rows.len(),
+                self.quantized.len()
+            )));
         }
         for (q, f) in self.quantized.iter_mut().zip(rows) {
             let v = (f / self.in_scale + self.in_zero as f32).round();
@@ -293,29 +364,93 @@ impl Model {
                 v.clamp(-128.0, 127.0) as i8 as u8
             };
         }
-        let api = &self.lib.api;
         let mut out = [0u8; 1];
-        // SAFETY: buffer sizes were checked against the tensors at load.
-        let ok = unsafe {
-            (api.copy_from)(
-                self.input,
-                self.quantized.as_ptr().cast(),
-                self.quantized.len(),
-            ) == 0
-                && (api.invoke)(self.interpreter) == 0
-                && (api.copy_to)(self.output, out.as_mut_ptr().cast(), 1) == 0
-        };
-        if !ok {
-            return Err(TfliteError::Model {
-                path: self.path.clone(),
-                message: "inference failed".into(),
-            });
-        }
+        self.it.invoke(&self.quantized, &mut out)?;
         let raw = if self.out_unsigned {
             out[0] as f32
         } else {
             out[0] as i8 as f32
         };
         Ok((raw - self.out_zero as f32) * self.out_scale)
+    }
+}
+
+/// One float32 model (openWakeWord's): a fixed input shape in, floats out.
+/// Stateless between invocations. Not shared between threads; movable.
+pub struct FloatModel {
+    it: Interpreter,
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+// SAFETY: as for `Model`.
+unsafe impl Send for FloatModel {}
+
+impl FloatModel {
+    /// Loads a float model; `input` resizes its input (a model whose input
+    /// length is free, like openWakeWord's melspectrogram), and `expect`
+    /// is the input shape the caller feeds, checked.
+    pub fn load(
+        lib: &Arc<Library>,
+        path: &Path,
+        input: Option<&[c_int]>,
+        expect: &[usize],
+    ) -> Result<FloatModel, TfliteError> {
+        let it = Interpreter::open(lib, path, input)?;
+        let api = &lib.api;
+        // SAFETY: the tensors live as long as the interpreter.
+        let (it_type, ot_type, in_size, out_size) = unsafe {
+            (
+                (api.tensor_type)(it.input),
+                (api.tensor_type)(it.output),
+                (api.byte_size)(it.input),
+                (api.byte_size)(it.output),
+            )
+        };
+        if it_type != FLOAT32 || ot_type != FLOAT32 {
+            return Err(it.err(format!(
+                "tensors of type {it_type}/{ot_type}; an openWakeWord model takes and gives float32"
+            )));
+        }
+        let shape = it.input_shape();
+        if shape != expect || in_size != expect.iter().product::<usize>() * 4 {
+            return Err(it.err(format!("its input is {shape:?}, expected {expect:?}")));
+        }
+        if out_size == 0 || out_size % 4 != 0 || out_size > 1 << 20 {
+            return Err(it.err(format!("an output of {out_size} bytes")));
+        }
+        Ok(FloatModel {
+            it,
+            input: vec![0; in_size],
+            output: vec![0; out_size],
+        })
+    }
+
+    /// Floats in the output.
+    pub fn outputs(&self) -> usize {
+        self.output.len() / 4
+    }
+
+    /// Runs the model on `input` (exactly the input's length); the output
+    /// goes to `out` (cleared first).
+    pub fn run(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<(), TfliteError> {
+        if input.len() * 4 != self.input.len() {
+            return Err(self.it.err(format!(
+                "given {} floats, takes {}",
+                input.len(),
+                self.input.len() / 4
+            )));
+        }
+        for (b, f) in self.input.chunks_exact_mut(4).zip(input) {
+            b.copy_from_slice(&f.to_ne_bytes());
+        }
+        self.it.invoke(&self.input, &mut self.output)?;
+        out.clear();
+        out.extend(
+            self.output
+                .chunks_exact(4)
+                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        Ok(())
     }
 }

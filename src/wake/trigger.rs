@@ -44,6 +44,18 @@ impl Trigger {
         false
     }
 
+    /// Whether the word is deaf at `at` (a detection's refractory time).
+    pub fn deaf(&self, at: u64) -> bool {
+        at < self.quiet_until
+    }
+
+    /// A detection made elsewhere (a second opinion) at `at`: the word is
+    /// deaf for the refractory time from there, as after its own.
+    pub fn fired(&mut self, at: u64) {
+        self.run = 0;
+        self.quiet_until = at + self.refractory;
+    }
+
     pub fn threshold(&self) -> f32 {
         self.threshold
     }
