@@ -207,17 +207,7 @@ fn a_voice_the_model_half_hears_wakes_it_through_the_second_opinion() {
     pcm.extend(silence(40_000));
     let dir = tempfile::tempdir().unwrap();
     let mic = dir.path().join("mic.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&mic, spec).unwrap();
-    for s in &pcm {
-        w.write_sample(*s).unwrap();
-    }
-    w.finalize().unwrap();
+    pichat::audio::wav::write(&mic, &pcm, 16_000).unwrap();
     let input = format!("wav:{}", mic.display());
     let mut d = start_on(&input, "", "engines = [\"micro\"]", LOCAL_LLM);
     let line = d
