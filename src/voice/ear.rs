@@ -227,7 +227,12 @@ pub async fn run(
                             None => best.push((word, score)),
                         }
                     }
-                    WakeEvent::Detected { word, score, end } => {
+                    WakeEvent::Detected {
+                        word,
+                        score,
+                        end,
+                        second_opinion,
+                    } => {
                         // The speaker said it a moment ago: its own voice.
                         if said.iter().any(|(w, at)| {
                             *w == word && position + OWN_BEFORE >= *at && position <= at + OWN_AFTER
@@ -238,7 +243,13 @@ pub async fn run(
                             continue;
                         }
                         let _ = heard.send(Heard::WakeEnd(end)).await;
-                        let _ = heard.send(Heard::Turn(Event::Wake { word, score })).await;
+                        let _ = heard
+                            .send(Heard::Turn(Event::Wake {
+                                word,
+                                score,
+                                second_opinion,
+                            }))
+                            .await;
                     }
                 }
             }

@@ -62,10 +62,12 @@ pub enum Event {
     /// Listening ended without a release: the longest recording was
     /// reached, or the input (a WAV file) ran out.
     ListenEnded,
-    /// The wake word was heard, with its engine's score.
+    /// The wake word was heard, with its engine's score (that of its
+    /// second opinion, if that decided).
     Wake {
         word: String,
         score: f32,
+        second_opinion: bool,
     },
     /// Voice activity of one 20 ms microphone frame, while listening.
     Voice {
@@ -93,6 +95,7 @@ pub enum Start {
     Wake {
         word: String,
         score: f32,
+        second_opinion: bool,
     },
     FollowUp,
 }
@@ -109,7 +112,16 @@ impl std::fmt::Display for Start {
         match self {
             Start::None => write!(f, "typed"),
             Start::Button => write!(f, "button"),
-            Start::Wake { word, score } => write!(f, "wake word {word} ({score:.2})"),
+            Start::Wake {
+                word,
+                score,
+                second_opinion: false,
+            } => write!(f, "wake word {word} ({score:.2})"),
+            Start::Wake {
+                word,
+                score,
+                second_opinion: true,
+            } => write!(f, "wake word {word} ({score:.2}, by the second opinion)"),
             Start::FollowUp => write!(f, "follow-up"),
         }
     }
@@ -562,9 +574,22 @@ impl Turn {
         use State::*;
         match (self.state, ev) {
             (Idle, Event::Pressed) => self.listen(now, Start::Button, &mut out),
-            (Idle, Event::Wake { word, score }) => {
-                self.listen(now, Start::Wake { word, score }, &mut out)
-            }
+            (
+                Idle,
+                Event::Wake {
+                    word,
+                    score,
+                    second_opinion,
+                },
+            ) => self.listen(
+                now,
+                Start::Wake {
+                    word,
+                    score,
+                    second_opinion,
+                },
+                &mut out,
+            ),
             (Listening, Event::Voice { speech }) if self.start.hands_free() => {
                 self.voice(speech, now, &mut out)
             }
@@ -693,10 +718,21 @@ impl Turn {
                 self.barge_start = Start::Button;
                 self.state = Stopping;
             }
-            (Thinking | Speaking, Event::Wake { word, score }) => {
+            (
+                Thinking | Speaking,
+                Event::Wake {
+                    word,
+                    score,
+                    second_opinion,
+                },
+            ) => {
                 out.push(Action::CancelLlm);
                 out.push(Action::StopSpeech);
-                self.barge_start = Start::Wake { word, score };
+                self.barge_start = Start::Wake {
+                    word,
+                    score,
+                    second_opinion,
+                };
                 self.state = Stopping;
             }
             (Speaking | Thinking, Event::TtsFailed(e)) => {
@@ -787,6 +823,7 @@ mod tests {
         Event::Wake {
             word: "okay_nabu".into(),
             score: 0.97,
+            second_opinion: false,
         }
     }
 
@@ -796,6 +833,41 @@ mod tests {
         a.extend(t.handle(Event::LlmDone { tokens: None }, now));
         a.extend(t.handle(Event::SpeechDone, now));
         a
+    }
+
+    #[test]
+    fn the_start_line_says_which_model_heard_the_wake_word() {
+        let t0 = Instant::now();
+        let by_second = Event::Wake {
+            word: "okay_nabu".into(),
+            score: 0.61,
+            second_opinion: true,
+        };
+        let mut t = free(0);
+        t.handle(by_second.clone(), t0);
+        assert_eq!(
+            t.start().to_string(),
+            "wake word okay_nabu (0.61, by the second opinion)"
+        );
+        let mut t = free(0);
+        t.handle(wake(), t0);
+        assert_eq!(t.start().to_string(), "wake word okay_nabu (0.97)");
+        // A barge-in by the wake word starts the next turn the same way.
+        let mut t = free(0);
+        t.handle(Event::Typed("Tell me a story".into()), t0);
+        t.handle(Event::Token("Once upon a time. There was".into()), t0);
+        t.handle(by_second, t0);
+        let a = t.handle(
+            Event::SpeechStopped {
+                spoken: "Once upon a time.".into(),
+            },
+            t0,
+        );
+        assert_eq!(a[a.len() - 1], Action::StartListening);
+        assert_eq!(
+            t.start().to_string(),
+            "wake word okay_nabu (0.61, by the second opinion)"
+        );
     }
 
     #[test]
@@ -834,7 +906,8 @@ mod tests {
             t.start(),
             &Start::Wake {
                 word: "okay_nabu".into(),
-                score: 0.97
+                score: 0.97,
+                second_opinion: false,
             }
         );
     }

@@ -345,6 +345,7 @@ impl MicroStream {
                         word: w.name.clone(),
                         score,
                         end,
+                        second_opinion: false,
                     });
                     // A new utterance starts from an empty window.
                     w.window.clear();
@@ -416,6 +417,7 @@ impl MicroStream {
                                 word: w.name.clone(),
                                 score: p,
                                 end,
+                                second_opinion: true,
                             });
                             w.trigger.fired(end);
                             w.window.clear();
@@ -594,14 +596,16 @@ mod tests {
     }
 
     /// Each case's detections by the engine alone and with the second
-    /// opinion, and how often it was asked.
-    fn both_ways(pcm: &[i16]) -> (usize, usize, u64) {
+    /// opinion, how many of those the second opinion decided, and how
+    /// often it was asked.
+    fn both_ways(pcm: &[i16]) -> (usize, usize, usize, u64) {
         let m = models();
         let lib = m.join("libtensorflowlite_c.so");
         let alone = MicroEngine::new("micro", &m, &lib, vec![word("okay_nabu")]);
         let second = MicroEngine::new("micro", &m, &lib, vec![word("okay_nabu")])
             .with_second_opinion(Some(&m.join("openwakeword")));
         let mut counts = Vec::new();
+        let mut decided = Vec::new();
         let mut asked = 0;
         for e in [alone, second] {
             let mut s = e.open_now().unwrap();
@@ -612,14 +616,19 @@ mod tests {
             {
                 s.push_now(f, &mut out).unwrap();
             }
-            counts.push(
-                out.iter()
-                    .filter(|e| matches!(e, WakeEvent::Detected { .. }))
-                    .count(),
-            );
+            let detections: Vec<bool> = out
+                .iter()
+                .filter_map(|e| match e {
+                    WakeEvent::Detected { second_opinion, .. } => Some(*second_opinion),
+                    WakeEvent::Score { .. } => None,
+                })
+                .collect();
+            counts.push(detections.len());
+            decided.push(detections.iter().filter(|&&d| d).count());
             asked = s.second_opinions_asked();
         }
-        (counts[0], counts[1], asked)
+        assert_eq!(decided[0], 0, "without a second opinion, none decides");
+        (counts[0], counts[1], decided[1], asked)
     }
 
     #[test]
@@ -631,9 +640,10 @@ mod tests {
         let mut alone = 0;
         let mut second = 0;
         for wpm in [130, 165, 200] {
-            let (a, s, asked) = both_ways(&speak_as("Okay Nabu.", "en-us+f3", wpm));
+            let (a, s, decided, asked) = both_ways(&speak_as("Okay Nabu.", "en-us+f3", wpm));
             assert!(s <= 1, "one utterance, one detection: {s}");
             assert!(a <= s, "the second opinion only adds: {a} > {s}");
+            assert!(decided >= s - a, "what it added is marked as its own");
             assert!(asked >= 1 || a == 1, "asked when the score rose");
             (alone, second) = (alone + a, second + s);
         }
@@ -646,17 +656,17 @@ mod tests {
             "with the second opinion: {second} of 3, alone {alone}"
         );
         // A voice the model hears: the model's own detection, one.
-        let (a, s, _) = both_ways(&speak("Okay Nabu, what time is it?"));
-        assert_eq!((a, s), (1, 1));
+        let (a, s, decided, _) = both_ways(&speak("Okay Nabu, what time is it?"));
+        assert_eq!((a, s, decided), (1, 1, 0));
         // Speech without the wake word: nothing, either way.
-        let (a, s, _) = both_ways(&speak_as(
+        let (a, s, _, _) = both_ways(&speak_as(
             "The weather in Paris is nice today, and tomorrow it will rain.",
             "en-us+f3",
             165,
         ));
         assert_eq!((a, s), (0, 0));
         // Silence: never asked.
-        assert_eq!(both_ways(&[0; 48000]), (0, 0, 0));
+        assert_eq!(both_ways(&[0; 48000]), (0, 0, 0, 0));
     }
 
     #[test]

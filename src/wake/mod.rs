@@ -61,8 +61,15 @@ pub enum WakeEvent {
     /// engines that only report detections send none).
     Score { word: String, score: f32 },
     /// A wake word was spoken; `end` is where it ended, in samples since
-    /// the stream was opened.
-    Detected { word: String, score: f32, end: u64 },
+    /// the stream was opened; `second_opinion`: decided by a second model
+    /// after the engine's own stayed under its cutoff (its score is then
+    /// that model's).
+    Detected {
+        word: String,
+        score: f32,
+        end: u64,
+        second_opinion: bool,
+    },
 }
 
 /// A wake word engine: opened once, fed the microphone's frames.

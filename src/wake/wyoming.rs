@@ -251,6 +251,7 @@ impl WakeStream for WyomingStream {
                             word: ours.clone(),
                             score: 1.0,
                             end: self.position,
+                            second_opinion: false,
                         });
                     }
                 }
