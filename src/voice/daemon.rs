@@ -335,7 +335,7 @@ impl Voice {
         let now = Instant::now();
         let idle = matches!(self.turn.state(), State::Idle);
         match &ev {
-            Event::Pressed | Event::Wake { .. } if idle => {
+            Event::Pressed | Event::Wake(_) if idle => {
                 self.cur = TurnState::default();
                 self.cur.times.pressed = Some(now);
             }
@@ -365,8 +365,8 @@ impl Voice {
         // when listening ends), so that no history query stands between the
         // wake word and its earcon.
         let typed = matches!(ev, Event::Typed(_)) && self.turn.state() == State::Idle;
-        let listening = matches!(ev, Event::Pressed | Event::Wake { .. })
-            && self.turn.state() != State::Listening;
+        let listening =
+            matches!(ev, Event::Pressed | Event::Wake(_)) && self.turn.state() != State::Listening;
         if typed {
             self.note_latest_activity(now).await;
         }
@@ -557,7 +557,7 @@ impl Voice {
                 .is_ok()
         };
         let from = match self.turn.start() {
-            Start::Wake { .. } => self.last_wake_end.take(),
+            Start::Wake(_) => self.last_wake_end.take(),
             _ => None,
         };
         let attached = match &self.ear {
@@ -588,7 +588,7 @@ impl Voice {
         let stt = self.stt.clone();
         let tx = self.msgs_tx.clone();
         // Hands-free questions may be drafted: the session keeps their audio.
-        let drafts = if matches!(self.turn.start(), Start::Wake { .. } | Start::FollowUp) {
+        let drafts = if matches!(self.turn.start(), Start::Wake(_) | Start::FollowUp) {
             let (req_tx, req_rx) = mpsc::unbounded_channel();
             self.draft_req = Some(req_tx);
             Some(req_rx)

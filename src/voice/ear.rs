@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 
 use tokio::sync::{broadcast, mpsc};
 
-use super::turn::Event;
+use super::turn::{Event, WakeWord};
 use crate::audio::Frame;
 use crate::audio::aec::EchoCanceller;
 use crate::wake::WakeEvent;
@@ -244,11 +244,11 @@ pub async fn run(
                         }
                         let _ = heard.send(Heard::WakeEnd(end)).await;
                         let _ = heard
-                            .send(Heard::Turn(Event::Wake {
+                            .send(Heard::Turn(Event::Wake(WakeWord {
                                 word,
                                 score,
                                 second_opinion,
-                            }))
+                            })))
                             .await;
                     }
                 }

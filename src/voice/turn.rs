@@ -62,13 +62,8 @@ pub enum Event {
     /// Listening ended without a release: the longest recording was
     /// reached, or the input (a WAV file) ran out.
     ListenEnded,
-    /// The wake word was heard, with its engine's score (that of its
-    /// second opinion, if that decided).
-    Wake {
-        word: String,
-        score: f32,
-        second_opinion: bool,
-    },
+    /// The wake word was heard.
+    Wake(WakeWord),
     /// Voice activity of one 20 ms microphone frame, while listening.
     Voice {
         speech: bool,
@@ -92,18 +87,33 @@ pub enum Start {
     /// No turn yet, or a typed question.
     None,
     Button,
-    Wake {
-        word: String,
-        score: f32,
-        second_opinion: bool,
-    },
+    Wake(WakeWord),
     FollowUp,
+}
+
+/// A wake word as heard, with its engine's score (that of its second
+/// opinion, if that decided).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WakeWord {
+    pub word: String,
+    pub score: f32,
+    pub second_opinion: bool,
+}
+
+impl std::fmt::Display for WakeWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:.2}", self.word, self.score)?;
+        if self.second_opinion {
+            write!(f, ", by the second opinion")?;
+        }
+        write!(f, ")")
+    }
 }
 
 impl Start {
     /// Whether this turn ends by itself (voice activity), not on release.
     fn hands_free(&self) -> bool {
-        matches!(self, Start::Wake { .. } | Start::FollowUp)
+        matches!(self, Start::Wake(_) | Start::FollowUp)
     }
 }
 
@@ -112,16 +122,7 @@ impl std::fmt::Display for Start {
         match self {
             Start::None => write!(f, "typed"),
             Start::Button => write!(f, "button"),
-            Start::Wake {
-                word,
-                score,
-                second_opinion: false,
-            } => write!(f, "wake word {word} ({score:.2})"),
-            Start::Wake {
-                word,
-                score,
-                second_opinion: true,
-            } => write!(f, "wake word {word} ({score:.2}, by the second opinion)"),
+            Start::Wake(w) => write!(f, "wake word {w}"),
             Start::FollowUp => write!(f, "follow-up"),
         }
     }
@@ -332,7 +333,7 @@ impl Turn {
         }
         let cfg = &self.cfg;
         Some(match &self.start {
-            Start::Wake { .. } | Start::FollowUp => {
+            Start::Wake(_) | Start::FollowUp => {
                 let hard = since + cfg.max_listen;
                 let wait = if self.start == Start::FollowUp {
                     cfg.follow_up
@@ -412,7 +413,7 @@ impl Turn {
         self.new_conversation = match self.start {
             // Hands-free turns have no press to hold; a follow-up continues.
             Start::FollowUp => false,
-            Start::Wake { .. } => self.is_new_conversation(now, Duration::ZERO),
+            Start::Wake(_) => self.is_new_conversation(now, Duration::ZERO),
             _ => self.is_new_conversation(now, held),
         };
         self.force_new = false;
@@ -574,22 +575,7 @@ impl Turn {
         use State::*;
         match (self.state, ev) {
             (Idle, Event::Pressed) => self.listen(now, Start::Button, &mut out),
-            (
-                Idle,
-                Event::Wake {
-                    word,
-                    score,
-                    second_opinion,
-                },
-            ) => self.listen(
-                now,
-                Start::Wake {
-                    word,
-                    score,
-                    second_opinion,
-                },
-                &mut out,
-            ),
+            (Idle, Event::Wake(w)) => self.listen(now, Start::Wake(w), &mut out),
             (Listening, Event::Voice { speech }) if self.start.hands_free() => {
                 self.voice(speech, now, &mut out)
             }
@@ -718,21 +704,10 @@ impl Turn {
                 self.barge_start = Start::Button;
                 self.state = Stopping;
             }
-            (
-                Thinking | Speaking,
-                Event::Wake {
-                    word,
-                    score,
-                    second_opinion,
-                },
-            ) => {
+            (Thinking | Speaking, Event::Wake(w)) => {
                 out.push(Action::CancelLlm);
                 out.push(Action::StopSpeech);
-                self.barge_start = Start::Wake {
-                    word,
-                    score,
-                    second_opinion,
-                };
+                self.barge_start = Start::Wake(w);
                 self.state = Stopping;
             }
             (Speaking | Thinking, Event::TtsFailed(e)) => {
@@ -820,11 +795,11 @@ mod tests {
     }
 
     fn wake() -> Event {
-        Event::Wake {
+        Event::Wake(WakeWord {
             word: "okay_nabu".into(),
             score: 0.97,
             second_opinion: false,
-        }
+        })
     }
 
     fn answer(t: &mut Turn, now: Instant) -> Vec<Action> {
@@ -838,11 +813,11 @@ mod tests {
     #[test]
     fn the_start_line_says_which_model_heard_the_wake_word() {
         let t0 = Instant::now();
-        let by_second = Event::Wake {
+        let by_second = Event::Wake(WakeWord {
             word: "okay_nabu".into(),
             score: 0.61,
             second_opinion: true,
-        };
+        });
         let mut t = free(0);
         t.handle(by_second.clone(), t0);
         assert_eq!(
@@ -904,11 +879,11 @@ mod tests {
         );
         assert_eq!(
             t.start(),
-            &Start::Wake {
+            &Start::Wake(WakeWord {
                 word: "okay_nabu".into(),
                 score: 0.97,
                 second_opinion: false,
-            }
+            })
         );
     }
 
