@@ -330,6 +330,7 @@ fn detect(engine: &MicroEngine, pcm: &[i16]) -> anyhow::Result<(Vec<u64>, f32)> 
                     ends.push(end);
                 }
                 WakeEvent::Score { score, .. } => best = best.max(score),
+                WakeEvent::SecondOpinion { .. } => {}
             }
         }
     }

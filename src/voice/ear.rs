@@ -118,6 +118,77 @@ pub fn level_db(pcm: &[i16]) -> f32 {
     (20.0 * rms.max(1e-5).log10()) as f32
 }
 
+/// The monitor's figures over the current 100 ms: the highest score of
+/// each word, of its second opinion while asked, of voice activity, and
+/// the loudest frame.
+struct Figures {
+    frames: usize,
+    best: Vec<(String, f32)>,
+    second: Vec<(String, f32)>,
+    vad: f32,
+    level: f32,
+}
+
+impl Figures {
+    fn new() -> Figures {
+        Figures {
+            frames: 0,
+            best: Vec::new(),
+            second: Vec::new(),
+            vad: 0.0,
+            level: -96.0,
+        }
+    }
+
+    fn score(&mut self, word: String, score: f32) {
+        Self::raise(&mut self.best, word, score);
+    }
+
+    fn second_opinion(&mut self, word: String, probability: f32) {
+        Self::raise(&mut self.second, word, probability);
+    }
+
+    fn raise(of: &mut Vec<(String, f32)>, word: String, v: f32) {
+        match of.iter_mut().find(|(w, _)| *w == word) {
+            Some(b) => b.1 = b.1.max(v),
+            None => of.push((word, v)),
+        }
+    }
+
+    /// Takes a frame's figures; every [`MONITOR_EVERY`] frames, the line
+    /// (`okay_nabu=0.412 okay_nabu.second=0.930 vad=0.97 speech=yes
+    /// level=-23dBFS listening=no`; `.second` only while asked), and
+    /// starts the next 100 ms.
+    fn frame(&mut self, vad: f32, pcm: &[i16], speech: bool, listening: bool) -> Option<String> {
+        self.frames += 1;
+        self.vad = self.vad.max(vad);
+        self.level = self.level.max(level_db(pcm));
+        if self.frames < MONITOR_EVERY {
+            return None;
+        }
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let mut line = String::new();
+        for (w, s) in &self.best {
+            line.push_str(&format!("{w}={s:.3} "));
+            if let Some((_, p)) = self.second.iter().find(|(s, _)| s == w) {
+                line.push_str(&format!("{w}.second={p:.3} "));
+            }
+        }
+        line.push_str(&format!(
+            "vad={:.2} speech={} level={:.0}dBFS listening={}",
+            self.vad,
+            yes(speech),
+            self.level,
+            yes(listening)
+        ));
+        // The words stay (each line names them all), their scores restart.
+        self.best.iter_mut().for_each(|b| b.1 = 0.0);
+        self.second.clear();
+        (self.frames, self.vad, self.level) = (0, 0.0, -96.0);
+        Some(line)
+    }
+}
+
 /// Runs until the microphone's frames end or `heard` closes.
 pub async fn run(
     mut frames: mpsc::Receiver<Frame>,
@@ -140,12 +211,8 @@ pub async fn run(
     let mut own_failed = false;
     let mut own_events = Vec::new();
     let mut said: Vec<(String, u64)> = Vec::new();
-    // Monitor figures over the current 100 ms.
-    let mut n = 0usize;
-    let mut best: Vec<(String, f32)> = Vec::new();
-    let mut vad_max = 0.0f32;
+    let mut figures = Figures::new();
     let mut armed = false;
-    let mut level_max = -96.0f32;
     loop {
         let frame = tokio::select! {
             biased;
@@ -195,6 +262,9 @@ pub async fn run(
                         let (word, score) = match e {
                             WakeEvent::Score { word, score }
                             | WakeEvent::Detected { word, score, .. } => (word, score),
+                            // Under its threshold it decides nothing; at it,
+                            // the twin reports a detection.
+                            WakeEvent::SecondOpinion { .. } => continue,
                         };
                         if score >= OWN_SCORE {
                             said.push((word, position));
@@ -221,11 +291,9 @@ pub async fn run(
             armed = now_armed;
             for e in events.drain(..) {
                 match e {
-                    WakeEvent::Score { word, score } => {
-                        match best.iter_mut().find(|(w, _)| *w == word) {
-                            Some(b) => b.1 = b.1.max(score),
-                            None => best.push((word, score)),
-                        }
+                    WakeEvent::Score { word, score } => figures.score(word, score),
+                    WakeEvent::SecondOpinion { word, probability } => {
+                        figures.second_opinion(word, probability)
                     }
                     WakeEvent::Detected {
                         word,
@@ -260,26 +328,8 @@ pub async fn run(
             }
             let _ = heard.send(Heard::Turn(Event::Voice { speech })).await;
         }
-        if watching {
-            n += 1;
-            vad_max = vad_max.max(vad.score);
-            level_max = level_max.max(level_db(&frame));
-            if n == MONITOR_EVERY {
-                let mut line = String::new();
-                for (w, s) in &best {
-                    line.push_str(&format!("{w}={s:.3} "));
-                }
-                line.push_str(&format!(
-                    "vad={vad_max:.2} speech={} level={level_max:.0}dBFS listening={}",
-                    if speech { "yes" } else { "no" },
-                    if stt.is_some() { "yes" } else { "no" }
-                ));
-                let _ = monitor.send(line);
-                n = 0;
-                best.iter_mut().for_each(|b| b.1 = 0.0);
-                vad_max = 0.0;
-                level_max = -96.0;
-            }
+        if watching && let Some(line) = figures.frame(vad.score, &frame, speech, stt.is_some()) {
+            let _ = monitor.send(line);
         }
         if ring.len() == RING {
             ring.pop_front();
@@ -291,5 +341,39 @@ pub async fn run(
             );
             warned = dropped * 2;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_monitor_line_every_100_ms_with_the_second_opinion_only_while_asked() {
+        let mut f = Figures::new();
+        let loud = [8000i16; 320];
+        let quiet = [0i16; 320];
+        for k in 0..MONITOR_EVERY - 1 {
+            f.score("okay_nabu".into(), 0.1 * k as f32);
+            f.score("alexa".into(), 0.05);
+            assert_eq!(f.frame(0.2, &quiet, false, false), None);
+        }
+        f.second_opinion("okay_nabu".into(), 0.4);
+        f.second_opinion("okay_nabu".into(), 0.93);
+        let line = f.frame(0.97, &loud, true, true).unwrap();
+        assert_eq!(
+            line,
+            "okay_nabu=0.300 okay_nabu.second=0.930 alexa=0.050 vad=0.97 speech=yes level=-12dBFS listening=yes"
+        );
+        // The next 100 ms start afresh: scores at zero until reported, the
+        // second opinion gone until asked again.
+        for _ in 0..MONITOR_EVERY - 1 {
+            assert_eq!(f.frame(0.0, &quiet, false, false), None);
+        }
+        let line = f.frame(0.0, &quiet, false, false).unwrap();
+        assert_eq!(
+            line,
+            "okay_nabu=0.000 alexa=0.000 vad=0.00 speech=no level=-96dBFS listening=no"
+        );
     }
 }

@@ -410,7 +410,14 @@ impl MicroStream {
                     if s.until == 0 || w.trigger.deaf(end) {
                         continue;
                     }
-                    match s.classifier.probability(window) {
+                    let p = s.classifier.probability(window);
+                    if let Ok(p) = p {
+                        out.push(WakeEvent::SecondOpinion {
+                            word: w.name.clone(),
+                            probability: p,
+                        });
+                    }
+                    match p {
                         Ok(p) if p >= SECOND_THRESHOLD => {
                             tracing::debug!(word = %w.name, probability = p, "wake word: the second opinion heard it");
                             out.push(WakeEvent::Detected {
@@ -599,6 +606,13 @@ mod tests {
     /// opinion, how many of those the second opinion decided, and how
     /// often it was asked.
     fn both_ways(pcm: &[i16]) -> (usize, usize, usize, u64) {
+        let (a, s, decided, asked, _) = both_ways_with_probability(pcm);
+        (a, s, decided, asked)
+    }
+
+    /// As [`both_ways`], and the second opinion's highest probability as
+    /// it reports it (`WakeEvent::SecondOpinion`, for the monitor).
+    fn both_ways_with_probability(pcm: &[i16]) -> (usize, usize, usize, u64, Option<f32>) {
         let m = models();
         let lib = m.join("libtensorflowlite_c.so");
         let alone = MicroEngine::new("micro", &m, &lib, vec![word("okay_nabu")]);
@@ -607,7 +621,8 @@ mod tests {
         let mut counts = Vec::new();
         let mut decided = Vec::new();
         let mut asked = 0;
-        for e in [alone, second] {
+        let mut reported: [Option<f32>; 2] = [None, None];
+        for (k, e) in [alone, second].into_iter().enumerate() {
             let mut s = e.open_now().unwrap();
             let mut out = Vec::new();
             for f in [&[0i16; 8000][..], pcm, &[0; 24000][..]]
@@ -616,11 +631,16 @@ mod tests {
             {
                 s.push_now(f, &mut out).unwrap();
             }
+            for e in &out {
+                if let WakeEvent::SecondOpinion { probability, .. } = e {
+                    reported[k] = Some(reported[k].unwrap_or(0.0).max(*probability));
+                }
+            }
             let detections: Vec<bool> = out
                 .iter()
                 .filter_map(|e| match e {
                     WakeEvent::Detected { second_opinion, .. } => Some(*second_opinion),
-                    WakeEvent::Score { .. } => None,
+                    WakeEvent::Score { .. } | WakeEvent::SecondOpinion { .. } => None,
                 })
                 .collect();
             counts.push(detections.len());
@@ -628,7 +648,8 @@ mod tests {
             asked = s.second_opinions_asked();
         }
         assert_eq!(decided[0], 0, "without a second opinion, none decides");
-        (counts[0], counts[1], decided[1], asked)
+        assert_eq!(reported[0], None, "without a second opinion, none reports");
+        (counts[0], counts[1], decided[1], asked, reported[1])
     }
 
     #[test]
@@ -640,7 +661,14 @@ mod tests {
         let mut alone = 0;
         let mut second = 0;
         for wpm in [130, 165, 200] {
-            let (a, s, decided, asked) = both_ways(&speak_as("Okay Nabu.", "en-us+f3", wpm));
+            let (a, s, decided, asked, p) =
+                both_ways_with_probability(&speak_as("Okay Nabu.", "en-us+f3", wpm));
+            // Asked, it reports what it heard; what it decided, at its
+            // threshold.
+            assert!(p.is_none() || asked >= 1, "reported unasked: {p:?}");
+            if decided >= 1 {
+                assert!(p.unwrap() >= SECOND_THRESHOLD, "{p:?}");
+            }
             assert!(s <= 1, "one utterance, one detection: {s}");
             assert!(a <= s, "the second opinion only adds: {a} > {s}");
             assert!(decided >= s - a, "what it added is marked as its own");
@@ -666,7 +694,7 @@ mod tests {
         ));
         assert_eq!((a, s), (0, 0));
         // Silence: never asked.
-        assert_eq!(both_ways(&[0; 48000]), (0, 0, 0, 0));
+        assert_eq!(both_ways_with_probability(&[0; 48000]), (0, 0, 0, 0, None));
     }
 
     #[test]

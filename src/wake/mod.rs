@@ -60,6 +60,10 @@ pub enum WakeEvent {
     /// The current score of a word, 0..1 (for `pichat listen monitor`;
     /// engines that only report detections send none).
     Score { word: String, score: f32 },
+    /// While a word's second opinion is asked: its model's probability for
+    /// the latest window, 0..1 (for `pichat listen monitor`: how near the
+    /// second model came, when the engine's own score half-rose).
+    SecondOpinion { word: String, probability: f32 },
     /// A wake word was spoken; `end` is where it ended, in samples since
     /// the stream was opened; `second_opinion`: decided by a second model
     /// after the engine's own stayed under its cutoff (its score is then
