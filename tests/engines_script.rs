@@ -217,6 +217,16 @@ fn stop_ends_every_engine_it_started() {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         let cmd = String::from_utf8_lossy(&cmd);
         assert!(cmd.contains("/bin/"), "{name}: pid {pid} is `{cmd}`");
+        if *name == "whisper" {
+            // As many threads as cores (its own default, 4, overloads 2).
+            let cores = Command::new("nproc").output().unwrap().stdout;
+            let cores = String::from_utf8_lossy(&cores).trim().to_string();
+            assert!(
+                cmd.replace('\0', " ")
+                    .contains(&format!("--cpu-threads {cores} ")),
+                "{cmd}"
+            );
+        }
         assert_eq!(unsafe { libc::getpgid(pid) }, pid, "{name}: own group");
     }
     let status = e.script("status", true);
