@@ -410,28 +410,28 @@ impl MicroStream {
                     if s.until == 0 || w.trigger.deaf(end) {
                         continue;
                     }
-                    let p = s.classifier.probability(window);
-                    if let Ok(p) = p {
-                        out.push(WakeEvent::SecondOpinion {
-                            word: w.name.clone(),
-                            probability: p,
-                        });
-                    }
-                    match p {
-                        Ok(p) if p >= SECOND_THRESHOLD => {
-                            tracing::debug!(word = %w.name, probability = p, "wake word: the second opinion heard it");
-                            out.push(WakeEvent::Detected {
-                                word: w.name.clone(),
-                                score: p,
-                                end,
-                                second_opinion: true,
-                            });
-                            w.trigger.fired(end);
-                            w.window.clear();
-                            s.until = 0;
+                    let p = match s.classifier.probability(window) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            continue;
                         }
-                        Ok(_) => {}
-                        Err(e) => failure = Some(e.to_string()),
+                    };
+                    out.push(WakeEvent::SecondOpinion {
+                        word: w.name.clone(),
+                        probability: p,
+                    });
+                    if p >= SECOND_THRESHOLD {
+                        tracing::debug!(word = %w.name, probability = p, "wake word: the second opinion heard it");
+                        out.push(WakeEvent::Detected {
+                            word: w.name.clone(),
+                            score: p,
+                            end,
+                            second_opinion: true,
+                        });
+                        w.trigger.fired(end);
+                        w.window.clear();
+                        s.until = 0;
                     }
                 }
             })
@@ -604,15 +604,9 @@ mod tests {
 
     /// Each case's detections by the engine alone and with the second
     /// opinion, how many of those the second opinion decided, and how
-    /// often it was asked.
-    fn both_ways(pcm: &[i16]) -> (usize, usize, usize, u64) {
-        let (a, s, decided, asked, _) = both_ways_with_probability(pcm);
-        (a, s, decided, asked)
-    }
-
-    /// As [`both_ways`], and the second opinion's highest probability as
-    /// it reports it (`WakeEvent::SecondOpinion`, for the monitor).
-    fn both_ways_with_probability(pcm: &[i16]) -> (usize, usize, usize, u64, Option<f32>) {
+    /// often it was asked, and its highest probability as it reports it
+    /// (`WakeEvent::SecondOpinion`, for the monitor).
+    fn both_ways(pcm: &[i16]) -> (usize, usize, usize, u64, Option<f32>) {
         let m = models();
         let lib = m.join("libtensorflowlite_c.so");
         let alone = MicroEngine::new("micro", &m, &lib, vec![word("okay_nabu")]);
@@ -661,8 +655,7 @@ mod tests {
         let mut alone = 0;
         let mut second = 0;
         for wpm in [130, 165, 200] {
-            let (a, s, decided, asked, p) =
-                both_ways_with_probability(&speak_as("Okay Nabu.", "en-us+f3", wpm));
+            let (a, s, decided, asked, p) = both_ways(&speak_as("Okay Nabu.", "en-us+f3", wpm));
             // Asked, it reports what it heard; what it decided, at its
             // threshold.
             assert!(p.is_none() || asked >= 1, "reported unasked: {p:?}");
@@ -684,17 +677,17 @@ mod tests {
             "with the second opinion: {second} of 3, alone {alone}"
         );
         // A voice the model hears: the model's own detection, one.
-        let (a, s, decided, _) = both_ways(&speak("Okay Nabu, what time is it?"));
+        let (a, s, decided, _, _) = both_ways(&speak("Okay Nabu, what time is it?"));
         assert_eq!((a, s, decided), (1, 1, 0));
         // Speech without the wake word: nothing, either way.
-        let (a, s, _, _) = both_ways(&speak_as(
+        let (a, s, _, _, _) = both_ways(&speak_as(
             "The weather in Paris is nice today, and tomorrow it will rain.",
             "en-us+f3",
             165,
         ));
         assert_eq!((a, s), (0, 0));
         // Silence: never asked.
-        assert_eq!(both_ways_with_probability(&[0; 48000]), (0, 0, 0, 0, None));
+        assert_eq!(both_ways(&[0; 48000]), (0, 0, 0, 0, None));
     }
 
     #[test]
